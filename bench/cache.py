@@ -1,0 +1,210 @@
+"""Content-addressed cache of stage outputs.
+
+An entry is a directory ``<root>/<stage>/<key>/`` holding the stage's files and a
+``manifest.json`` with the key's inputs and each file's size and SHA-256. The key is the SHA-256
+of everything that changes the stage's output (DESIGN section 7). Entries are written into a
+temporary directory and renamed into place, so a reader never sees half an entry; a corrupt entry
+(missing file, wrong size or hash, unreadable manifest) is detected, removed and recomputed,
+never trusted because it exists. No pickles: arrays are safetensors, tables JSON/JSONL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import CacheError
+from bench.schema import dumps, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("BENCH_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "neuron-bench"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_key(stage: str, parts: Mapping[str, Any]) -> str:
+    """SHA-256 of the stage name and its inputs in canonical JSON."""
+    return sha256_bytes(dumps({"cache_format": CACHE_FORMAT, "stage": stage, "parts": parts}).encode())
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Entry:
+    stage: str
+    key: str
+    path: Path
+    size: int
+    created: float
+
+
+class Cache:
+    """A directory of content-addressed entries. Safe for concurrent writers of the same key."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+
+    def key(self, stage: str, parts: Mapping[str, Any]) -> str:
+        return content_key(stage, parts)
+
+    def entry_dir(self, stage: str, key: str) -> Path:
+        if not stage.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise CacheError(f"Expected a stage name of letters, digits, '-', '_' or '.', got {stage!r}.")
+        return self.root / stage / key
+
+    def load(self, stage: str, key: str) -> Path | None:
+        """The entry's directory if it exists and is intact; ``None`` otherwise.
+
+        A corrupt entry is logged, removed, and reported as missing so the caller recomputes it.
+        """
+        path = self.entry_dir(stage, key)
+        if not path.is_dir():
+            return None
+        problem = self._verify(path, stage, key)
+        if problem is None:
+            return path
+        log.warning("Cache entry %s/%s is corrupt (%s); recomputing it.", stage, key[:12], problem)
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+    def store(
+        self,
+        stage: str,
+        key: str,
+        parts: Mapping[str, Any],
+        write: Callable[[Path], None],
+    ) -> Path:
+        """Create the entry by calling ``write(tmpdir)``, then move it into place atomically."""
+        final = self.entry_dir(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=final.parent))
+        try:
+            write(tmp)
+            files = {}
+            for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                rel = f.relative_to(tmp).as_posix()
+                files[rel] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+            write_json(
+                tmp / MANIFEST,
+                {"cache_format": CACHE_FORMAT, "stage": stage, "key": key, "parts": parts,
+                 "files": files, "created": time.time()},
+            )
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # Another writer finished the same key first; its entry is equivalent.
+                if self.load(stage, key) is None:
+                    shutil.rmtree(final, ignore_errors=True)
+                    os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def get_or_create(
+        self,
+        stage: str,
+        parts: Mapping[str, Any],
+        write: Callable[[Path], None],
+    ) -> tuple[Path, bool]:
+        """``(entry_dir, hit)``: the cached entry, or a new one made by ``write``."""
+        key = self.key(stage, parts)
+        hit = self.load(stage, key)
+        if hit is not None:
+            log.info("cache hit: %s %s", stage, key[:12])
+            return hit, True
+        log.info("cache miss: %s %s", stage, key[:12])
+        return self.store(stage, key, parts, write), False
+
+    def entries(self, stage: str | None = None) -> list[Entry]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        stages = [self.root / stage] if stage else sorted(p for p in self.root.iterdir() if p.is_dir())
+        for sdir in stages:
+            if not sdir.is_dir():
+                continue
+            for edir in sorted(sdir.iterdir()):
+                if not edir.is_dir() or edir.name.startswith("."):
+                    continue
+                size = sum(f.stat().st_size for f in edir.rglob("*") if f.is_file())
+                out.append(Entry(stage=sdir.name, key=edir.name, path=edir, size=size,
+                                 created=edir.stat().st_mtime))
+        return out
+
+    def clear(self, stage: str | None = None) -> int:
+        """Remove every entry (of ``stage``); return how many were removed."""
+        entries = self.entries(stage)
+        for e in entries:
+            shutil.rmtree(e.path, ignore_errors=True)
+        return len(entries)
+
+    @staticmethod
+    def _verify(path: Path, stage: str, key: str) -> str | None:
+        try:
+            manifest = read_json(path / MANIFEST)
+        except (OSError, ValueError) as e:
+            return f"manifest unreadable: {e}"
+        if manifest.get("stage") != stage or manifest.get("key") != key:
+            return "manifest names another entry"
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            return "manifest has no file list"
+        for rel, meta in files.items():
+            f = path / rel
+            if not f.is_file():
+                return f"{rel} is missing"
+            if f.stat().st_size != meta.get("size"):
+                return f"{rel} has the wrong size"
+            if sha256_file(f) != meta.get("sha256"):
+                return f"{rel} does not match its checksum"
+        return None
+
+
+# --- arrays -----------------------------------------------------------------------------------
+
+
+def save_arrays(path: str | os.PathLike[str], arrays: Mapping[str, Any],
+                metadata: Mapping[str, str] | None = None) -> None:
+    """Save numpy arrays as safetensors (contiguous copies; no pickles)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path),
+              metadata=dict(metadata) if metadata else None)
+
+
+def load_arrays(path: str | os.PathLike[str]) -> dict[str, Any]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated headers etc.
+        raise CacheError(f"Could not read arrays from {path}: {e}. Delete the file and rerun.") from e

@@ -1,0 +1,73 @@
+"""The one exception hierarchy. Every user-facing failure is a :class:`BenchError`.
+
+Messages say what was expected, what was got, and how to fix it. The CLI prints
+``error: <message>`` on one line and exits with :attr:`BenchError.exit_code`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class BenchError(Exception):
+    """Base class of every error the harness reports to a user."""
+
+    exit_code: int = 2
+
+
+class UsageError(BenchError):
+    """Bad arguments or configuration: the user must change what they asked for."""
+
+
+class UnknownNameError(UsageError, KeyError):
+    """A name (method, target, layer, probe, ...) that is not registered."""
+
+    def __init__(self, kind: str, name: str, available: Iterable[str]):
+        self.kind = kind
+        self.name = name
+        self.available = sorted(available)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        close = difflib.get_close_matches(self.name, self.available, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        shown = self.available if len(self.available) <= 40 else self.available[:40] + ["..."]
+        return f"Unknown {self.kind} '{self.name}'.{hint} Available: {', '.join(shown) or '(none)'}."
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class ConfigError(UsageError):
+    """A configuration value is invalid (unknown field, wrong type, out of range)."""
+
+
+class RequirementError(UsageError):
+    """A method needs evidence or components that this run does not provide."""
+
+
+class DataError(BenchError):
+    """Input data is missing or malformed (a CSV without its columns, a broken image, ...)."""
+
+
+class DownloadError(BenchError):
+    """A download failed: offline, timed out, or the content did not match its checksum."""
+
+
+class WeightsUnavailableError(DownloadError):
+    """A target's weights could not be obtained."""
+
+
+class CacheError(BenchError):
+    """A cache entry is corrupt or cannot be written."""
+
+
+class NonFiniteError(DataError):
+    """Activations or scores contain NaN or infinity."""
+
+
+class MethodError(BenchError):
+    """A method broke its contract (wrong number of descriptions, wrong units, ...)."""
+
+    exit_code = 1

@@ -1,0 +1,1 @@
+"""Probe sets: Broden, ImageFolder (ImageNet val), CIFAR, and the synthetic world."""

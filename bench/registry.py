@@ -1,0 +1,158 @@
+"""One generic registry for methods, targets, probes, suites and metrics.
+
+Entries are either objects or lazy ``"module:attr"`` strings, imported on first use so that
+``import bench`` and ``bench --help`` stay light. Third-party packages add methods through the
+entry-point group ``bench.methods``; they are discovered on the first lookup, not at import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from bench.errors import UnknownNameError, UsageError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def import_string(path: str) -> Any:
+    """Import ``"package.module:attr"`` (``attr`` may be dotted)."""
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"Expected 'module:attr', got {path!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Registry(Generic[T]):
+    """Name -> object, with lazy entries, entry-point discovery and "did you mean" errors.
+
+    ``check`` validates an object when it is resolved (for methods: a subclass of ``Method``
+    whose ``name`` equals its key). Registering a taken name is an error, never an override.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        check: Callable[[str, Any], None] | None = None,
+        entry_point_group: str | None = None,
+    ):
+        self.kind = kind
+        self._check = check
+        self._group = entry_point_group
+        self._entries: dict[str, Any] = {}
+        self._resolved: dict[str, T] = {}
+        self._discovered = entry_point_group is None
+        self._lock = threading.Lock()
+
+    def register(self, name: str, obj: Any = None) -> Any:
+        """Register ``obj`` (or a ``"module:attr"`` string) under ``name``.
+
+        Without ``obj`` it returns a decorator: ``@METHODS.register("mine")``.
+        """
+        if obj is None:
+
+            def decorator(o: Any) -> Any:
+                self.register(name, o)
+                return o
+
+            return decorator
+        if not name or name != name.strip():
+            raise UsageError(f"Expected a non-empty {self.kind} name without spaces, got {name!r}.")
+        with self._lock:
+            if name in self._entries and self._entries[name] is not obj:
+                raise UsageError(
+                    f"A {self.kind} named '{name}' is already registered "
+                    f"({self._describe(self._entries[name])}); pick another name."
+                )
+            if not isinstance(obj, str) and self._check is not None:
+                self._check(name, obj)
+            self._entries[name] = obj
+            self._resolved.pop(name, None)
+        return obj
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._entries.pop(name, None)
+            self._resolved.pop(name, None)
+
+    def get(self, name: str) -> T:
+        self._discover()
+        if name not in self._entries:
+            raise UnknownNameError(self.kind, name, self._entries)
+        if name not in self._resolved:
+            entry = self._entries[name]
+            obj = import_string(entry) if isinstance(entry, str) else entry
+            if isinstance(entry, str) and self._check is not None:
+                self._check(name, obj)
+            self._resolved[name] = obj
+        return self._resolved[name]
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        self._discover()
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        self._discover()
+        return sorted(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self._group or ""):
+            if ep.name in self._entries:
+                if self._entries[ep.name] != ep.value:
+                    log.warning(
+                        "Ignoring entry point %s=%s: the %s name is taken by %s",
+                        ep.name, ep.value, self.kind, self._describe(self._entries[ep.name]),
+                    )
+                continue
+            self._entries[ep.name] = ep.value
+
+    @staticmethod
+    def _describe(entry: Any) -> str:
+        if isinstance(entry, str):
+            return entry
+        return f"{getattr(entry, '__module__', '?')}:{getattr(entry, '__qualname__', entry)}"
+
+
+def _check_method(name: str, obj: Any) -> None:
+    from methods.base import Method
+
+    if not (isinstance(obj, type) and issubclass(obj, Method)):
+        raise UsageError(f"Expected a subclass of methods.base.Method for method '{name}', got {obj!r}.")
+    if obj.name != name:
+        raise UsageError(
+            f"Method class {obj.__qualname__} has name {obj.name!r} but is registered as {name!r}; "
+            "the class attribute `name` must equal the registry key."
+        )
+
+
+METHODS: Registry[Any] = Registry("method", check=_check_method, entry_point_group="bench.methods")
+TARGETS: Registry[Any] = Registry("target")
+PROBES: Registry[Any] = Registry("probe")
+SUITES: Registry[Any] = Registry("suite")
+METRICS: Registry[Any] = Registry("metric")
+
+# Built-in methods, lazily: importing them pulls in torch and friends.
+METHODS.register("depictions", "methods.baselines:Depictions")

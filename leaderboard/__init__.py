@@ -1,0 +1,1 @@
+"""The static leaderboard: a pure function of result files (imports only bench.schema)."""

@@ -1,0 +1,1 @@
+"""Neuron-labelling methods: one package per method, each registered in bench.registry.METHODS."""

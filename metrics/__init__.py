@@ -1,0 +1,1 @@
+"""Metrics: text similarity, AUROC/AUPRC, bootstrap statistics (pure functions, thin wrappers)."""
