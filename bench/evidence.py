@@ -148,6 +148,8 @@ class Evidence:
     probe: ProbeSet
     layers: dict[str, LayerEvidence]
     key: str = ""
+    #: True when the evidence was served from the cache rather than recorded now.
+    cached: bool = False
 
     def layer(self, name: str) -> LayerEvidence:
         if name not in self.layers:

@@ -44,8 +44,11 @@ class Registry(Generic[T]):
         *,
         check: Callable[[str, Any], None] | None = None,
         entry_point_group: str | None = None,
+        populate: str | None = None,
     ):
         self.kind = kind
+        # "module:function" that registers the built-in entries, called on first lookup.
+        self._populate = populate
         self._check = check
         self._group = entry_point_group
         self._entries: dict[str, Any] = {}
@@ -114,6 +117,9 @@ class Registry(Generic[T]):
         return len(self.names())
 
     def _discover(self) -> None:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            import_string(populate)()
         if self._discovered:
             return
         self._discovered = True
@@ -149,8 +155,10 @@ def _check_method(name: str, obj: Any) -> None:
 
 
 METHODS: Registry[Any] = Registry("method", check=_check_method, entry_point_group="bench.methods")
-TARGETS: Registry[Any] = Registry("target")
-PROBES: Registry[Any] = Registry("probe")
+#: name -> bench.targets.TargetSpec
+TARGETS: Registry[Any] = Registry("target", populate="bench.targets:register_builtin_targets")
+#: name -> factory(root: Path | None, *, download: bool, **options) -> bench.probes.base.ProbeSet
+PROBES: Registry[Any] = Registry("probe", populate="bench.probes:register_builtin_probes")
 SUITES: Registry[Any] = Registry("suite")
 METRICS: Registry[Any] = Registry("metric")
 

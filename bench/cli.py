@@ -1,0 +1,211 @@
+"""The ``bench`` command: argument parsing only; the work is in bench.api and friends.
+
+Exit codes: 0 ok, 1 some units failed, 2 usage error (any BenchError), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench.errors import BenchError, UsageError
+
+log = logging.getLogger("bench")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return items
+
+
+def _config_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["milan.beam_size=10", "depictions.label=thing"]`` -> per-method overrides."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        method, dot, fld = key.partition(".")
+        if not sep or not dot or not method or not fld:
+            raise UsageError(f"Expected --config METHOD.FIELD=VALUE, got '{item}'.")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(method.strip(), {})[fld.strip()] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench",
+        description="Compare methods that label the units of vision networks with text.",
+    )
+    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="describe units of a target with methods (default: the "
+                       "synthetic world, every method, offline)")
+    r.add_argument("--methods", type=_csv, help="comma-separated method names (default: all)")
+    r.add_argument("--target", default=None, help="target network (default: synth.resnet)")
+    r.add_argument("--weights", help="local weights file for the target (weights_only load)")
+    r.add_argument("--layers", type=_csv, help="comma-separated layer names (default: the target's)")
+    r.add_argument("--probe", help="probe set: synthetic, broden, imagenet-val, cifar10, cifar100 "
+                   "(default: synthetic for synthetic targets, broden otherwise)")
+    r.add_argument("--probe-root", help="directory of the probe set (a Broden or ImageFolder copy)")
+    r.add_argument("--download", action="store_true",
+                   help="download the probe set if it is missing (never done silently)")
+    r.add_argument("--units", help="units to describe, e.g. '0-9,15' or 'layer4:0-9' (0-based; "
+                   "default: all)")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--config", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="override a method's config field (repeatable; VALUE parsed as JSON)")
+    r.add_argument("--out", help="run directory (default: results/<target>-<probe>-<run id>)")
+    r.add_argument("--cache-dir", help="cache directory (default: $BENCH_CACHE_DIR or "
+                   "~/.cache/neuron-bench)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ls = sub.add_parser("list", help="list registered methods, targets or probe sets")
+    ls.add_argument("what", choices=["methods", "targets", "probes"])
+
+    c = sub.add_parser("cache", help="inspect or clear the cache")
+    c.add_argument("action", choices=["ls", "clear"])
+    c.add_argument("--stage", help="only this stage (record, describe, ...)")
+    c.add_argument("--cache-dir")
+
+    s = sub.add_parser("synth", help="the synthetic world: train or report its targets")
+    s.add_argument("action", choices=["train", "report"])
+    s.add_argument("--target", help="one synthetic target (default: all)")
+    s.add_argument("--seed", type=int, help="training seed (default: the target card's)")
+    s.add_argument("--out", help="output directory for trained weights (default: the package's)")
+    return p
+
+
+def _version() -> str:
+    from bench import __version__
+
+    return f"bench {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname).1s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _dispatch(args)
+    except BenchError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "list":
+        return _cmd_list(args.what)
+    if args.command == "cache":
+        return _cmd_cache(args)
+    if args.command == "synth":
+        return _cmd_synth(args)
+    raise UsageError(f"Unknown command '{args.command}'.")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bench.api import DEFAULT_TARGET, RunConfig, run
+
+    if args.batch_size < 1:
+        raise UsageError(f"Expected --batch-size >= 1, got {args.batch_size}.")
+    config = RunConfig(
+        methods=args.methods, target=args.target or DEFAULT_TARGET, weights=args.weights,
+        layers=args.layers, probe=args.probe, probe_root=args.probe_root, download=args.download,
+        units=args.units, device=args.device, seed=args.seed, batch_size=args.batch_size,
+        method_config=_config_items(args.config), out=args.out, cache_dir=args.cache_dir,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    t0 = time.perf_counter()
+    result = run(config)
+    print(f"run directory: {result.run_dir}")
+    print(f"recording: {'from cache' if result.record_cached else 'computed'}")
+    print(f"{'method':<24} {'ok':>6} {'failed':>6} {'computed':>8} {'resumed':>7} {'seconds':>8}")
+    for m in result.methods:
+        print(f"{m.name:<24} {m.ok:>6} {m.error:>6} {m.computed:>8} {m.resumed:>7} "
+              f"{m.seconds:>8.2f}")
+    print(f"total: {time.perf_counter() - t0:.1f} s")
+    return result.exit_code
+
+
+def _cmd_list(what: str) -> int:
+    from bench.registry import METHODS, PROBES, TARGETS
+
+    if what == "methods":
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            doc = (cls.__doc__ or "").strip().splitlines()
+            print(f"{name:<24} v{cls.version:<4} {doc[0] if doc else ''}")
+    elif what == "targets":
+        for name in TARGETS.names():
+            spec = TARGETS.get(name)
+            print(f"{name:<24} {spec.family:<12} {spec.description}")
+    else:
+        for name in PROBES.names():
+            factory = PROBES.get(name)
+            doc = (getattr(factory, "__doc__", "") or "").strip().splitlines()
+            print(f"{name:<24} {doc[0] if doc else ''}")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from bench.cache import Cache
+
+    cache = Cache(args.cache_dir)
+    if args.action == "clear":
+        n = cache.clear(args.stage)
+        print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {cache.root}")
+        return 0
+    entries = cache.entries(args.stage)
+    total = sum(e.size for e in entries)
+    for e in entries:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
+        print(f"{e.stage:<16} {e.key[:16]}  {e.size / 1e6:>9.2f} MB  {stamp}")
+    print(f"{len(entries)} entries, {total / 1e6:.2f} MB in {cache.root}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.synth import train as synth_train
+
+    if args.action == "train":
+        out = Path(args.out) if args.out else None
+        names = [args.target] if args.target else None
+        for path in synth_train.train_all(names=names, seed=args.seed, out_dir=out,
+                                          progress=sys.stderr.isatty()):
+            print(f"wrote {path}")
+        return 0
+    names = [args.target] if args.target else None
+    print(json.dumps(synth_train.report_all(names=names), indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
