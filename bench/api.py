@@ -8,7 +8,6 @@ units already in ``units.jsonl`` are skipped, and nothing is written twice.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import sys
 import time
@@ -97,8 +96,9 @@ def resolve_device(device: str) -> str:
         import torch
 
         if not torch.cuda.is_available():
-            raise UsageError(f"Device '{device}' was requested but CUDA is not available; "
-                             "use --device cpu.")
+            raise UsageError(
+                f"Device '{device}' was requested but CUDA is not available; use --device cpu."
+            )
     elif device not in ("cpu", "mps"):
         raise UsageError(f"Expected --device auto, cpu, cuda, cuda:N or mps; got '{device}'.")
     return device
@@ -127,13 +127,17 @@ def parse_units(spec: str | None, layer_sizes: dict[str, int]) -> list[UnitRef]:
             lo, _, hi = rng.partition("-")
             start, stop = int(lo), int(hi) if hi else int(lo)
         except ValueError as e:
-            raise UsageError(f"Expected --units items like '5', '0-9' or 'layer4:0-9'; got '{item}'.") from e
+            raise UsageError(
+                f"Expected --units items like '5', '0-9' or 'layer4:0-9'; got '{item}'."
+            ) from e
         if start < 0 or stop < start:
             raise UsageError(f"Expected a range start <= stop, both >= 0; got '{item}'.")
         for l in layers:
             if stop >= layer_sizes[l]:
-                raise UsageError(f"Layer '{l}' has {layer_sizes[l]} units (0-{layer_sizes[l] - 1}); "
-                                 f"--units asked for '{item}'.")
+                raise UsageError(
+                    f"Layer '{l}' has {layer_sizes[l]} units (0-{layer_sizes[l] - 1}); "
+                    f"--units asked for '{item}'."
+                )
             chosen[l].update(range(start, stop + 1))
     return [UnitRef(layer=l, index=i) for l in layer_sizes for i in sorted(chosen[l])]
 
@@ -156,8 +160,18 @@ def provenance() -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("neuron-bench", "torch", "torchvision", "numpy", "safetensors", "transformers",
-                "diffusers", "open_clip_torch", "sentence-transformers", "bert-score"):
+    for pkg in (
+        "neuron-bench",
+        "torch",
+        "torchvision",
+        "numpy",
+        "safetensors",
+        "transformers",
+        "diffusers",
+        "open_clip_torch",
+        "sentence-transformers",
+        "bert-score",
+    ):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -180,8 +194,9 @@ def chunks(units: Sequence[UnitRef], size: int) -> Iterator[list[UnitRef]]:
 # --- describing with a cache --------------------------------------------------------------------
 
 
-def describe_key_parts(method: Method, units: Sequence[UnitRef], evidence: Evidence,
-                       ctx: MethodContext) -> dict[str, Any]:
+def describe_key_parts(
+    method: Method, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
+) -> dict[str, Any]:
     return {
         "method": method.identity(),
         "evidence": evidence.key,
@@ -196,8 +211,9 @@ def _identity(component: Any) -> Any:
     return ident() if callable(ident) else type(component).__qualname__
 
 
-def describe_cached(method: Method, units: Sequence[UnitRef], evidence: Evidence,
-                    ctx: MethodContext) -> tuple[list[Description], bool]:
+def describe_cached(
+    method: Method, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
+) -> tuple[list[Description], bool]:
     """``(descriptions, cache_hit)``. Chunks with failed units are not cached (they are retried)."""
     parts = describe_key_parts(method, units, evidence, ctx)
     key = ctx.cache.key(DESCRIBE_STAGE, parts)
@@ -206,6 +222,7 @@ def describe_cached(method: Method, units: Sequence[UnitRef], evidence: Evidence
         return read_descriptions(hit / "units.jsonl"), True
     out = method.describe(units, evidence, ctx)
     if all(d.ok for d in out):
+
         def write(tmp: Path) -> None:
             atomic_write_text(tmp / "units.jsonl", "".join(dumps(d.to_json()) + "\n" for d in out))
 
@@ -238,13 +255,20 @@ def run(config: RunConfig) -> RunResult:
     methods = [build_method(c, config.method_config.get(c.name)) for c in classes]
     unknown_cfg = sorted(set(config.method_config) - {m.name for m in methods})
     if unknown_cfg:
-        raise UsageError(f"--config names method(s) {unknown_cfg} that are not in this run "
-                         f"({', '.join(m.name for m in methods)}).")
+        raise UsageError(
+            f"--config names method(s) {unknown_cfg} that are not in this run "
+            f"({', '.join(m.name for m in methods)})."
+        )
     device = resolve_device(config.device)
     cache = Cache(config.cache_dir)
 
-    target = load_target(config.target, weights=config.weights, device=device,
-                         download=True, progress=config.progress)
+    target = load_target(
+        config.target,
+        weights=config.weights,
+        device=device,
+        download=True,
+        progress=config.progress,
+    )
     layers = target.resolve_layers(list(config.layers) if config.layers else None)
     probe_name = resolve_probe_name(config, target.spec.family)
     probe = load_probe(probe_name, config.probe_root, config.download)
@@ -264,16 +288,24 @@ def run(config: RunConfig) -> RunResult:
         "record": {"k": req["k"], "topk_by": req["topk_by"], "quantiles": req["quantiles"]},
     }
     run_id = _run_id(resolved, target.identity(), probe.identity())
-    run_dir = Path(config.out) if config.out else Path("results") / f"{target.name}-{probe_name}-{run_id}"
+    run_dir = (
+        Path(config.out) if config.out else Path("results") / f"{target.name}-{probe_name}-{run_id}"
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     state = _load_state(run_dir, run_id)
-    state.update({
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "config": resolved,
-        "provenance": {**provenance(), "target": target.identity(), "probe": probe.identity(),
-                       "cache_dir": str(cache.root)},
-    })
+    state.update(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "config": resolved,
+            "provenance": {
+                **provenance(),
+                "target": target.identity(),
+                "probe": probe.identity(),
+                "cache_dir": str(cache.root),
+            },
+        }
+    )
     state.setdefault("stages", {})
     state["status"] = "running"
     write_json(run_dir / "run.json", state)
@@ -283,21 +315,38 @@ def run(config: RunConfig) -> RunResult:
 
     t_rec = time.perf_counter()
     evidence = record_cached(
-        cache, target, probe, layers, k=req["k"], topk_by=tuple(req["topk_by"]),
+        cache,
+        target,
+        probe,
+        layers,
+        k=req["k"],
+        topk_by=tuple(req["topk_by"]),
         quantiles=tuple(QuantileSpec.parse(q) for q in req["quantiles"]),
-        batch_size=config.batch_size, device=device, progress=config.progress,
+        batch_size=config.batch_size,
+        device=device,
+        progress=config.progress,
     )
     record_hit = evidence.cached
-    state["stages"]["record"] = {"status": "done", "key": evidence.key, "cached": record_hit,
-                                 "seconds": round(time.perf_counter() - t_rec, 3)}
+    state["stages"]["record"] = {
+        "status": "done",
+        "key": evidence.key,
+        "cached": record_hit,
+        "seconds": round(time.perf_counter() - t_rec, 3),
+    }
     write_json(run_dir / "run.json", state)
 
     layer_sizes = {l: evidence.layer(l).num_units for l in layers}
     units = parse_units(config.units, layer_sizes)
     summaries = []
     for method in methods:
-        ctx = MethodContext(cache=cache, device=device, seed=config.seed, workdir=run_dir,
-                            target=target, progress=config.progress)
+        ctx = MethodContext(
+            cache=cache,
+            device=device,
+            seed=config.seed,
+            workdir=run_dir,
+            target=target,
+            progress=config.progress,
+        )
         summaries.append(_run_method(method, units, evidence, ctx, run_dir, state))
         write_json(run_dir / "run.json", state)
 
@@ -308,8 +357,14 @@ def run(config: RunConfig) -> RunResult:
     return RunResult(run_dir=run_dir, methods=tuple(summaries), record_cached=record_hit)
 
 
-def _run_method(method: Method, units: list[UnitRef], evidence: Evidence, ctx: MethodContext,
-                run_dir: Path, state: dict[str, Any]) -> MethodSummary:
+def _run_method(
+    method: Method,
+    units: list[UnitRef],
+    evidence: Evidence,
+    ctx: MethodContext,
+    run_dir: Path,
+    state: dict[str, Any],
+) -> MethodSummary:
     from bench.progress import progress_bar
 
     t0 = time.perf_counter()
@@ -341,12 +396,24 @@ def _run_method(method: Method, units: list[UnitRef], evidence: Evidence, ctx: M
             bar.update(len(chunk))
     final = [done[u] for u in units]
     n_err = sum(not d.ok for d in final)
-    stage.update({"status": "done", "ok": len(final) - n_err, "error": n_err,
-                  "seconds": round(time.perf_counter() - t0, 3)})
+    stage.update(
+        {
+            "status": "done",
+            "ok": len(final) - n_err,
+            "error": n_err,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+    )
     if n_err:
         log.warning("%s: %d of %d units failed; see %s", method.name, n_err, len(final), path)
-    return MethodSummary(name=method.name, ok=len(final) - n_err, error=n_err, computed=computed,
-                         resumed=len(units) - len(todo), seconds=time.perf_counter() - t0)
+    return MethodSummary(
+        name=method.name,
+        ok=len(final) - n_err,
+        error=n_err,
+        computed=computed,
+        resumed=len(units) - len(todo),
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def _union_requirements(methods: Sequence[Method]) -> dict[str, Any]:
@@ -354,18 +421,22 @@ def _union_requirements(methods: Sequence[Method]) -> dict[str, Any]:
 
     k = max([15] + [m.requires.k for m in methods])
     topk_by = sorted({"max"} | {b for m in methods for b in m.requires.topk_by})
-    quantiles = sorted({MILAN_QUANTILE.key, NETDISSECT_QUANTILE.key}
-                       | {q.key for m in methods for q in m.requires.quantiles})
+    quantiles = sorted(
+        {MILAN_QUANTILE.key, NETDISSECT_QUANTILE.key}
+        | {q.key for m in methods for q in m.requires.quantiles}
+    )
     return {"k": k, "topk_by": topk_by, "quantiles": quantiles}
 
 
-def _run_id(resolved: dict[str, Any], target_identity: dict[str, Any],
-            probe_identity: dict[str, Any]) -> str:
+def _run_id(
+    resolved: dict[str, Any], target_identity: dict[str, Any], probe_identity: dict[str, Any]
+) -> str:
     from bench.cache import sha256_bytes
 
     parts = {k: v for k, v in resolved.items() if k != "batch_size"}
-    return sha256_bytes(dumps({"config": parts, "target": target_identity,
-                               "probe": probe_identity}).encode())[:12]
+    return sha256_bytes(
+        dumps({"config": parts, "target": target_identity, "probe": probe_identity}).encode()
+    )[:12]
 
 
 def _load_state(run_dir: Path, run_id: str) -> dict[str, Any]:
@@ -375,7 +446,9 @@ def _load_state(run_dir: Path, run_id: str) -> dict[str, Any]:
     try:
         state = read_json(path)
     except (OSError, ValueError) as e:
-        raise UsageError(f"{path} is not readable JSON ({e}); delete it or choose another --out.") from e
+        raise UsageError(
+            f"{path} is not readable JSON ({e}); delete it or choose another --out."
+        ) from e
     if state.get("run_id") not in (None, run_id):
         raise UsageError(
             f"{run_dir} holds run {state.get('run_id')} with a different configuration; "

@@ -53,7 +53,9 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def content_key(stage: str, parts: Mapping[str, Any]) -> str:
     """SHA-256 of the stage name and its inputs in canonical JSON."""
-    return sha256_bytes(dumps({"cache_format": CACHE_FORMAT, "stage": stage, "parts": parts}).encode())
+    return sha256_bytes(
+        dumps({"cache_format": CACHE_FORMAT, "stage": stage, "parts": parts}).encode()
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,7 +78,9 @@ class Cache:
 
     def entry_dir(self, stage: str, key: str) -> Path:
         if not stage.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise CacheError(f"Expected a stage name of letters, digits, '-', '_' or '.', got {stage!r}.")
+            raise CacheError(
+                f"Expected a stage name of letters, digits, '-', '_' or '.', got {stage!r}."
+            )
         return self.root / stage / key
 
     def load(self, stage: str, key: str) -> Path | None:
@@ -113,8 +117,14 @@ class Cache:
                 files[rel] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
             write_json(
                 tmp / MANIFEST,
-                {"cache_format": CACHE_FORMAT, "stage": stage, "key": key, "parts": parts,
-                 "files": files, "created": time.time()},
+                {
+                    "cache_format": CACHE_FORMAT,
+                    "stage": stage,
+                    "key": key,
+                    "parts": parts,
+                    "files": files,
+                    "created": time.time(),
+                },
             )
             try:
                 os.replace(tmp, final)
@@ -147,7 +157,9 @@ class Cache:
         if not self.root.is_dir():
             return []
         out = []
-        stages = [self.root / stage] if stage else sorted(p for p in self.root.iterdir() if p.is_dir())
+        stages = (
+            [self.root / stage] if stage else sorted(p for p in self.root.iterdir() if p.is_dir())
+        )
         for sdir in stages:
             if not sdir.is_dir():
                 continue
@@ -155,8 +167,15 @@ class Cache:
                 if not edir.is_dir() or edir.name.startswith("."):
                     continue
                 size = sum(f.stat().st_size for f in edir.rglob("*") if f.is_file())
-                out.append(Entry(stage=sdir.name, key=edir.name, path=edir, size=size,
-                                 created=edir.stat().st_mtime))
+                out.append(
+                    Entry(
+                        stage=sdir.name,
+                        key=edir.name,
+                        path=edir,
+                        size=size,
+                        created=edir.stat().st_mtime,
+                    )
+                )
         return out
 
     def clear(self, stage: str | None = None) -> int:
@@ -191,14 +210,20 @@ class Cache:
 # --- arrays -----------------------------------------------------------------------------------
 
 
-def save_arrays(path: str | os.PathLike[str], arrays: Mapping[str, Any],
-                metadata: Mapping[str, str] | None = None) -> None:
+def save_arrays(
+    path: str | os.PathLike[str],
+    arrays: Mapping[str, Any],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Save numpy arrays as safetensors (contiguous copies; no pickles)."""
     import numpy as np
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path),
-              metadata=dict(metadata) if metadata else None)
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+        str(path),
+        metadata=dict(metadata) if metadata else None,
+    )
 
 
 def load_arrays(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -207,4 +232,6 @@ def load_arrays(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated headers etc.
-        raise CacheError(f"Could not read arrays from {path}: {e}. Delete the file and rerun.") from e
+        raise CacheError(
+            f"Could not read arrays from {path}: {e}. Delete the file and rerun."
+        ) from e

@@ -51,27 +51,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="describe units of a target with methods (default: the "
-                       "synthetic world, every method, offline)")
+    r = sub.add_parser(
+        "run",
+        help="describe units of a target with methods (default: the "
+        "synthetic world, every method, offline)",
+    )
     r.add_argument("--methods", type=_csv, help="comma-separated method names (default: all)")
     r.add_argument("--target", default=None, help="target network (default: synth.resnet)")
     r.add_argument("--weights", help="local weights file for the target (weights_only load)")
-    r.add_argument("--layers", type=_csv, help="comma-separated layer names (default: the target's)")
-    r.add_argument("--probe", help="probe set: synthetic, broden, imagenet-val, cifar10, cifar100 "
-                   "(default: synthetic for synthetic targets, broden otherwise)")
+    r.add_argument(
+        "--layers", type=_csv, help="comma-separated layer names (default: the target's)"
+    )
+    r.add_argument(
+        "--probe",
+        help="probe set: synthetic, broden, imagenet-val, cifar10, cifar100 "
+        "(default: synthetic for synthetic targets, broden otherwise)",
+    )
     r.add_argument("--probe-root", help="directory of the probe set (a Broden or ImageFolder copy)")
-    r.add_argument("--download", action="store_true",
-                   help="download the probe set if it is missing (never done silently)")
-    r.add_argument("--units", help="units to describe, e.g. '0-9,15' or 'layer4:0-9' (0-based; "
-                   "default: all)")
+    r.add_argument(
+        "--download",
+        action="store_true",
+        help="download the probe set if it is missing (never done silently)",
+    )
+    r.add_argument(
+        "--units", help="units to describe, e.g. '0-9,15' or 'layer4:0-9' (0-based; default: all)"
+    )
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--config", action="append", default=[], metavar="METHOD.FIELD=VALUE",
-                   help="override a method's config field (repeatable; VALUE parsed as JSON)")
+    r.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="METHOD.FIELD=VALUE",
+        help="override a method's config field (repeatable; VALUE parsed as JSON)",
+    )
     r.add_argument("--out", help="run directory (default: results/<target>-<probe>-<run id>)")
-    r.add_argument("--cache-dir", help="cache directory (default: $BENCH_CACHE_DIR or "
-                   "~/.cache/neuron-bench)")
+    r.add_argument(
+        "--cache-dir", help="cache directory (default: $BENCH_CACHE_DIR or ~/.cache/neuron-bench)"
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ls = sub.add_parser("list", help="list registered methods, targets or probe sets")
@@ -100,8 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname).1s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname).1s %(name)s: %(message)s", stream=sys.stderr
+    )
     if args.command is None:
         parser.print_help()
         return 2
@@ -135,10 +154,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"Expected --batch-size >= 1, got {args.batch_size}.")
     config = RunConfig(
-        methods=args.methods, target=args.target or DEFAULT_TARGET, weights=args.weights,
-        layers=args.layers, probe=args.probe, probe_root=args.probe_root, download=args.download,
-        units=args.units, device=args.device, seed=args.seed, batch_size=args.batch_size,
-        method_config=_config_items(args.config), out=args.out, cache_dir=args.cache_dir,
+        methods=args.methods,
+        target=args.target or DEFAULT_TARGET,
+        weights=args.weights,
+        layers=args.layers,
+        probe=args.probe,
+        probe_root=args.probe_root,
+        download=args.download,
+        units=args.units,
+        device=args.device,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        method_config=_config_items(args.config),
+        out=args.out,
+        cache_dir=args.cache_dir,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     t0 = time.perf_counter()
@@ -147,8 +176,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"recording: {'from cache' if result.record_cached else 'computed'}")
     print(f"{'method':<24} {'ok':>6} {'failed':>6} {'computed':>8} {'resumed':>7} {'seconds':>8}")
     for m in result.methods:
-        print(f"{m.name:<24} {m.ok:>6} {m.error:>6} {m.computed:>8} {m.resumed:>7} "
-              f"{m.seconds:>8.2f}")
+        print(
+            f"{m.name:<24} {m.ok:>6} {m.error:>6} {m.computed:>8} {m.resumed:>7} {m.seconds:>8.2f}"
+        )
     print(f"total: {time.perf_counter() - t0:.1f} s")
     return result.exit_code
 
@@ -198,8 +228,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.action == "train":
         out = Path(args.out) if args.out else None
         names = [args.target] if args.target else None
-        for path in synth_train.train_all(names=names, seed=args.seed, out_dir=out,
-                                          progress=sys.stderr.isatty()):
+        for path in synth_train.train_all(
+            names=names, seed=args.seed, out_dir=out, progress=sys.stderr.isatty()
+        ):
             print(f"wrote {path}")
         return 0
     names = [args.target] if args.target else None

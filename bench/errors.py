@@ -33,7 +33,9 @@ class UnknownNameError(UsageError, KeyError):
         close = difflib.get_close_matches(self.name, self.available, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         shown = self.available if len(self.available) <= 40 else self.available[:40] + ["..."]
-        return f"Unknown {self.kind} '{self.name}'.{hint} Available: {', '.join(shown) or '(none)'}."
+        return (
+            f"Unknown {self.kind} '{self.name}'.{hint} Available: {', '.join(shown) or '(none)'}."
+        )
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]

@@ -87,14 +87,18 @@ class LayerEvidence:
 
     def threshold(self, spec: QuantileSpec) -> np.ndarray:
         if spec.key not in self.thresholds:
-            raise UnknownNameError(f"quantile recorded for layer '{self.layer}'", spec.key,
-                                   self.thresholds)
+            raise UnknownNameError(
+                f"quantile recorded for layer '{self.layer}'", spec.key, self.thresholds
+            )
         return self.thresholds[spec.key]
 
     # --- persistence (safetensors + JSON; no pickles) -----------------------------------------
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {"pooled_max": self.pooled_max, "pooled_mean": self.pooled_mean}
+        out: dict[str, np.ndarray] = {
+            "pooled_max": self.pooled_max,
+            "pooled_mean": self.pooled_mean,
+        }
         for mode, t in self.topk.items():
             out[f"topk.{mode}.indices"] = t.indices
             out[f"topk.{mode}.values"] = t.values
@@ -110,11 +114,18 @@ class LayerEvidence:
         from bench.schema import write_json
 
         save_arrays(directory / f"{stem}.safetensors", self.arrays())
-        write_json(directory / f"{stem}.json", {
-            "layer": self.layer, "num_units": self.num_units, "map_shape": list(self.map_shape),
-            "topk_modes": sorted(self.topk), "thresholds": sorted(self.thresholds),
-            "extras": sorted(self.extras), "meta": self.meta,
-        })
+        write_json(
+            directory / f"{stem}.json",
+            {
+                "layer": self.layer,
+                "num_units": self.num_units,
+                "map_shape": list(self.map_shape),
+                "topk_modes": sorted(self.topk),
+                "thresholds": sorted(self.thresholds),
+                "extras": sorted(self.extras),
+                "meta": self.meta,
+            },
+        )
 
     @classmethod
     def load(cls, directory: Path, stem: str) -> LayerEvidence:
@@ -123,16 +134,27 @@ class LayerEvidence:
         try:
             info = json.loads((directory / f"{stem}.json").read_text())
         except (OSError, ValueError) as e:
-            raise CacheError(f"Could not read evidence metadata {directory / stem}.json: {e}") from e
+            raise CacheError(
+                f"Could not read evidence metadata {directory / stem}.json: {e}"
+            ) from e
         arrays = load_arrays(directory / f"{stem}.safetensors")
         try:
-            topk = {m: TopK(indices=arrays[f"topk.{m}.indices"], values=arrays[f"topk.{m}.values"],
-                            maps=arrays[f"topk.{m}.maps"]) for m in info["topk_modes"]}
+            topk = {
+                m: TopK(
+                    indices=arrays[f"topk.{m}.indices"],
+                    values=arrays[f"topk.{m}.values"],
+                    maps=arrays[f"topk.{m}.maps"],
+                )
+                for m in info["topk_modes"]
+            }
             return cls(
-                layer=info["layer"], num_units=info["num_units"], map_shape=tuple(info["map_shape"]),
+                layer=info["layer"],
+                num_units=info["num_units"],
+                map_shape=tuple(info["map_shape"]),
                 topk=topk,
                 thresholds={k: arrays[f"threshold.{k}"] for k in info["thresholds"]},
-                pooled_max=arrays["pooled_max"], pooled_mean=arrays["pooled_mean"],
+                pooled_max=arrays["pooled_max"],
+                pooled_mean=arrays["pooled_mean"],
                 extras={k: arrays[f"extra.{k}"] for k in info["extras"]},
                 meta=info.get("meta", {}),
             )

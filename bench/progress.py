@@ -16,7 +16,9 @@ class _Silent:
 
 
 @contextmanager
-def progress_bar(*, total: int | None, desc: str, enabled: bool, unit: str = "unit") -> Iterator[Any]:
+def progress_bar(
+    *, total: int | None, desc: str, enabled: bool, unit: str = "unit"
+) -> Iterator[Any]:
     """A tqdm bar on stderr when ``enabled``; otherwise an object with the same update methods."""
     if not enabled:
         yield _Silent()

@@ -130,7 +130,10 @@ class Registry(Generic[T]):
                 if self._entries[ep.name] != ep.value:
                     log.warning(
                         "Ignoring entry point %s=%s: the %s name is taken by %s",
-                        ep.name, ep.value, self.kind, self._describe(self._entries[ep.name]),
+                        ep.name,
+                        ep.value,
+                        self.kind,
+                        self._describe(self._entries[ep.name]),
                     )
                 continue
             self._entries[ep.name] = ep.value
@@ -146,7 +149,9 @@ def _check_method(name: str, obj: Any) -> None:
     from methods.base import Method
 
     if not (isinstance(obj, type) and issubclass(obj, Method)):
-        raise UsageError(f"Expected a subclass of methods.base.Method for method '{name}', got {obj!r}.")
+        raise UsageError(
+            f"Expected a subclass of methods.base.Method for method '{name}', got {obj!r}."
+        )
     if obj.name != name:
         raise UsageError(
             f"Method class {obj.__qualname__} has name {obj.name!r} but is registered as {name!r}; "

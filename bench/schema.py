@@ -145,8 +145,12 @@ def dumps(obj: Any, *, indent: int | None = None) -> str:
     """Canonical JSON: sorted keys, no NaN literals, compact unless ``indent``."""
     separators = (",", ":") if indent is None else (",", ": ")
     return json.dumps(
-        _normalise(obj), sort_keys=True, indent=indent, separators=separators,
-        ensure_ascii=False, allow_nan=False,
+        _normalise(obj),
+        sort_keys=True,
+        indent=indent,
+        separators=separators,
+        ensure_ascii=False,
+        allow_nan=False,
     )
 
 

@@ -27,8 +27,12 @@ if TYPE_CHECKING:
     from bench.targets import Target
     from methods.base import Method
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220),
-           "grey": (128, 128, 128)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (40, 50, 220),
+    "grey": (128, 128, 128),
+}
 CONCEPTS = (
     Concept(number=1, name="red", raw_name="red-c", category="color", categories=("color",)),
     Concept(number=2, name="green", raw_name="green-c", category="color", categories=("color",)),
@@ -76,7 +80,7 @@ class TinyProbe(ProbeSet):
         img = np.empty((self.size, self.size, 3), np.uint8)
         img[:] = COLOURS["grey"]
         y, x, s = self._boxes[i]
-        img[y:y + s, x:x + s] = COLOURS[self._colour(i)]
+        img[y : y + s, x : x + s] = COLOURS[self._colour(i)]
         return img
 
     def load_image(self, i: int) -> Image.Image:
@@ -100,8 +104,8 @@ class TinyProbe(ProbeSet):
         colour = np.full((1, self.size, self.size), 4, np.int32)
         obj = np.zeros((1, self.size, self.size), np.int32)
         y, x, s = self._boxes[i]
-        colour[0, y:y + s, x:x + s] = {"red": 1, "green": 2, "blue": 3}[self._colour(i)]
-        obj[0, y:y + s, x:x + s] = 5
+        colour[0, y : y + s, x : x + s] = {"red": 1, "green": 2, "blue": 3}[self._colour(i)]
+        obj[0, y : y + s, x : x + s] = 5
         return Segmentation(pixel={"color": colour, "object": obj}, image={"scene": (6,)})
 
 
@@ -128,20 +132,33 @@ def tiny_target() -> Target:
     net = TinyNet()
     with torch.no_grad():
         # Inputs are normalised with mean .5, std .5, so a channel at full intensity reads ~1.
-        net.conv.weight.copy_(torch.tensor([[2.0, -1.0, -1.0], [-1.0, 2.0, -1.0],
-                                            [-1.0, -1.0, 2.0], [1.0, 1.0, 1.0]])[:, :, None, None])
+        net.conv.weight.copy_(
+            torch.tensor(
+                [[2.0, -1.0, -1.0], [-1.0, 2.0, -1.0], [-1.0, -1.0, 2.0], [1.0, 1.0, 1.0]]
+            )[:, :, None, None]
+        )
         net.conv.bias.copy_(torch.tensor([-0.5, -0.5, -0.5, 0.0]))
         net.fc.weight.copy_(torch.eye(3, 4))
         net.fc.bias.zero_()
     spec = TargetSpec(
-        name="tiny", family="testing", arch="tinynet", weights=None,
-        preprocessing=Preprocessing(input_size=32, resize=None, mean=(0.5, 0.5, 0.5),
-                                    std=(0.5, 0.5, 0.5)),
-        layers=("conv", "fc"), final_layer="fc", num_classes=3,
+        name="tiny",
+        family="testing",
+        arch="tinynet",
+        weights=None,
+        preprocessing=Preprocessing(
+            input_size=32, resize=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+        ),
+        layers=("conv", "fc"),
+        final_layer="fc",
+        num_classes=3,
         description="hand-weighted colour detectors (tests)",
     )
-    return Target(spec=spec, model=net.eval(), weights_sha256="hand-weighted-v1",
-                  class_names=("red", "green", "blue"))
+    return Target(
+        spec=spec,
+        model=net.eval(),
+        weights_sha256="hand-weighted-v1",
+        class_names=("red", "green", "blue"),
+    )
 
 
 def tiny_evidence(cache: Cache, *, n: int = 24, **record_kwargs: Any) -> Evidence:
@@ -194,8 +211,9 @@ def check_method(
     units = [UnitRef(layer=l, index=i) for l, le in ev.layers.items() for i in range(le.num_units)]
 
     def ctx_for(c: Cache) -> MethodContext:
-        return MethodContext(cache=c, target=ev.target, seed=0, components=dict(components or {}),
-                             workdir=tmp)
+        return MethodContext(
+            cache=c, target=ev.target, seed=0, components=dict(components or {}), workdir=tmp
+        )
 
     method = cls(config)
     ctx = ctx_for(cache)
@@ -203,7 +221,7 @@ def check_method(
     first, hit = describe_cached(method, units, ev, ctx)
     assert not hit, f"{cls.name}: the first run was a cache hit on an empty cache"
     assert len(first) == len(units), f"{cls.name}: {len(first)} descriptions for {len(units)} units"
-    for u, d in zip(units, first):
+    for u, d in zip(units, first, strict=True):
         assert isinstance(d, Description), f"{cls.name}: got {type(d).__name__}, not a Description"
         assert d.unit == u, f"{cls.name}: description for {d.unit} where {u} was expected"
         assert d.ok, f"{cls.name}: unit {u} failed: {d.error}"
@@ -216,16 +234,18 @@ def check_method(
     again.fit(ctx)
     second, hit = describe_cached(again, units, ev, ctx)
     assert hit, f"{cls.name}: the second identical run was not served from the cache"
-    assert [d.to_json() for d in second] == [d.to_json() for d in first], \
+    assert [d.to_json() for d in second] == [d.to_json() for d in first], (
         f"{cls.name}: the cached descriptions differ from the computed ones"
+    )
 
     fresh_cache = Cache(tmp / "cache-fresh")
     fresh = cls(config)
     fresh_ctx = ctx_for(fresh_cache)
     fresh.fit(fresh_ctx)
     recomputed = fresh.describe(units, ev, fresh_ctx)
-    assert [(d.label, d.score) for d in recomputed] == [(d.label, d.score) for d in first], \
+    assert [(d.label, d.score) for d in recomputed] == [(d.label, d.score) for d in first], (
         f"{cls.name}: a second run with the same seed gave different labels or scores"
+    )
 
     changed = changed_config(method.config)
     if changed is not None:

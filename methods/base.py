@@ -31,17 +31,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Evidence kinds a method can ask for.
-EVIDENCE_KINDS = frozenset({
-    "topk",           # top-k probe images per unit, with their activation maps
-    "thresholds",     # per-unit activation quantiles (Requirements.quantiles)
-    "pooled",         # pooled activation of every unit on every probe image
-    "segmentations",  # per-pixel concept labels of the probe set (Broden format)
-    "images",         # the probe images themselves
-    "target",         # running the target on new inputs (through ctx.target)
-})
+EVIDENCE_KINDS = frozenset(
+    {
+        "topk",  # top-k probe images per unit, with their activation maps
+        "thresholds",  # per-unit activation quantiles (Requirements.quantiles)
+        "pooled",  # pooled activation of every unit on every probe image
+        "segmentations",  # per-pixel concept labels of the probe set (Broden format)
+        "images",  # the probe images themselves
+        "target",  # running the target on new inputs (through ctx.target)
+    }
+)
 #: Components (DESIGN section 4) a method can ask for.
-COMPONENT_KINDS = frozenset({"captioner", "language_model", "text_to_image", "image_encoder",
-                             "text_encoder"})
+COMPONENT_KINDS = frozenset(
+    {"captioner", "language_model", "text_to_image", "image_encoder", "text_encoder"}
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,10 +60,14 @@ class Requirements:
     def __post_init__(self) -> None:
         unknown = set(self.evidence) - EVIDENCE_KINDS
         if unknown:
-            raise ValueError(f"Unknown evidence kinds {sorted(unknown)}; expected {sorted(EVIDENCE_KINDS)}")
+            raise ValueError(
+                f"Unknown evidence kinds {sorted(unknown)}; expected {sorted(EVIDENCE_KINDS)}"
+            )
         unknown = set(self.components) - COMPONENT_KINDS
         if unknown:
-            raise ValueError(f"Unknown components {sorted(unknown)}; expected {sorted(COMPONENT_KINDS)}")
+            raise ValueError(
+                f"Unknown components {sorted(unknown)}; expected {sorted(COMPONENT_KINDS)}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -126,8 +133,10 @@ class Method(abc.ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "describe" in cls.__dict__:
-            raise TypeError(f"{cls.__qualname__} overrides Method.describe, which is final; "
-                            "implement _describe instead.")
+            raise TypeError(
+                f"{cls.__qualname__} overrides Method.describe, which is final; "
+                "implement _describe instead."
+            )
 
     def __init__(self, config: Any = None, **overrides: Any):
         if config is None:
@@ -135,8 +144,10 @@ class Method(abc.ABC):
         elif overrides:
             config = make_config(self.Config, {**config_to_json(config), **overrides})
         if not isinstance(config, self.Config):
-            raise ConfigError(f"Expected a {self.Config.__qualname__} for method '{self.name}', "
-                              f"got {type(config).__qualname__}.")
+            raise ConfigError(
+                f"Expected a {self.Config.__qualname__} for method '{self.name}', "
+                f"got {type(config).__qualname__}."
+            )
         self.config = config
 
     def identity(self) -> dict[str, Any]:
@@ -147,12 +158,14 @@ class Method(abc.ABC):
         """Train or load what the method needs (MILAN). Default: nothing."""
 
     @abc.abstractmethod
-    def _describe(self, units: Sequence[UnitRef], evidence: Evidence,
-                  ctx: MethodContext) -> list[Description]:
+    def _describe(
+        self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
+    ) -> list[Description]:
         """One description per unit, in the order given."""
 
-    def describe(self, units: Sequence[UnitRef], evidence: Evidence,
-                 ctx: MethodContext) -> list[Description]:
+    def describe(
+        self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
+    ) -> list[Description]:
         """Describe ``units``: the final template method around ``_describe``."""
         units = list(units)
         if not units:
@@ -164,37 +177,51 @@ class Method(abc.ABC):
         except Exception as e:  # isolate the failing units: retry one at a time
             if len(units) == 1:
                 return [self._failed(units[0], e, time.perf_counter() - start)]
-            log.warning("%s failed on a batch of %d units (%s); retrying unit by unit.",
-                        self.name, len(units), e)
+            log.warning(
+                "%s failed on a batch of %d units (%s); retrying unit by unit.",
+                self.name,
+                len(units),
+                e,
+            )
             return [d for u in units for d in self.describe([u], evidence, ctx)]
         per_unit = (time.perf_counter() - start) / len(units)
         return [d if d.seconds is not None else d.replace(seconds=per_unit) for d in out]
 
-    def check_requirements(self, units: Sequence[UnitRef], evidence: Evidence,
-                           ctx: MethodContext) -> None:
+    def check_requirements(
+        self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
+    ) -> None:
         req = self.requires
         missing_layers = sorted({u.layer for u in units} - set(evidence.layers))
         if missing_layers:
-            raise RequirementError(f"Method '{self.name}' was asked for layers {missing_layers} "
-                                   f"that were not recorded (recorded: {sorted(evidence.layers)}).")
+            raise RequirementError(
+                f"Method '{self.name}' was asked for layers {missing_layers} "
+                f"that were not recorded (recorded: {sorted(evidence.layers)})."
+            )
         if "segmentations" in req.evidence and not evidence.probe.has_segmentations:
             raise RequirementError(
                 f"Method '{self.name}' needs a probe set with per-pixel concept segmentations "
-                f"(Broden format); '{evidence.probe.name}' has none. Use --probe broden or synthetic."
+                f"(Broden format); '{evidence.probe.name}' has none. "
+                "Use --probe broden or --probe synthetic."
             )
         if "target" in req.evidence and ctx.target is None:
-            raise RequirementError(f"Method '{self.name}' needs to run the target on new images, "
-                                   "but no target was given in its context.")
+            raise RequirementError(
+                f"Method '{self.name}' needs to run the target on new images, "
+                "but no target was given in its context."
+            )
         missing = sorted(req.components - set(ctx.components))
         if missing:
-            raise RequirementError(f"Method '{self.name}' needs components {missing}; "
-                                   f"the run provides {sorted(ctx.components) or 'none'}.")
+            raise RequirementError(
+                f"Method '{self.name}' needs components {missing}; "
+                f"the run provides {sorted(ctx.components) or 'none'}."
+            )
         for layer in {u.layer for u in units}:
             le = evidence.layers[layer]
             bad = [u.index for u in units if u.layer == layer and u.index >= le.num_units]
             if bad:
-                raise RequirementError(f"Layer '{layer}' has {le.num_units} units; got unit "
-                                       f"indices {bad[:5]} (0-based).")
+                raise RequirementError(
+                    f"Layer '{layer}' has {le.num_units} units; got unit "
+                    f"indices {bad[:5]} (0-based)."
+                )
             if "topk" in req.evidence:
                 for mode in req.topk_by:
                     le.top(mode)
@@ -205,13 +232,16 @@ class Method(abc.ABC):
     def _validated(self, units: list[UnitRef], out: Any) -> list[Description]:
         if not isinstance(out, list) or len(out) != len(units):
             n = len(out) if isinstance(out, list) else type(out).__name__
-            raise MethodError(f"Method '{self.name}' returned {n} descriptions for {len(units)} units.")
+            raise MethodError(
+                f"Method '{self.name}' returned {n} descriptions for {len(units)} units."
+            )
         checked = []
-        for u, d in zip(units, out):
+        for u, d in zip(units, out, strict=True):
             if not isinstance(d, Description) or d.unit != u:
                 got = d.unit if isinstance(d, Description) else type(d).__name__
-                raise MethodError(f"Method '{self.name}' returned a description for {got} where "
-                                  f"{u} was expected.")
+                raise MethodError(
+                    f"Method '{self.name}' returned a description for {got} where {u} was expected."
+                )
             if d.ok and d.score is not None and not math.isfinite(d.score):
                 d = d.replace(status="error", error=f"non-finite score {d.score}", label="")
             checked.append(d)
@@ -219,5 +249,6 @@ class Method(abc.ABC):
 
     def _failed(self, unit: UnitRef, e: BaseException, seconds: float) -> Description:
         log.warning("%s failed on %s: %s: %s", self.name, unit, type(e).__name__, e)
-        return Description(unit=unit, label="", status="error",
-                           error=f"{type(e).__name__}: {e}", seconds=seconds)
+        return Description(
+            unit=unit, label="", status="error", error=f"{type(e).__name__}: {e}", seconds=seconds
+        )

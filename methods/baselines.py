@@ -28,7 +28,9 @@ class Depictions(Method):
     Config = DepictionsConfig
     requires = Requirements()
 
-    def _describe(self, units: Sequence[UnitRef], evidence: Evidence,
-                  ctx: MethodContext) -> list[Description]:
-        return [Description(unit=u, label=self.config.label, extras={"constant": True})
-                for u in units]
+    def _describe(
+        self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
+    ) -> list[Description]:
+        return [
+            Description(unit=u, label=self.config.label, extras={"constant": True}) for u in units
+        ]

@@ -22,7 +22,6 @@ from bench.schema import (
 )
 from methods.base import Method, Requirements
 
-
 # --- registry -----------------------------------------------------------------------------------
 
 
@@ -89,17 +88,21 @@ def test_entry_point_discovery(tmp_path) -> None:
     )
     dist = tmp_path / "thirdparty_methods-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-methods\nVersion: 0.1\n")
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: thirdparty-methods\nVersion: 0.1\n"
+    )
     (dist / "entry_points.txt").write_text(
-        "[bench.methods]\nplugin-method = thirdparty_methods:Plugin\n")
+        "[bench.methods]\nplugin-method = thirdparty_methods:Plugin\n"
+    )
     code = (
         "from bench.registry import METHODS\n"
         "cls = METHODS.get('plugin-method')\n"
         "print(cls.__module__, cls.name, 'plugin-method' in METHODS.names())\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.getcwd()}"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["thirdparty_methods", "plugin-method", "True"]
 
 
@@ -115,8 +118,13 @@ def test_unitref_validation() -> None:
 
 
 def test_description_round_trip_and_validation() -> None:
-    d = Description(unit=UnitRef(layer="l", index=1), label="red", score=0.25, score_name="iou",
-                    extras={"per_category": {"color": 0.25}})
+    d = Description(
+        unit=UnitRef(layer="l", index=1),
+        label="red",
+        score=0.25,
+        score_name="iou",
+        extras={"per_category": {"color": 0.25}},
+    )
     assert Description.from_json(json.loads(dumps(d.to_json()))) == d
     with pytest.raises(ValueError, match="needs an error message"):
         Description(unit=UnitRef(layer="l", index=1), label="", status="error")
@@ -153,8 +161,12 @@ def test_cache_key_changes_with_every_part() -> None:
     base = content_key("record", parts)
     assert content_key("record", dict(parts)) == base
     assert content_key("describe", parts) != base
-    for key, new in [("target", {"weights_sha256": "abd"}), ("layers", ["a"]), ("k", 16),
-                     ("seed", 1)]:
+    for key, new in [
+        ("target", {"weights_sha256": "abd"}),
+        ("layers", ["a"]),
+        ("k", 16),
+        ("seed", 1),
+    ]:
         assert content_key("record", {**parts, key: new}) != base, key
     assert content_key("record", {**parts, "extra": None}) != base
 

@@ -19,11 +19,18 @@ from methods.base import Method, MethodContext, Requirements
 def _evidence(n_units: int = 4, has_segs: bool = True) -> Evidence:
     k, n = 3, 5
     le = LayerEvidence(
-        layer="conv", num_units=n_units, map_shape=(2, 2),
-        topk={"max": TopK(indices=np.zeros((n_units, k), np.int64),
-                          values=np.zeros((n_units, k), np.float32),
-                          maps=np.zeros((n_units, k, 2, 2), np.float32))},
-        thresholds={}, pooled_max=np.zeros((n, n_units), np.float32),
+        layer="conv",
+        num_units=n_units,
+        map_shape=(2, 2),
+        topk={
+            "max": TopK(
+                indices=np.zeros((n_units, k), np.int64),
+                values=np.zeros((n_units, k), np.float32),
+                maps=np.zeros((n_units, k, 2, 2), np.float32),
+            )
+        },
+        thresholds={},
+        pooled_max=np.zeros((n, n_units), np.float32),
         pooled_mean=np.zeros((n, n_units), np.float32),
     )
     probe = TinyProbe(n=n)
@@ -54,9 +61,14 @@ class Echo(Method):
         self.calls.append([u.index for u in units])
         if any(u.index == self.config.fail_on for u in units):
             raise RuntimeError(f"cannot describe unit {self.config.fail_on}")
-        return [Description(unit=u, label=f"{self.config.prefix} {u.index}",
-                            score=math.nan if u.index == self.config.nan_on else 1.0)
-                for u in units]
+        return [
+            Description(
+                unit=u,
+                label=f"{self.config.prefix} {u.index}",
+                score=math.nan if u.index == self.config.nan_on else 1.0,
+            )
+            for u in units
+        ]
 
 
 def _ctx(tmp_path) -> MethodContext:
@@ -65,6 +77,7 @@ def _ctx(tmp_path) -> MethodContext:
 
 def test_describe_is_final() -> None:
     with pytest.raises(TypeError, match="final"):
+
         class Bad(Method):  # noqa: F841
             name = "bad"
 
@@ -113,8 +126,11 @@ def test_config_overrides_and_unknown_fields() -> None:
     assert Echo(prefix="neuron").config.prefix == "neuron"
     with pytest.raises(ConfigError, match=r"Unknown config field\(s\) \['beam'\]"):
         Echo(beam=3)
-    assert Echo().identity() == {"name": "echo", "version": "1",
-                                 "config": {"prefix": "unit", "fail_on": -1, "nan_on": -1}}
+    assert Echo().identity() == {
+        "name": "echo",
+        "version": "1",
+        "config": {"prefix": "unit", "fail_on": -1, "nan_on": -1},
+    }
 
 
 def test_requirement_checks(tmp_path) -> None:

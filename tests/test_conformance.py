@@ -1,0 +1,52 @@
+"""Every registered method passes the conformance suite that ships as bench.testing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bench.registry import METHODS
+from bench.schema import Description
+from bench.testing import TinyProbe, check_method, tiny_evidence, tiny_target
+from methods.base import Method
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_registered_method_conforms(name: str, tmp_path) -> None:
+    check_method(METHODS.get(name), tmp_path)
+
+
+def test_tiny_world_is_what_it_claims(tmp_path) -> None:
+    """The red/green/blue detectors fire on their colour's squares: the kit's ground truth."""
+    from bench.cache import Cache
+
+    ev = tiny_evidence(Cache(tmp_path))
+    conv = ev.layer("conv")
+    probe = TinyProbe()
+    for unit, colour in enumerate(("red", "green", "blue")):
+        top = conv.top("max").indices[unit]
+        assert all(probe._colour(int(i)) == colour for i in top[:5]), (unit, colour)
+    assert tiny_target().class_names == ("red", "green", "blue")
+
+
+def test_conformance_catches_a_nondeterministic_method(tmp_path) -> None:
+    class Dice(Method):
+        name = "dice"
+
+        def _describe(self, units, evidence, ctx):
+            return [Description(unit=u, label=f"face {random.randint(1, 10**9)}") for u in units]
+
+    with pytest.raises(AssertionError, match="same seed gave different labels"):
+        check_method(Dice, tmp_path)
+
+
+def test_conformance_catches_an_empty_label(tmp_path) -> None:
+    class Mute(Method):
+        name = "mute"
+
+        def _describe(self, units, evidence, ctx):
+            return [Description(unit=u, label=" ") for u in units]
+
+    with pytest.raises(AssertionError, match="empty label"):
+        check_method(Mute, tmp_path)
