@@ -1,0 +1,360 @@
+"""Broden, NetDissect's probe set, in its published layout (reference/formats.md).
+
+::
+
+    <root>/index.csv        image,split,ih,iw,sh,sw,<category columns>
+    <root>/label.csv        number,name,category,frequency,coverage,syns
+    <root>/category.csv     name,first,last,count,frequency
+    <root>/c_<category>.csv code,number,name,frequency,coverage
+    <root>/images/...       the images and the segmentation PNGs
+
+A category cell holds ``;``-separated entries: PNG paths relative to ``images/`` (pixel-level
+labels, decoded as ``R + 256*G``) or label numbers (image-level labels such as scene and texture).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import DataError, UsageError
+from bench.probes.base import Concept, ProbeSet, Segmentation
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+BRODEN_URL = "http://netdissect.csail.mit.edu/data/{name}.zip"
+BRODEN_NAMES = ("broden1_224", "broden1_227")
+INDEX_FIXED_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
+LABEL_COLUMNS = ("number", "name", "category")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_CATEGORY_COUNT = re.compile(r"^\s*([^()]+?)\s*\((\d+)\)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    line: int
+    image: str
+    sh: int
+    sw: int
+    # category -> PNG paths relative to images/, and category -> label numbers
+    pixel: dict[str, tuple[str, ...]]
+    image_labels: dict[str, tuple[int, ...]]
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header and ``(line number, row)`` pairs; DataError when the file or a column is missing."""
+    if not path.is_file():
+        raise DataError(f"Expected the Broden file {path}, found nothing there. Point the probe "
+                        "root at a Broden directory (it holds index.csv, label.csv, images/).")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise DataError(f"{path}: expected a header line, got an empty file.") from None
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"{path}: line 1: expected columns {', '.join(required)}; missing "
+                            f"{', '.join(missing)} (got {', '.join(header)}).")
+        rows = []
+        for values in reader:
+            if not values or not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                raise DataError(f"{path}: line {reader.line_num}: expected {len(header)} fields "
+                                f"({', '.join(header)}), got {len(values)}.")
+            rows.append((reader.line_num, dict(zip(header, values, strict=True))))
+    return header, rows
+
+
+def _int(value: str, path: Path, line: int, column: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise DataError(f"{path}: line {line}: expected an integer in column '{column}', "
+                        f"got {value!r}.") from None
+
+
+def _category_suffix(category: str) -> str:
+    # Broden marks a label's category with "-<first letter>": "red-c", "street-s", "wood-m".
+    return f"-{category[:1]}"
+
+
+def clean_name(raw_name: str, categories: Sequence[str]) -> str:
+    """``raw_name`` without Broden's category suffix, stripped only for one of its categories."""
+    for cat in categories:
+        suffix = _category_suffix(cat)
+        if cat and raw_name.endswith(suffix) and len(raw_name) > len(suffix):
+            return raw_name[: -len(suffix)]
+    return raw_name
+
+
+def decode_segmentation_png(path: Path) -> np.ndarray:
+    """int32 ``[H, W]`` label numbers of a Broden segmentation PNG: ``R + 256*G``.
+
+    Computed in int32: in uint8 (as the original code did) ``G*256`` wraps around on NumPy 2.
+    """
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return rgb[:, :, 0].astype(np.int32) + 256 * rgb[:, :, 1].astype(np.int32)
+
+
+class BrodenProbe(ProbeSet):
+    """Broden images with per-pixel and per-image concept labels.
+
+    ``categories`` keeps only those category columns of ``index.csv`` (default: every category
+    column present). ``max_images`` keeps the first rows of ``index.csv``.
+    """
+
+    fixed_geometry = True
+    has_segmentations = True
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        categories: Sequence[str] | None = None,
+        index_file: str = "index.csv",
+        max_images: int | None = None,
+    ):
+        self.root = Path(root).expanduser()
+        self.name = "broden"
+        if not self.root.is_dir():
+            raise DataError(f"Expected a Broden directory at {self.root}, found nothing there. "
+                            "Pass the directory that holds index.csv, or --download to fetch "
+                            "broden1_224.")
+        if max_images is not None and max_images < 1:
+            raise UsageError(f"Expected max_images >= 1 or None, got {max_images}.")
+        self.max_images = max_images
+        self._index_path = self.root / index_file
+        self._label_path = self.root / "label.csv"
+        header, rows = _read_csv(self._index_path, INDEX_FIXED_COLUMNS)
+        present = [c for c in header if c not in INDEX_FIXED_COLUMNS]
+        if categories is None:
+            self._categories = present
+        else:
+            unknown = [c for c in categories if c not in present]
+            if unknown:
+                raise UsageError(f"Expected Broden categories among {', '.join(present)}; got "
+                                 f"{', '.join(unknown)} which {self._index_path} does not have.")
+            self._categories = list(dict.fromkeys(categories))
+        if max_images is not None:
+            rows = rows[:max_images]
+        if not rows:
+            raise DataError(f"{self._index_path}: expected at least one image row, got none.")
+        self._rows = [self._parse_row(line, row) for line, row in rows]
+        sizes = {(r.sh, r.sw) for r in self._rows}
+        if len(sizes) != 1:
+            first = self._rows[0]
+            other = next(r for r in self._rows if (r.sh, r.sw) != (first.sh, first.sw))
+            raise DataError(
+                f"{self._index_path}: expected every row to have the same segmentation size "
+                f"(sh, sw); line {first.line} has {(first.sh, first.sw)} but line {other.line} has "
+                f"{(other.sh, other.sw)}."
+            )
+        self._seg_size = sizes.pop()
+        self._concepts = self._read_labels()
+        # Hashing 63k images and their PNGs would take minutes on every run; the index and label
+        # files name every file, so they stand for the content (edit them when editing images).
+        # Hashed now, so the identity describes what was loaded even if the files change later.
+        h = hashlib.sha256()
+        for path in (self._index_path, self._label_path):
+            h.update(path.read_bytes())
+            h.update(b"\0")
+        h.update(json.dumps({"categories": self._categories, "max_images": max_images}).encode())
+        self._sha256 = h.hexdigest()
+
+    # --- parsing -----------------------------------------------------------------------------
+
+    def _parse_row(self, line: int, row: dict[str, str]) -> _Row:
+        path = self._index_path
+        image = row["image"].strip()
+        if not image:
+            raise DataError(f"{path}: line {line}: expected an image path in column 'image', "
+                            "got an empty value.")
+        for col in ("ih", "iw"):
+            _int(row[col], path, line, col)
+        sh, sw = _int(row["sh"], path, line, "sh"), _int(row["sw"], path, line, "sw")
+        if sh < 1 or sw < 1:
+            raise DataError(f"{path}: line {line}: expected a positive segmentation size, got "
+                            f"sh={sh}, sw={sw}.")
+        pixel: dict[str, tuple[str, ...]] = {}
+        labels: dict[str, tuple[int, ...]] = {}
+        for cat in self._categories:
+            paths, numbers = [], []
+            for entry in row[cat].split(";"):
+                entry = entry.strip()
+                if not entry:
+                    continue
+                if entry.isdigit():
+                    numbers.append(int(entry))
+                elif entry.lower().endswith(_IMAGE_SUFFIXES):
+                    paths.append(entry)
+                else:
+                    raise DataError(
+                        f"{path}: line {line}: expected ';'-separated label numbers or PNG paths "
+                        f"relative to images/ in column '{cat}', got {entry!r}."
+                    )
+            if paths:
+                pixel[cat] = tuple(paths)
+            if numbers:
+                labels[cat] = tuple(numbers)
+        return _Row(line=line, image=image, sh=sh, sw=sw, pixel=pixel, image_labels=labels)
+
+    def _read_labels(self) -> list[Concept]:
+        path = self._label_path
+        _, rows = _read_csv(path, LABEL_COLUMNS)
+        membership = self._category_membership()
+        selected = set(self._categories)
+        concepts: list[Concept] = []
+        seen: set[int] = set()
+        for line, row in rows:
+            number = _int(row["number"], path, line, "number")
+            if number in seen:
+                raise DataError(f"{path}: line {line}: label number {number} appears twice; "
+                                "expected unique numbers.")
+            seen.add(number)
+            if number <= 0:  # 0 is "unlabelled", never a concept
+                continue
+            counts: list[tuple[str, int]] = []
+            for part in row["category"].split(";"):
+                if not part.strip():
+                    continue
+                m = _CATEGORY_COUNT.match(part)
+                if not m:
+                    raise DataError(f"{path}: line {line}: expected categories like "
+                                    f"'material(36);object(3)' in column 'category', got "
+                                    f"{row['category']!r}.")
+                counts.append((m.group(1), int(m.group(2))))
+            if not counts:
+                counts = [(c, 0) for c in membership.get(number, ())]
+            kept = [(c, n) for c, n in counts if c in selected]
+            if not kept:
+                continue
+            # Primary category: where the label occurs most (first listed on a tie).
+            primary = max(kept, key=lambda cn: cn[1])[0]
+            cats = tuple(c for c, _ in kept)
+            raw = row["name"].strip()
+            concepts.append(Concept(number=number, name=clean_name(raw, [c for c, _ in counts]),
+                                    raw_name=raw, category=primary, categories=cats))
+        concepts.sort(key=lambda c: c.number)
+        return concepts
+
+    def _category_membership(self) -> dict[int, list[str]]:
+        """Label number -> categories, from ``c_<category>.csv`` (used where label.csv is blank)."""
+        out: dict[int, list[str]] = {}
+        for cat in self._categories:
+            path = self.root / f"c_{cat}.csv"
+            if not path.is_file():
+                continue
+            _, rows = _read_csv(path, ("code", "number"))
+            for line, row in rows:
+                out.setdefault(_int(row["number"], path, line, "number"), []).append(cat)
+        return out
+
+    # --- the ProbeSet interface ----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _file(self, rel: str, row: _Row, what: str) -> Path:
+        path = self.root / "images" / rel
+        if not path.is_file():
+            raise DataError(f"{self._index_path}: line {row.line}: expected the {what} "
+                            f"images/{rel}, but {path} does not exist.")
+        return path
+
+    def load_image(self, i: int) -> Image.Image:
+        from PIL import Image
+
+        row = self._rows[i]
+        with Image.open(self._file(row.image, row, "image")) as im:
+            return im.convert("RGB")
+
+    @property
+    def seg_size(self) -> tuple[int, int]:
+        return self._seg_size
+
+    def categories(self) -> list[str]:
+        return list(self._categories)
+
+    def concepts(self) -> list[Concept]:
+        return list(self._concepts)
+
+    def segmentation(self, i: int) -> Segmentation:
+        """Labels of image ``i``: only the categories that have data for it appear.
+
+        ``pixel[cat]``: int32 ``[L, sh, sw]``, one layer per PNG listed (parts have several).
+        """
+        import numpy as np
+
+        row = self._rows[i]
+        pixel: dict[str, np.ndarray] = {}
+        for cat, rels in row.pixel.items():
+            layers = []
+            for rel in rels:
+                arr = decode_segmentation_png(self._file(rel, row, f"'{cat}' segmentation"))
+                if arr.shape != (row.sh, row.sw):
+                    raise DataError(
+                        f"{self._index_path}: line {row.line}: expected images/{rel} to be "
+                        f"{row.sw}x{row.sh} (sw x sh), got {arr.shape[1]}x{arr.shape[0]}."
+                    )
+                layers.append(arr)
+            pixel[cat] = np.stack(layers).astype(np.int32, copy=False)
+        return Segmentation(pixel=pixel, image=dict(row.image_labels))
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": "broden", "sha256": self._sha256, "categories": list(self._categories),
+                "max_images": self.max_images, "num_images": len(self)}
+
+
+def fetch_broden(name: str = "broden1_224", dest_dir: str | Path | None = None, *,
+                 progress: bool = False) -> Path:
+    """Download and unpack ``broden1_224`` or ``broden1_227`` (~1 GB); return the Broden root.
+
+    Broden has no published checksum: the zip's sha256 is recorded beside it on first download
+    and checked when it is reused. ``dest_dir`` defaults to the cache's ``datasets`` directory.
+    """
+    from bench.download import ensure_file, safe_extract
+
+    if name not in BRODEN_NAMES:
+        raise UsageError(f"Expected a Broden name in {', '.join(BRODEN_NAMES)}, got {name!r}.")
+    if dest_dir is None:
+        from bench.cache import default_cache_dir
+
+        dest_dir = default_cache_dir() / "datasets"
+    dest_dir = Path(dest_dir).expanduser()
+    found = _find_root(dest_dir / name)
+    if found is not None:
+        return found
+    url = BRODEN_URL.format(name=name)
+    archive, _ = ensure_file(url, dest_dir / f"{name}.zip", what=f"the Broden dataset {name}",
+                             timeout=10.0, progress=progress)
+    safe_extract(archive, dest_dir / name)
+    found = _find_root(dest_dir / name)
+    if found is None:
+        raise DataError(f"{archive} unpacked into {dest_dir / name} but no index.csv was found "
+                        "there; expected the Broden layout. Delete both and download again.")
+    return found
+
+
+def _find_root(path: Path) -> Path | None:
+    # The zip holds a top-level "<name>/" folder; accept either level.
+    for candidate in (path, path / path.name):
+        if (candidate / "index.csv").is_file():
+            return candidate
+    return None
