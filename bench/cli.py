@@ -137,6 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "cache_dir", None):
+        # Datasets fetched or exported on the way (Broden, the synthetic probe) live there too.
+        import os
+
+        os.environ["BENCH_CACHE_DIR"] = args.cache_dir
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "list":
