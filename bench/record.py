@@ -1,0 +1,1063 @@
+"""Activation recording: one pass over a probe set, streaming per-unit statistics.
+
+:func:`record` runs the target once per batch with forward hooks on the requested layers (scoped
+by :func:`hooks`, which always removes them) and turns every layer's output, spatialized to
+``float32 [B, U, h, w]`` by ``Target.spatialize``, into :class:`~bench.evidence.LayerEvidence`:
+
+- per-unit top-k probe images by spatial max and/or mean, with their activation maps;
+- per-unit quantile thresholds over every spatial position of every probe image at the layer's
+  native resolution (NetDissect 3.1 / NetDissect-Lite ``q = 994/999`` 'hazen'; MILAN 1.2
+  ``q = 0.99``), exact in numpy's definition of each interpolation method;
+- the pooled (spatial max and mean) activation of every unit on every image;
+- the arrays of optional extra :class:`Accumulator` s (IoU tallies, ...).
+
+Nothing holds all activation maps of the probe set: memory is O(batch) for the maps, O(N * U) for
+the pooled outputs and O(N * h * w * U * (1 - q)) for the exact quantile tails (bounded by
+``memory_budget``). :func:`record_cached` stores the result in the content-addressed cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bench.errors import ConfigError, DataError, NonFiniteError, UsageError
+from bench.evidence import (
+    MILAN_QUANTILE,
+    NETDISSECT_QUANTILE,
+    TOPK_MODES,
+    Evidence,
+    LayerEvidence,
+    QuantileSpec,
+    TopK,
+)
+from bench.progress import progress_bar
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from bench.cache import Cache
+    from bench.probes.base import ProbeSet
+    from bench.targets import Preprocessing, Target
+
+log = logging.getLogger(__name__)
+
+#: Bump when :func:`record` outputs change for the same inputs (part of the cache key).
+RECORD_VERSION = "1"
+#: Cache stage name of recorded evidence.
+STAGE = "record"
+DEFAULT_QUANTILES: tuple[QuantileSpec, ...] = (MILAN_QUANTILE, NETDISSECT_QUANTILE)
+
+#: Bytes per kept value of an exact quantile tail: its float32 buffer holds 3 m values per unit
+#: (m kept + 2 m pending) and is compacted in place.
+TAIL_BYTES_PER_VALUE = 3 * 4
+#: Bytes per sampled value of the approximate fallback: the chunks, their concatenation, and the
+#: copy ``np.quantile`` partitions.
+SAMPLE_BYTES_PER_VALUE = 3 * 4
+#: The approximate fallback keeps at least this many positions per unit (when the layer has them).
+MIN_SAMPLE_PER_UNIT = 4096
+#: Seed of the approximate fallback's position sampler (combined with the layer name's CRC32).
+SAMPLE_SEED = 0
+
+
+class Accumulator(Protocol):
+    """An extra streaming statistic for one layer (NetDissect IoU tallies, ...).
+
+    ``update`` sees every probe image exactly once, in probe order; ``finalize``'s arrays go to
+    ``LayerEvidence.extras`` under ``f"{name}.{key}"``.
+    """
+
+    name: str
+
+    def update(self, acts: torch.Tensor, indices: torch.Tensor) -> None:
+        """``acts``: float32 ``[B, U, h, w]`` on the recording device; ``indices``: int64 ``[B]``
+        probe indices (CPU)."""
+
+    def finalize(self) -> dict[str, np.ndarray]: ...
+
+
+#: Makes a fresh :class:`Accumulator` (called once per :func:`record` call and layer).
+AccumulatorFactory = Callable[[], Accumulator]
+
+
+# --- hooks ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def hooks(
+    model: torch.nn.Module,
+    layers: Sequence[str],
+    callback: Callable[[str, Any], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Forward hooks on the modules named ``layers``, removed on exit even when the body raises.
+
+    Yields a dict that maps each layer to its latest raw output. With ``callback``, each output is
+    passed to ``callback(layer, output)`` inside the hook instead (not stored): it is read before
+    any later in-place operation of the network (``ReLU(inplace=True)`` after a hooked
+    BatchNorm) can change it, and it is not kept alive after the forward pass.
+    """
+    from bench.errors import UnknownNameError
+
+    modules = dict(model.named_modules())
+    for layer in layers:
+        if layer not in modules:
+            raise UnknownNameError("layer", layer, [n for n in modules if n])
+    store: dict[str, Any] = {}
+    handles = []
+
+    def make_hook(layer: str) -> Callable[..., None]:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            if callback is None:
+                store[layer] = output
+            else:
+                callback(layer, output)
+
+        return hook
+
+    try:
+        for layer in layers:
+            handles.append(modules[layer].register_forward_hook(make_hook(layer)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# --- exact quantiles from the upper tail ------------------------------------------------------
+
+
+def quantile_positions(n: int, spec: QuantileSpec) -> tuple[int, int, float | None]:
+    """Where numpy's ``np.quantile(x, spec.q, method=spec.method)`` reads ``n`` sorted values.
+
+    Returns ``(prev, next, gamma)``: 0-based indices into the ascending sort and the interpolation
+    weight (``None`` for the discrete methods, which read ``x[prev]``). Follows numpy's
+    definitions operation by operation (virtual index, clipping at both ends), so that
+    :func:`lerp` on the same two values gives numpy's result bit for bit.
+    """
+    if n < 1:
+        raise ValueError(f"Expected n >= 1 values, got {n}")
+    q = float(spec.q)
+    if spec.method in ("lower", "higher", "nearest"):
+        v = (n - 1) * q
+        if spec.method == "lower":
+            j = math.floor(v)
+        elif spec.method == "higher":
+            j = math.ceil(v)
+        else:
+            j = round(v)  # round half to even, as np.around
+        j = min(max(j, 0), n - 1)
+        return j, j, None
+    if spec.method == "linear":
+        v = (n - 1) * q
+    elif spec.method == "hazen":
+        alpha = beta = 0.5
+        v = n * q + (alpha + q * (1 - alpha - beta)) - 1
+    else:  # pragma: no cover - QuantileSpec validates the method
+        raise ValueError(f"Unsupported quantile method {spec.method!r}")
+    if v >= n - 1:
+        return n - 1, n - 1, 0.0
+    if v < 0:
+        return 0, 0, 0.0
+    prev = math.floor(v)
+    return prev, prev + 1, v - prev
+
+
+def lerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """numpy's quantile interpolation between float32 neighbours ``a``, ``b`` [U] (weak ``t``)."""
+    diff = b - a
+    if t >= 0.5:
+        return b - diff * (1 - t)
+    return a + diff * t
+
+
+def tail_size(n: int, specs: Sequence[QuantileSpec]) -> int:
+    """How many of the largest of ``n`` values the quantiles ``specs`` read (0 without specs)."""
+    if not specs:
+        return 0
+    return min(n, max(n - quantile_positions(n, s)[0] for s in specs))
+
+
+class _ExactTail:
+    """Running top-``m`` activations of every unit: enough for exact upper quantiles.
+
+    The state lives in host memory whatever the recording device: ``buf`` float32 ``[U, 3m]``
+    holds the m largest values seen at the last compaction followed by up to 2m pending
+    candidates (``-inf`` where empty). A batch contributes only values above a per-unit cut that
+    provably excludes nothing of the final top m:
+
+    - once m values have been seen, the unit's m-th largest value so far (``thr``): a small
+      fraction of each batch after the first few;
+    - for the first batch, a cut estimated from a strided subsample to leave about 1.5 m values,
+      accepted only when every unit has at least m values above it (then nothing below it can be
+      in the unit's top m);
+    - otherwise the exact top m of the batch (or of a chunk of it).
+
+    Candidates are found on the recording device and extracted in chunks of at most
+    ``CHUNK_VALUES`` values, so their index arithmetic needs memory bounded by the chunk, not by
+    N. When a row is full, an in-place ``np.partition`` compacts every row back to m values; each
+    compaction absorbs at least m candidates of the fullest row, so the amortized cost per
+    candidate is small.
+    """
+
+    #: Values per chunk of a batch (whole images) whose candidates are extracted together.
+    CHUNK_VALUES = 2**20
+
+    def __init__(self, num_units: int, m: int):
+        import numpy as np
+
+        self.m = m
+        self.buf = np.full((num_units, 3 * m), -np.inf, dtype=np.float32)
+        self.fill = np.zeros(num_units, dtype=np.int64)
+        self.thr: np.ndarray | None = None
+        self.n_seen = 0
+        self._mask: np.ndarray | None = None
+
+    def update(self, acts: torch.Tensor) -> None:
+        """``acts`` float32 contiguous ``[B, U, h, w]`` on any device."""
+        b, u, h, w = acts.shape
+        if self.thr is not None:
+            self._insert_above(acts, self.thr)
+        else:
+            stride = min(16, self.m * 3 // 2 // 64)
+            cut = None
+            if b * h * w > 4 * self.m and stride >= 4:
+                cut = self._sampled_cut(acts, stride, (3 * self.m) // 2)
+                counts = sum(self._counts_above(chunk, cut) for chunk in self._chunks(acts))
+                if int(counts.min()) < self.m or int(counts.max()) > 2 * self.m:
+                    cut = None
+            if cut is None:
+                self._insert_top(acts)
+            else:
+                self._insert_above(acts, cut)
+        self.n_seen += b * h * w
+        if self.thr is None and self.n_seen >= self.m:
+            self._compact()
+            self.thr = self.buf[:, : self.m].min(axis=1)
+
+    def _chunks(self, acts: torch.Tensor) -> Iterator[torch.Tensor]:
+        step = max(1, self.CHUNK_VALUES // acts[0].numel())
+        for start in range(0, acts.shape[0], step):
+            yield acts[start : start + step]
+
+    def _greater(self, chunk: torch.Tensor, cut: np.ndarray) -> Any:
+        """Boolean ``[b, U, h*w]`` mask of ``chunk > cut`` (numpy on CPU, torch elsewhere)."""
+        import numpy as np
+        import torch
+
+        b, u, h, w = chunk.shape
+        if chunk.device.type != "cpu":
+            return chunk.view(b, u, h * w) > torch.from_numpy(cut).to(chunk.device).view(1, u, 1)
+        # numpy compares into a reused mask (and finds its set bits) several times faster than
+        # torch allocating a fresh mask and calling nonzero; the arrays share memory.
+        a = chunk.numpy().reshape(b, u, h * w)
+        if self._mask is None or self._mask.size < a.size:
+            self._mask = np.empty(a.size, dtype=bool)
+        mask = self._mask[: a.size].reshape(a.shape)
+        np.greater(a, cut[None, :, None], out=mask)
+        return mask
+
+    def _counts_above(self, chunk: torch.Tensor, cut: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        mask = self._greater(chunk, cut)
+        if isinstance(mask, np.ndarray):
+            return np.count_nonzero(mask, axis=(0, 2))
+        return mask.sum(dim=(0, 2)).cpu().numpy()
+
+    def _insert_above(self, acts: torch.Tensor, cut: np.ndarray) -> None:
+        """Insert every value above ``cut`` [U]; a chunk with more than 2m of them for some unit
+        (a probe in a non-random order) inserts its exact top m instead."""
+        import numpy as np
+
+        for chunk in self._chunks(acts):
+            b, u, h, w = chunk.shape
+            mask = self._greater(chunk, cut)
+            if isinstance(mask, np.ndarray):
+                flat = np.flatnonzero(mask)
+                vals = chunk.numpy().reshape(-1)[flat]
+            else:
+                found = mask.view(-1).nonzero().squeeze(1)
+                flat = found.cpu().numpy()
+                vals = chunk.reshape(-1)[found].cpu().numpy()
+            if flat.size == 0:
+                continue
+            row = flat // (h * w)  # image * U + unit
+            per_row = np.bincount(row, minlength=b * u)
+            per_image = per_row.reshape(b, u)
+            counts = per_image.sum(axis=0)
+            if int(counts.max()) > 2 * self.m:
+                self._insert_top(chunk)
+                continue
+            # Rank of each value among its unit's values in this chunk: its place in its row,
+            # after the values of the same unit in earlier images.
+            earlier = (np.cumsum(per_image, axis=0) - per_image).reshape(-1)
+            offset = earlier - (np.cumsum(per_row) - per_row)
+            rank = offset[row]
+            rank += np.arange(flat.size)
+            self._insert(row % u, rank, counts, vals)
+
+    def _insert_top(self, acts: torch.Tensor) -> None:
+        """Insert the ``min(m, values)`` largest values of each unit in ``acts``."""
+        import numpy as np
+        import torch
+
+        b, u, h, w = acts.shape
+        x = acts.transpose(0, 1).reshape(u, b * h * w)
+        if x.shape[1] > self.m:
+            x = torch.topk(x, self.m, dim=1, sorted=False).values
+        c = x.shape[1]
+        units = np.repeat(np.arange(u), c)
+        rank = np.tile(np.arange(c), u)
+        self._insert(units, rank, np.full(u, c), x.cpu().numpy().reshape(-1))
+
+    def _insert(
+        self, units: np.ndarray, rank: np.ndarray, counts: np.ndarray, vals: np.ndarray
+    ) -> None:
+        """Append ``vals`` to their ``units``' rows at ``rank`` [0, count) past the row's fill."""
+        if int((self.fill + counts).max()) > self.buf.shape[1]:
+            self._compact()
+        pos = units * self.buf.shape[1]
+        pos += self.fill[units]
+        pos += rank
+        self.buf.reshape(-1)[pos] = vals
+        self.fill += counts
+
+    def _compact(self) -> None:
+        import numpy as np
+
+        m = self.m
+        self.buf.partition(2 * m, axis=1)  # in place: the m largest end up in [2m, 3m)
+        self.buf[:, :m] = self.buf[:, 2 * m :]
+        self.buf[:, m:] = -np.inf
+        self.fill.fill(m)
+        if self.thr is not None:
+            self.thr = self.buf[:, :m].min(axis=1)
+
+    @staticmethod
+    def _sampled_cut(acts: torch.Tensor, stride: int, keep: int) -> np.ndarray:
+        """Per unit, a value with about ``keep`` of the batch's values above it: float32 [U]."""
+        import torch
+
+        b, u, h, w = acts.shape
+        sample = acts.view(b, u, h * w)[:, :, ::stride].transpose(0, 1).reshape(u, -1)
+        rank = min(sample.shape[1], max(1, math.ceil(keep * sample.shape[1] / (b * h * w))))
+        return torch.topk(sample, rank, dim=1, sorted=False).values.amin(dim=1).cpu().numpy()
+
+    def quantiles(self, n: int, specs: Sequence[QuantileSpec]) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        if self.n_seen != n:
+            raise RuntimeError(f"Quantile tail saw {self.n_seen} values per unit, expected {n}")
+        self._compact()
+        kept = self.buf[:, : self.m]  # the m largest, unordered
+        reads = {}
+        for spec in specs:
+            prev, nxt, gamma = quantile_positions(n, spec)
+            # Ascending index j of all n values is ascending index j - (n - m) of the top m.
+            ia, ib = prev - (n - self.m), nxt - (n - self.m)
+            if not (0 <= ia <= ib < self.m):
+                raise RuntimeError(
+                    f"Quantile {spec.key} reads values outside the kept tail; "
+                    "this is a bug in bench.record."
+                )
+            reads[spec.key] = (ia, ib, gamma)
+        kept.partition(sorted({i for ia, ib, _ in reads.values() for i in (ia, ib)}), axis=1)
+        if not np.isfinite(kept).all():
+            raise RuntimeError(
+                "Quantile tail holds fewer values than needed; this is a bug in bench.record."
+            )
+        out = {}
+        for key, (ia, ib, gamma) in reads.items():
+            a = np.ascontiguousarray(kept[:, ia])
+            b = np.ascontiguousarray(kept[:, ib])
+            out[key] = (a if gamma is None else lerp(a, b, gamma)).astype(np.float32)
+        return out
+
+
+class _SampledTail:
+    """Approximate quantiles from a seeded uniform random subsample of spatial positions.
+
+    Each position of each image is kept with probability ``rate`` (a Bernoulli draw from a
+    ``torch.Generator`` seeded with ``SAMPLE_SEED`` and the layer name's CRC32, so a rerun picks
+    the same positions); the same positions serve every unit of the layer. Quantiles are numpy's
+    on the sample.
+    """
+
+    def __init__(self, layer: str, rate: float):
+        import torch
+
+        self.rate = rate
+        self.gen = torch.Generator().manual_seed(SAMPLE_SEED + zlib.crc32(layer.encode()))
+        self.chunks: list[torch.Tensor] = []
+        self.n_seen = 0
+
+    def update(self, acts: torch.Tensor) -> None:
+        import torch
+
+        b, u, h, w = acts.shape
+        keep = (torch.rand(b * h * w, generator=self.gen) < self.rate).nonzero().squeeze(1)
+        keep = keep.to(acts.device)
+        img = torch.div(keep, h * w, rounding_mode="floor")
+        self.chunks.append(acts.view(b, u, h * w)[img, :, keep - img * (h * w)].cpu())
+        self.n_seen += b * h * w
+
+    def quantiles(self, n: int, specs: Sequence[QuantileSpec]) -> dict[str, np.ndarray]:
+        import numpy as np
+        import torch
+
+        sample = torch.cat(self.chunks).T.contiguous().numpy()  # [U, S]
+        self.chunks = []
+        if sample.shape[1] == 0:
+            raise DataError("The quantile subsample is empty; raise memory_budget.")
+        log.debug("quantiles from %d sampled positions per unit (of %d)", sample.shape[1], n)
+        return {
+            s.key: np.quantile(sample, s.q, axis=1, method=s.method).astype(np.float32)
+            for s in specs
+        }
+
+
+# --- top-k ------------------------------------------------------------------------------------
+
+
+class _RunningTopK:
+    """The k best images per unit by a pooled score, with their activation maps.
+
+    Ties go to the lower probe index: ``values``/``indices`` are sorted by (score descending,
+    index ascending) and every batch holds higher indices than the buffer (the loader is
+    sequential), so a stable sort of ``[buffer, batch]`` keeps that order. The maps live in
+    unordered slots (``store`` [U, k, h, w], ``slots`` says which); a batch only copies the maps
+    that enter the top k, into the slots of those that leave.
+    """
+
+    #: Entering maps are gathered in one copy up to this many values, else copied one by one.
+    GATHER_VALUES = 2**20
+
+    def __init__(self, k: int, num_units: int, map_shape: tuple[int, int], device: torch.device):
+        import torch
+
+        self.k = k
+        self.values = torch.empty(num_units, 0, dtype=torch.float32, device=device)
+        self.indices = torch.empty(num_units, 0, dtype=torch.int64, device=device)
+        self.slots = torch.empty(num_units, 0, dtype=torch.int64, device=device)
+        self.store = torch.empty(num_units, k, *map_shape, dtype=torch.float32, device=device)
+
+    def update(self, scores: torch.Tensor, indices: torch.Tensor, acts: torch.Tensor) -> None:
+        """``scores`` float32 [B, U], ``indices`` int64 [B], ``acts`` float32 [B, U, h, w]."""
+        import torch
+
+        b, u = scores.shape
+        held = self.values.shape[1]
+        scores = scores.T
+        if held == self.k and not bool((scores > self.values[:, -1:]).any()):
+            return
+        cand_v = torch.cat([self.values, scores], dim=1)
+        cand_i = torch.cat([self.indices, indices.view(1, b).expand(u, b)], dim=1)
+        order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, : self.k]
+        is_new = order >= held
+        rows = torch.arange(u, device=order.device).view(u, 1).expand_as(order)
+        kept_slots = (
+            torch.gather(self.slots, 1, order.clamp(max=max(held - 1, 0)))
+            if held
+            else torch.zeros_like(order)
+        )
+        used = torch.zeros(u, self.k, dtype=torch.bool, device=order.device)
+        used[rows[~is_new], kept_slots[~is_new]] = True
+        free = torch.sort(used.to(torch.uint8), dim=1, stable=True).indices  # free slots first
+        rank = (torch.cumsum(is_new, dim=1) - 1).clamp(min=0)
+        slots = torch.where(is_new, torch.gather(free, 1, rank), kept_slots)
+        r, c = is_new.nonzero(as_tuple=True)
+        images, new_slots = order[r, c] - held, slots[r, c]
+        if r.numel() * acts[0, 0].numel() <= self.GATHER_VALUES:
+            self.store[r, new_slots] = acts[images, r]
+        else:  # map by map: gathering first would allocate (and page-fault) a batch-sized copy
+            for unit, slot, image in zip(
+                r.tolist(), new_slots.tolist(), images.tolist(), strict=True
+            ):
+                self.store[unit, slot].copy_(acts[image, unit])
+        self.values = torch.gather(cand_v, 1, order)
+        self.indices = torch.gather(cand_i, 1, order)
+        self.slots = slots
+
+    def result(self) -> TopK:
+        import torch
+
+        rows = torch.arange(self.slots.shape[0], device=self.slots.device).view(-1, 1)
+        return TopK(
+            indices=self.indices.cpu().numpy(),
+            values=self.values.cpu().numpy(),
+            maps=self.store[rows, self.slots].cpu().numpy(),
+        )
+
+
+#: Values per CPU thread for the statistics of one layer output (see :func:`_stats_threads`).
+VALUES_PER_STATS_THREAD = 2**24
+
+
+@contextlib.contextmanager
+def _stats_threads(acts: torch.Tensor) -> Iterator[None]:
+    """Run a layer's statistics on few CPU threads: one per ``VALUES_PER_STATS_THREAD`` values.
+
+    The statistics are a handful of memory-bound passes and many small index operations; below
+    millions of values a fork/join across threads costs more than it saves, and on a loaded machine
+    (a thread waiting for a core) far more. The forward pass keeps every thread.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    wanted = max(1, min(threads, acts.numel() // VALUES_PER_STATS_THREAD))
+    if acts.device.type != "cpu" or wanted == threads:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --- one layer --------------------------------------------------------------------------------
+
+
+class _LayerRecorder:
+    def __init__(
+        self,
+        *,
+        layer: str,
+        target_name: str,
+        n_images: int,
+        num_units: int,
+        map_shape: tuple[int, int],
+        k: int,
+        topk_by: Sequence[str],
+        tail: _ExactTail | _SampledTail | None,
+        accumulators: list[Accumulator],
+        device: torch.device,
+    ):
+        import numpy as np
+
+        self.layer = layer
+        self.target_name = target_name
+        self.n_images = n_images
+        self.num_units = num_units
+        self.map_shape = map_shape
+        self.topk = {m: _RunningTopK(k, num_units, map_shape, device) for m in topk_by}
+        self.tail = tail
+        self.accumulators = accumulators
+        self.pooled_max = np.zeros((n_images, num_units), dtype=np.float32)
+        self.pooled_mean = np.zeros((n_images, num_units), dtype=np.float32)
+        self.dtype = ""
+        self.seen = 0
+
+    def update(self, out: torch.Tensor, indices: torch.Tensor) -> None:
+        """``out``: the spatialized layer output ``[B, U, h, w]``; ``indices`` int64 [B] (CPU)."""
+        import torch
+
+        if not self.dtype:
+            self.dtype = str(out.dtype).removeprefix("torch.")
+        acts = out.detach().to(torch.float32).contiguous()
+        if tuple(acts.shape[1:]) != (self.num_units, *self.map_shape):
+            raise UsageError(
+                f"Layer '{self.layer}' of '{self.target_name}' gave maps of shape "
+                f"{tuple(acts.shape[1:])}, expected {(self.num_units, *self.map_shape)} as on the "
+                "first image; every probe image must be preprocessed to the same size."
+            )
+        with _stats_threads(acts):
+            self._update_stats(acts, indices)
+        for acc in self.accumulators:
+            acc.update(acts, indices)
+        self.seen += acts.shape[0]
+
+    def _update_stats(self, acts: torch.Tensor, indices: torch.Tensor) -> None:
+        import torch
+
+        pmax = acts.amax(dim=(2, 3))
+        pmean = acts.mean(dim=(2, 3))
+        # NaN and inf propagate into the max or the mean, hence into their difference (which
+        # overflows for finite values only beyond 1e38: the exact check below clears those).
+        if not bool(torch.isfinite(pmax - pmean).all()):
+            bad = ~(torch.isfinite(acts).flatten(1).all(dim=1) & torch.isfinite(pmean).all(dim=1))
+            images = indices[bad.cpu()].tolist()
+            if images:
+                shown = ", ".join(map(str, images[:20])) + (", ..." if len(images) > 20 else "")
+                raise NonFiniteError(
+                    f"Expected finite activations, got NaN or inf in layer '{self.layer}' of "
+                    f"target '{self.target_name}' on probe image(s) [{shown}]. Check the target's "
+                    "weights and preprocessing (a half-precision overflow?), or drop these images."
+                )
+        rows = indices.numpy()
+        self.pooled_max[rows] = pmax.cpu().numpy()
+        self.pooled_mean[rows] = pmean.cpu().numpy()
+        dev_indices = indices.to(acts.device)
+        for mode, running in self.topk.items():
+            running.update(pmax if mode == "max" else pmean, dev_indices, acts)
+        if self.tail is not None:
+            self.tail.update(acts)
+
+    def finalize(self, specs: Sequence[QuantileSpec], meta: dict[str, Any]) -> LayerEvidence:
+        import numpy as np
+
+        if self.seen != self.n_images:
+            raise RuntimeError(
+                f"Layer '{self.layer}' saw {self.seen} images, expected {self.n_images}"
+            )
+        n_values = self.n_images * self.map_shape[0] * self.map_shape[1]
+        thresholds = self.tail.quantiles(n_values, specs) if self.tail is not None else {}
+        extras: dict[str, np.ndarray] = {}
+        for acc in self.accumulators:
+            for key, arr in acc.finalize().items():
+                name = f"{acc.name}.{key}"
+                if name in extras:
+                    raise ConfigError(
+                        f"Expected distinct accumulator array names in layer "
+                        f"'{self.layer}', got '{name}' twice."
+                    )
+                extras[name] = np.asarray(arr)
+        return LayerEvidence(
+            layer=self.layer,
+            num_units=self.num_units,
+            map_shape=self.map_shape,
+            topk={m: t.result() for m, t in self.topk.items()},
+            thresholds=thresholds,
+            pooled_max=self.pooled_max,
+            pooled_mean=self.pooled_mean,
+            extras=extras,
+            meta={**meta, "dtype": self.dtype, "map_shape": list(self.map_shape)},
+        )
+
+
+# --- the probe as a dataset -------------------------------------------------------------------
+
+
+class ProbeImages:
+    """Map-style dataset: item ``i`` is ``(float32 [3, S, S] input, i)``."""
+
+    def __init__(self, probe: ProbeSet, preprocessing: Preprocessing):
+        self.probe = probe
+        self.preprocessing = preprocessing
+        self.fixed_geometry = bool(probe.fixed_geometry)
+
+    def __len__(self) -> int:
+        return len(self.probe)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.probe.load_image(i)
+        return self.preprocessing.transform(img, fixed_geometry=self.fixed_geometry), i
+
+
+# --- argument checks --------------------------------------------------------------------------
+
+
+def _quantile_specs(quantiles: Sequence[QuantileSpec | str]) -> tuple[QuantileSpec, ...]:
+    specs: dict[str, QuantileSpec] = {}
+    for q in quantiles:
+        spec = q if isinstance(q, QuantileSpec) else QuantileSpec.parse(str(q))
+        specs[spec.key] = spec
+    return tuple(specs.values())
+
+
+def _topk_modes(topk_by: Sequence[str] | str) -> tuple[str, ...]:
+    modes = (topk_by,) if isinstance(topk_by, str) else tuple(topk_by)
+    bad = [m for m in modes if m not in TOPK_MODES]
+    if bad or len(set(modes)) != len(modes):
+        raise ConfigError(f"Expected distinct top-k modes from {TOPK_MODES}, got {list(modes)}.")
+    return modes
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"Expected {name} to be an integer >= 1, got {value!r}.")
+
+
+def _plan_tails(
+    shapes: Mapping[str, tuple[int, int, int]],
+    n_images: int,
+    specs: Sequence[QuantileSpec],
+    memory_budget: int,
+) -> dict[str, tuple[str, float, int]]:
+    """Per layer ``(kind, rate, exact_bytes)``: kind "exact", "sample" (with its rate) or "none".
+
+    Layers take exact tails smallest first while their total fits ``memory_budget``; the others
+    share what is left for subsamples (at least ``MIN_SAMPLE_PER_UNIT`` positions per unit).
+    """
+    if not specs:
+        return {layer: ("none", 0.0, 0) for layer in shapes}
+    need = {}
+    for layer, (u, h, w) in shapes.items():
+        need[layer] = TAIL_BYTES_PER_VALUE * u * tail_size(n_images * h * w, specs)
+    plan: dict[str, tuple[str, float, int]] = {}
+    used = 0
+    for layer in sorted(shapes, key=lambda name: need[name]):
+        if used + need[layer] <= memory_budget:
+            plan[layer] = ("exact", 1.0, need[layer])
+            used += need[layer]
+    rest = [layer for layer in shapes if layer not in plan]
+    if rest:
+        share = max(memory_budget - used, 0) / len(rest)
+        for layer in rest:
+            u, h, w = shapes[layer]
+            n_values = n_images * h * w
+            per_unit = max(MIN_SAMPLE_PER_UNIT, int(share // (SAMPLE_BYTES_PER_VALUE * u)))
+            rate = min(1.0, per_unit / n_values)
+            plan[layer] = ("sample", rate, need[layer])
+        log.warning(
+            "Exact quantiles of layer(s) %s would need %.1f MiB, over memory_budget=%.1f MiB; "
+            "using a seeded random subsample of spatial positions instead "
+            "(meta exact_quantiles=False). Raise memory_budget for exact thresholds.",
+            ", ".join(rest),
+            sum(need.values()) / 2**20,
+            memory_budget / 2**20,
+        )
+    return plan
+
+
+# --- record -----------------------------------------------------------------------------------
+
+
+def record(
+    target: Target,
+    probe: ProbeSet,
+    layers: Sequence[str] | None = None,
+    *,
+    k: int = 15,
+    topk_by: Sequence[str] = ("max",),
+    quantiles: Sequence[QuantileSpec | str] = DEFAULT_QUANTILES,
+    batch_size: int = 64,
+    device: str = "cpu",
+    memory_budget: int = 2**30,
+    accumulators: Mapping[str, Sequence[AccumulatorFactory]] | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> dict[str, LayerEvidence]:
+    """Record evidence for ``layers`` (default: the target's) of ``target`` on ``probe``.
+
+    One forward pass per batch (``torch.inference_mode``, the model in eval mode, moved to
+    ``device``) records every layer. Images are ``probe.load_image(i)`` through
+    ``target.preprocessing.transform(img, fixed_geometry=probe.fixed_geometry)``, in probe order
+    (a ``DataLoader`` with ``num_workers`` workers).
+
+    Per layer (U units, N = ``len(probe)`` images, h x w its map, ``k = min(k, N)``):
+
+    - ``topk[mode]`` for each of ``topk_by`` ("max", "mean": the spatial pooling that ranks the
+      images): indices int64 [U, k], values float32 [U, k], maps float32 [U, k, h, w], best
+      first. **Ties go to the lower probe index**, so the result is deterministic.
+    - ``thresholds[spec.key]`` float32 [U] for each quantile: the unit's quantile over all
+      N * h * w positions, equal to ``np.quantile(values, spec.q, method=spec.method)`` (to
+      float32 precision). Only the largest ``m`` values per unit are kept (``tail_size``: about
+      ``(1 - q_min) * N * h * w``), which needs ``TAIL_BYTES_PER_VALUE * U * m`` bytes. When all
+      layers' tails together exceed ``memory_budget``, layers fall back, largest first, to an
+      approximation: quantiles of a uniform random subsample of positions (a Bernoulli draw per
+      position with a fixed seed, so reruns agree; at least ``MIN_SAMPLE_PER_UNIT`` positions
+      per unit), logged as a warning, with ``meta["exact_quantiles"] = False``.
+    - ``pooled_max``, ``pooled_mean`` float32 [N, U].
+    - ``extras``: ``accumulators[layer]`` factories are called once each; their accumulators see
+      every image once and their arrays are stored as ``f"{name}.{key}"``.
+    - ``meta``: n_images, map_shape, exact_quantiles, quantile_exact_bytes (what exact tails
+      need), quantile_sample_rate (approximate layers only), k, topk_by, device, dtype (of the
+      layer's output), seconds (of the whole recording).
+
+    Raises :class:`~bench.errors.NonFiniteError` (naming the layer and the probe images) when an
+    activation is NaN or infinite, and :class:`~bench.errors.UsageError` for a layer that does
+    not run exactly once per forward pass.
+    """
+    import torch
+
+    start = time.perf_counter()
+    names = target.resolve_layers(list(layers) if layers else None)
+    specs = _quantile_specs(quantiles)
+    modes = _topk_modes(topk_by)
+    _check_positive("k", k)
+    _check_positive("batch_size", batch_size)
+    _check_positive("memory_budget", memory_budget)
+    if num_workers < 0:
+        raise ConfigError(f"Expected num_workers >= 0, got {num_workers}.")
+    factories = dict(accumulators or {})
+    unknown = [layer for layer in factories if layer not in names]
+    if unknown:
+        raise ConfigError(
+            f"Expected accumulators only for recorded layers {names}, "
+            f"got accumulators for {unknown}."
+        )
+    n_images = len(probe)
+    if n_images == 0:
+        raise DataError(f"Probe set '{probe.name}' has no images; expected at least one.")
+    k_eff = min(k, n_images)
+    dev = torch.device(device)
+    model = target.model
+    was_training = model.training
+    dataset = ProbeImages(probe, target.preprocessing)
+    log.info(
+        "Recording %d images of '%s' on '%s' layers %s (%s).",
+        n_images,
+        probe.name,
+        target.name,
+        ", ".join(names),
+        dev,
+    )
+
+    current: dict[str, Any] = {"indices": None, "seen": set()}
+    recorders: dict[str, _LayerRecorder] = {}
+
+    def on_output(layer: str, out: Any) -> None:
+        if layer in current["seen"]:
+            raise UsageError(
+                f"Layer '{layer}' of '{target.name}' ran twice in one forward pass; "
+                "expected once. Record a module that the network calls once."
+            )
+        current["seen"].add(layer)
+        recorders[layer].update(target.spatialize(layer, out), current["indices"])
+
+    try:
+        model.eval()
+        model.to(dev)
+        with torch.inference_mode():
+            shapes = _layer_shapes(target, names, dataset[0][0].unsqueeze(0).to(dev))
+            plan = _plan_tails(shapes, n_images, specs, memory_budget)
+            for layer in names:
+                u, h, w = shapes[layer]
+                kind, rate, _ = plan[layer]
+                m = tail_size(n_images * h * w, specs)
+                tail = (
+                    _ExactTail(u, m)
+                    if kind == "exact"
+                    else _SampledTail(layer, rate)
+                    if kind == "sample"
+                    else None
+                )
+                recorders[layer] = _LayerRecorder(
+                    layer=layer,
+                    target_name=target.name,
+                    n_images=n_images,
+                    num_units=u,
+                    map_shape=(h, w),
+                    k=k_eff,
+                    topk_by=modes,
+                    tail=tail,
+                    accumulators=[f() for f in factories.get(layer, ())],
+                    device=dev,
+                )
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=batch_size,
+                shuffle=False,
+                num_workers=num_workers,
+                pin_memory=dev.type == "cuda",
+            )
+            with (
+                progress_bar(
+                    total=len(loader), desc=f"record {target.name}", enabled=progress, unit="batch"
+                ) as bar,
+                hooks(model, names, on_output),
+            ):
+                for images, indices in loader:
+                    current["indices"] = indices.to(torch.int64)
+                    current["seen"] = set()
+                    model(images.to(dev, non_blocking=True))
+                    _check_all_ran(target.name, names, current["seen"])
+                    bar.update(1)
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    out = {}
+    for layer in names:
+        kind, rate, exact_bytes = plan[layer]
+        meta = {
+            "n_images": n_images,
+            "exact_quantiles": kind != "sample" or rate >= 1.0,  # a full "sample" is exact
+            "quantile_exact_bytes": exact_bytes,
+            "k": k_eff,
+            "topk_by": list(modes),
+            "device": str(dev),
+            "seconds": round(seconds, 3),
+        }
+        if kind == "sample":
+            meta["quantile_sample_rate"] = rate
+        out[layer] = recorders[layer].finalize(specs, meta)
+    log.info("Recorded %d layers in %.1f s.", len(names), seconds)
+    return out
+
+
+def _check_all_ran(target_name: str, names: Sequence[str], seen: set[str]) -> None:
+    missing = [layer for layer in names if layer not in seen]
+    if missing:
+        raise UsageError(
+            f"Expected layer(s) {missing} of '{target_name}' to run in the forward "
+            "pass, but they did not; pick modules on the forward path."
+        )
+
+
+def _layer_shapes(
+    target: Target, names: Sequence[str], x: torch.Tensor
+) -> dict[str, tuple[int, int, int]]:
+    """``(U, h, w)`` of each layer for one input ``x`` [1, 3, S, S].
+
+    Runs the network on the meta device (shapes only, no arithmetic); a network that cannot run
+    there (data-dependent control flow, custom kernels) runs once on ``x`` itself.
+    """
+    import itertools
+
+    import torch
+    from torch.func import functional_call
+
+    model = target.model
+    shapes: dict[str, tuple[int, int, int]] = {}
+    seen: set[str] = set()
+
+    def on_output(layer: str, out: Any) -> None:
+        if layer in seen:
+            raise UsageError(
+                f"Layer '{layer}' of '{target.name}' ran twice in one forward pass; "
+                "expected once. Record a module that the network calls once."
+            )
+        seen.add(layer)
+        _, u, h, w = target.spatialize(layer, out).shape
+        shapes[layer] = (int(u), int(h), int(w))
+
+    try:
+        tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+        meta = {name: torch.empty_like(t, device="meta") for name, t in tensors}
+        with hooks(model, names, on_output):
+            functional_call(model, meta, (x.to("meta"),))
+    except UsageError:
+        raise
+    except Exception as e:  # whatever fails on meta: measure on the real device instead
+        log.debug("Shapes on the meta device failed (%s); running one image.", e)
+        shapes.clear()
+        seen.clear()
+        with hooks(model, names, on_output):
+            model(x)
+    _check_all_ran(target.name, names, seen)
+    return shapes
+
+
+# --- caching ----------------------------------------------------------------------------------
+
+
+def record_key_parts(
+    target: Target,
+    probe: ProbeSet,
+    layers: Sequence[str] | None,
+    *,
+    k: int,
+    topk_by: Sequence[str],
+    quantiles: Sequence[QuantileSpec | str],
+    device: str,
+) -> dict[str, Any]:
+    """Everything that changes :func:`record`'s output, as JSON (the cache key's inputs).
+
+    The target's identity carries its weights hash and preprocessing; batch size, workers and
+    progress do not change the output. The memory budget changes it only when it forces the
+    approximation; :func:`record_cached` handles that case.
+    """
+    import torch
+
+    major_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    return {
+        "stage_version": RECORD_VERSION,
+        "target": target.identity(),
+        "probe": probe.identity(),
+        "fixed_geometry": bool(probe.fixed_geometry),
+        "layers": target.resolve_layers(list(layers) if layers else None),
+        "k": int(k),
+        "topk_by": sorted(_topk_modes(topk_by)),
+        "quantiles": sorted(s.key for s in _quantile_specs(quantiles)),
+        "device": torch.device(device).type,
+        "torch": major_minor,
+    }
+
+
+def record_cached(
+    cache: Cache,
+    target: Target,
+    probe: ProbeSet,
+    layers: Sequence[str] | None = None,
+    *,
+    k: int = 15,
+    topk_by: Sequence[str] = ("max",),
+    quantiles: Sequence[QuantileSpec | str] = DEFAULT_QUANTILES,
+    batch_size: int = 64,
+    device: str = "cpu",
+    memory_budget: int = 2**30,
+    accumulators: Mapping[str, Sequence[AccumulatorFactory]] | None = None,
+    accumulator_identity: dict[str, Any] | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Evidence:
+    """:func:`record` through the cache (stage ``"record"``): a hit runs no forward pass.
+
+    The entry holds ``<i>.safetensors`` + ``<i>.json`` for the i-th layer. With
+    ``accumulators``, the record is cached only when ``accumulator_identity`` (JSON that changes
+    whenever their output may) is given; it joins the key. A cached entry whose quantiles were
+    approximated is recomputed when the current ``memory_budget`` allows exact ones.
+    """
+    names = target.resolve_layers(list(layers) if layers else None)
+
+    def run() -> dict[str, LayerEvidence]:
+        return record(
+            target,
+            probe,
+            names,
+            k=k,
+            topk_by=topk_by,
+            quantiles=quantiles,
+            batch_size=batch_size,
+            device=device,
+            memory_budget=memory_budget,
+            accumulators=accumulators,
+            num_workers=num_workers,
+            progress=progress,
+        )
+
+    if accumulators and accumulator_identity is None:
+        log.info("Accumulators without an identity: recording without the cache.")
+        return Evidence(target=target, probe=probe, layers=run(), key="")
+    parts = record_key_parts(
+        target, probe, names, k=k, topk_by=topk_by, quantiles=quantiles, device=device
+    )
+    if accumulators:
+        parts["accumulators"] = accumulator_identity
+    key = cache.key(STAGE, parts)
+
+    def write(directory: Any) -> None:
+        recorded = run()
+        for i, name in enumerate(names):
+            recorded[name].save(directory, str(i))
+
+    path, hit = cache.get_or_create(STAGE, parts, write)
+    evidence = _load_entry(path, names)
+    if hit:
+        approx = [ev.layer for ev in evidence.values() if not ev.meta.get("exact_quantiles", True)]
+        exact_bytes = sum(int(ev.meta.get("quantile_exact_bytes", 0)) for ev in evidence.values())
+        if approx and exact_bytes <= memory_budget:
+            log.info(
+                "Cached record %s has approximate quantiles for %s; memory_budget now allows "
+                "exact ones, recomputing.",
+                key[:12],
+                ", ".join(approx),
+            )
+            shutil.rmtree(path, ignore_errors=True)
+            path, hit = cache.get_or_create(STAGE, parts, write)
+            evidence = _load_entry(path, names)
+    log.info("record %s: cache %s", key[:12], "hit" if hit else "miss")
+    return Evidence(target=target, probe=probe, layers=evidence, key=key, cached=hit)
+
+
+def _load_entry(path: Any, names: Sequence[str]) -> dict[str, LayerEvidence]:
+    from bench.errors import CacheError
+
+    out = {}
+    for i, name in enumerate(names):
+        ev = LayerEvidence.load(path, str(i))
+        if ev.layer != name:
+            raise CacheError(
+                f"Cache entry {path} holds layer '{ev.layer}' at position {i}, "
+                f"expected '{name}'. Delete the entry and rerun."
+            )
+        out[name] = ev
+    return out
