@@ -23,19 +23,23 @@ class UsageError(BenchError):
 class UnknownNameError(UsageError, KeyError):
     """A name (method, target, layer, probe, ...) that is not registered."""
 
-    def __init__(self, kind: str, name: str, available: Iterable[str]):
+    def __init__(self, kind: str, name: str, available: Iterable[str], *, where: str = "",
+                 note: str = ""):
         self.kind = kind
         self.name = name
         self.available = sorted(available)
+        self.where = where
+        self.note = note
         super().__init__(self._message())
 
     def _message(self) -> str:
         close = difflib.get_close_matches(self.name, self.available, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         shown = self.available if len(self.available) <= 40 else self.available[:40] + ["..."]
-        return (
-            f"Unknown {self.kind} '{self.name}'.{hint} Available: {', '.join(shown) or '(none)'}."
-        )
+        where = f" {self.where}" if self.where else ""
+        note = f" {self.note}" if self.note else ""
+        listed = ", ".join(shown) or "(none)"
+        return f"Unknown {self.kind} '{self.name}'{where}.{hint} Available: {listed}.{note}"
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]

@@ -143,8 +143,11 @@ class Target:
                 # Prefer the spec's layers in suggestions: they are the ones people mean.
                 pool = list(self.spec.layers) + available
                 close = difflib.get_close_matches(n, pool, n=3, cutoff=0.5)
-                raise UnknownNameError(f"layer of target '{self.name}'", n,
-                                       list(dict.fromkeys(close + list(self.spec.layers))))
+                raise UnknownNameError(
+                    "layer", n, list(dict.fromkeys(close + list(self.spec.layers))),
+                    where=f"in target '{self.name}'",
+                    note="Any module name of the model (named_modules()) is accepted.",
+                )
             out.append(n)
         if len(set(out)) != len(out):
             raise UsageError(f"Expected distinct layer names, got {out}.")
