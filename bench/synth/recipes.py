@@ -1,0 +1,188 @@
+"""Recipes of the synthetic targets: architecture, task, planted units and training settings.
+
+Pure data (no torch): :mod:`bench.synth.targets` reads it to build ``TargetSpec`` values without
+importing torch, and :mod:`bench.synth.train` follows it to reproduce the shipped weights.
+
+Unit indices of planted units are 0-based and deliberately not the first channels, so a method
+cannot find them by position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.errors import UnknownNameError
+from bench.synth import concepts as C
+
+#: Seed of the fresh images accuracy and planted-unit selectivity are measured on. Training uses
+#: the recipe's seed for its world, which must differ (checked by ``bench.synth.evaluate``).
+EVAL_SEED = 917_331
+
+TASKS: tuple[str, ...] = ("objects", "scenes")
+#: Loss weight of pattern units (see ``PlantedUnit.weight``).
+PATTERN_WEIGHT = 3.0
+
+
+def task_class_names(task: str) -> tuple[str, ...]:
+    """Human-readable class names of a task, in class-index order.
+
+    ``objects``: colour and shape of the main (largest, top-most) object, "red circle";
+    ``scenes``: the scene of the image, "beach".
+    """
+    if task == "objects":
+        return tuple(f"{c} {s}" for c in C.COLORS for s in C.SHAPES)
+    if task == "scenes":
+        return C.SCENES
+    raise UnknownNameError("synthetic task", task, TASKS)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlantedUnit:
+    """Channel ``unit`` (0-based) of ``layer`` is trained to detect ``concept`` (formula text).
+
+    ``weight`` scales its auxiliary loss. Pattern units get more: neither task's cross-entropy
+    needs patterns, so nothing else in the network learns the features they rest on.
+    """
+
+    layer: str
+    unit: int
+    concept: str
+    weight: float = 1.0
+
+    @property
+    def formula(self) -> list:
+        return C.parse_formula(self.concept)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "unit": self.unit,
+            "concept": self.concept,
+            "formula": self.formula,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainConfig:
+    """How a synthetic target is trained.
+
+    ``n_train`` images of the world (seeded by the recipe's seed) are rendered once and seen
+    ``epochs`` times with random horizontal flips. The loss is cross-entropy on the task plus
+    ``aux_weight`` times, per planted unit, a class-balanced BCE between an affine function of
+    the unit's pre-activation map and the concept mask averaged down to the map's resolution
+    (logit = scale * pre-activation + ``unit_bias``; the negative bias makes the rectified unit
+    respond, weakly, wherever the concept covers more than ~12% of a cell, so its activations are
+    graded rather than all-or-nothing), plus
+    ``peak_weight`` times a balanced BCE between the map's spatial maximum and whether the image
+    holds the concept (so images without it never peak high), plus ``hard_weight`` times the
+    BCE of the 1% highest concept-free cells (precision where the unit is read). ``threads``
+    fixes torch's intra-op threads, so weights are identical across machines with the same CPU
+    kind, whatever their core count.
+    """
+
+    n_train: int = 10_000
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 4e-3
+    weight_decay: float = 5e-4
+    aux_weight: float = 1.0
+    peak_weight: float = 0.5
+    hard_weight: float = 0.5
+    unit_bias: float = -2.0
+    flip: bool = True
+    threads: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Recipe:
+    name: str
+    arch: str
+    task: str
+    layers: tuple[str, ...]
+    planted: tuple[PlantedUnit, ...]
+    seed: int
+    description: str
+    final_layer: str = "fc"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return task_class_names(self.task)
+
+    @property
+    def weights_file(self) -> str:
+        return f"{self.name}.safetensors"
+
+    @property
+    def card_file(self) -> str:
+        return f"{self.name}.json"
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            name="synth.resnet",
+            arch="synth_resnet",
+            task="objects",
+            layers=("layer1", "layer2", "layer3", "fc"),
+            seed=1,
+            description="Tiny ResNet classifying the main object's colour and shape (48 classes).",
+            planted=(
+                PlantedUnit(layer="layer1", unit=3, concept="red"),
+                PlantedUnit(layer="layer1", unit=11, concept="grass OR sand"),
+                PlantedUnit(layer="layer2", unit=6, concept="striped", weight=PATTERN_WEIGHT),
+                PlantedUnit(layer="layer2", unit=21, concept="water OR snow"),
+                PlantedUnit(layer="layer3", unit=14, concept="circle"),
+                PlantedUnit(layer="layer3", unit=27, concept="star"),
+                PlantedUnit(layer="layer3", unit=40, concept="red AND circle"),
+                PlantedUnit(layer="layer3", unit=52, concept="square AND NOT blue"),
+            ),
+        ),
+        Recipe(
+            name="synth.convnet",
+            arch="synth_convnet",
+            task="objects",
+            layers=("conv1", "conv2", "conv3", "conv4", "fc"),
+            seed=2,
+            description="AlexNet-style plain conv net classifying the main object's colour and "
+            "shape (48 classes).",
+            planted=(
+                PlantedUnit(layer="conv2", unit=7, concept="blue"),
+                PlantedUnit(layer="conv2", unit=30, concept="yellow OR orange"),
+                PlantedUnit(layer="conv3", unit=12, concept="triangle"),
+                PlantedUnit(layer="conv3", unit=33, concept="dotted", weight=PATTERN_WEIGHT),
+                PlantedUnit(layer="conv4", unit=5, concept="blue AND square"),
+                PlantedUnit(layer="conv4", unit=41, concept="water"),
+            ),
+        ),
+        Recipe(
+            name="synth.resnet_scenes",
+            arch="synth_resnet",
+            task="scenes",
+            layers=("layer1", "layer2", "layer3", "fc"),
+            seed=3,
+            description="Tiny ResNet classifying the scene (7 classes).",
+            train=TrainConfig(n_train=8000, epochs=5),
+            planted=(
+                PlantedUnit(layer="layer1", unit=2, concept="grass"),
+                PlantedUnit(layer="layer1", unit=9, concept="snow OR sand"),
+                PlantedUnit(layer="layer2", unit=4, concept="white"),
+                PlantedUnit(layer="layer2", unit=17, concept="checkered", weight=PATTERN_WEIGHT),
+                PlantedUnit(layer="layer3", unit=30, concept="cross"),
+                PlantedUnit(layer="layer3", unit=36, concept="yellow OR purple"),
+                PlantedUnit(layer="layer3", unit=45, concept="green AND triangle"),
+            ),
+        ),
+    )
+}
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise UnknownNameError("synthetic target", name, RECIPES)
+    return RECIPES[name]
