@@ -54,3 +54,39 @@ def _seed() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture()
+def serve_bytes(monkeypatch: pytest.MonkeyPatch):
+    """``serve(body) -> (base_url, hits)``: a loopback HTTP server answering every GET with
+    ``body``; ``hits`` lists the requested paths. Proxies are cleared so requests stay local."""
+    import http.server
+    import threading
+
+    for var in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def serve(body: bytes) -> tuple[str, list[str]]:
+        hits: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}", hits
+
+    yield serve
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import io
 import pickle
 import struct
 import sys
 import tarfile
-import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,8 +242,8 @@ def test_broden_segmentation_size_mismatch(tmp_path: Path) -> None:
     assert "line 3" in msg and "b_material.png" in msg
 
 
-def test_fetch_broden_downloads_pins_and_reuses(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fetch_broden_downloads_pins_and_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                serve_bytes) -> None:
     import zipfile
 
     import bench.probes.broden as broden_module
@@ -257,43 +255,23 @@ def test_fetch_broden_downloads_pins_and_reuses(tmp_path: Path,
             if f.is_file():
                 zf.write(f, f"broden1_224/{f.relative_to(src).as_posix()}")
     body = zpath.read_bytes()
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            hits.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    for var in ("http_proxy", "HTTP_PROXY"):
-        monkeypatch.delenv(var, raising=False)
     cache = tmp_path / "cache"
     monkeypatch.setenv("BENCH_CACHE_DIR", str(cache))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/data/{{name}}.zip"
-        monkeypatch.setattr(broden_module, "BRODEN_URL", url)
-        register_builtin_probes()
-        probe = PROBES.get("broden")(None, download=True)  # the factory fetches into the cache
-        assert hits == ["/data/broden1_224.zip"]
-        assert isinstance(probe, BrodenProbe) and len(probe) == 3
-        datasets = cache / "datasets"
-        assert probe.root == datasets / "broden1_224" / "broden1_224"
-        record = datasets / "broden1_224.zip.sha256.json"
-        assert hashlib.sha256(body).hexdigest() in record.read_text()
-        # Found in the cache the second time: no request, no --download needed.
-        assert len(PROBES.get("broden")(None)) == 3
-        assert broden_module.fetch_broden("broden1_224", datasets) == probe.root
-        assert hits == ["/data/broden1_224.zip"]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    base, hits = serve_bytes(body)
+    url = f"{base}/data/{{name}}.zip"
+    monkeypatch.setattr(broden_module, "BRODEN_URL", url)
+    register_builtin_probes()
+    probe = PROBES.get("broden")(None, download=True)  # the factory fetches into the cache
+    assert hits == ["/data/broden1_224.zip"]
+    assert isinstance(probe, BrodenProbe) and len(probe) == 3
+    datasets = cache / "datasets"
+    assert probe.root == datasets / "broden1_224" / "broden1_224"
+    record = datasets / "broden1_224.zip.sha256.json"
+    assert hashlib.sha256(body).hexdigest() in record.read_text()
+    # Found in the cache the second time: no request, no --download needed.
+    assert len(PROBES.get("broden")(None)) == 3
+    assert broden_module.fetch_broden("broden1_224", datasets) == probe.root
+    assert hits == ["/data/broden1_224.zip"]
 
 
 # --- ImageFolder -------------------------------------------------------------------------------
@@ -471,29 +449,11 @@ def test_cifar_unpickler_refuses_other_globals(tmp_path: Path) -> None:
 
 
 @pytest.fixture()
-def archive_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, bytes]]:
-    for var in ("http_proxy", "HTTP_PROXY"):
-        monkeypatch.delenv(var, raising=False)
+def archive_server(tmp_path: Path, serve_bytes) -> Iterator[tuple[str, bytes]]:
     make_cifar10_archive(tmp_path / "served.tar.gz")
     body = (tmp_path / "served.tar.gz").read_bytes()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/cifar-10-python.tar.gz", body
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    base, _ = serve_bytes(body)
+    yield f"{base}/cifar-10-python.tar.gz", body
 
 
 def test_cifar_download_checks_md5_and_extracts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
