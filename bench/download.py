@@ -44,8 +44,10 @@ def _describe(what: str, dest: Path) -> str:
 def _failure(name: str, url: str, dest: Path, reason: str) -> DownloadError:
     """A DownloadError whose ``reason``, ``url`` and ``dest`` attributes callers can reword."""
     reason = reason.rstrip(". ")
-    err = DownloadError(f"Could not download {name} from {url}: {reason}. To supply it by hand, "
-                        f"download the file yourself and put it at {dest}.")
+    err = DownloadError(
+        f"Could not download {name} from {url}: {reason}. To supply it by hand, "
+        f"download the file yourself and put it at {dest}."
+    )
     err.reason, err.url, err.dest = reason, url, dest  # type: ignore[attr-defined]
     return err
 
@@ -53,11 +55,15 @@ def _failure(name: str, url: str, dest: Path, reason: str) -> DownloadError:
 def _check_expected(sha256: str | None, md5: str | None) -> tuple[str | None, str | None]:
     if sha256 is not None:
         sha256 = sha256.lower()
-        if len(sha256) < MIN_SHA256_PREFIX or len(sha256) > 64 or any(
-            c not in "0123456789abcdef" for c in sha256
+        if (
+            len(sha256) < MIN_SHA256_PREFIX
+            or len(sha256) > 64
+            or any(c not in "0123456789abcdef" for c in sha256)
         ):
-            raise ValueError(f"Expected a sha256 hex digest or a prefix of at least "
-                             f"{MIN_SHA256_PREFIX} hex digits, got {sha256!r}")
+            raise ValueError(
+                f"Expected a sha256 hex digest or a prefix of at least "
+                f"{MIN_SHA256_PREFIX} hex digits, got {sha256!r}"
+            )
     if md5 is not None:
         md5 = md5.lower()
         if len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5):
@@ -75,8 +81,9 @@ def file_digests(path: Path) -> tuple[str, str]:
     return sha.hexdigest(), md5.hexdigest()
 
 
-def checksum_problem(sha256_got: str, md5_got: str, *, sha256: str | None,
-                     md5: str | None) -> str | None:
+def checksum_problem(
+    sha256_got: str, md5_got: str, *, sha256: str | None, md5: str | None
+) -> str | None:
     """``None`` when the digests match what is expected; otherwise what differs."""
     if sha256 is not None and not sha256_got.startswith(sha256.lower()):
         return f"checksum mismatch: expected sha256 {sha256}, got {sha256_got}"
@@ -161,23 +168,29 @@ def download(
         raise _failure(name, url, dest, str(e.reason)) from e
     except http.client.IncompleteRead as e:
         got = part.stat().st_size if part.is_file() else 0
-        raise _failure(name, url, dest, f"connection closed after {got} bytes (run again to "
-                       "resume)") from e
+        raise _failure(
+            name, url, dest, f"connection closed after {got} bytes (run again to resume)"
+        ) from e
     except (OSError, ValueError, http.client.HTTPException) as e:
         reason = "timed out" if isinstance(e, TimeoutError) else str(e) or type(e).__name__
         raise _failure(name, url, dest, reason) from e
     problem = checksum_problem(*file_digests(part), sha256=sha256, md5=md5)
     if problem is not None:
         part.unlink(missing_ok=True)
-        raise _failure(name, url, dest, f"{problem} (the partial file was deleted; the server "
-                       "may have changed the file)")
+        raise _failure(
+            name,
+            url,
+            dest,
+            f"{problem} (the partial file was deleted; the server may have changed the file)",
+        )
     os.replace(part, dest)
     log.info("Downloaded %s to %s", name, dest)
     return dest
 
 
-def _fetch(url: str, part: Path, *, timeout: float, resume: bool, progress: bool,
-           name: str) -> None:
+def _fetch(
+    url: str, part: Path, *, timeout: float, resume: bool, progress: bool, name: str
+) -> None:
     # A healthy resolver answers in milliseconds; a stalled one means offline. Capping the lookup
     # keeps lookup + connect within a caller's budget (load_target promises 15 s offline).
     _resolve_with_timeout(url, min(timeout, 5.0))
@@ -220,8 +233,9 @@ def _fetch(url: str, part: Path, *, timeout: float, resume: bool, progress: bool
             if bar is not None:
                 bar.close()
         if length and length.isdigit() and received != int(length):
-            raise OSError(f"connection closed after {have + received} of {total} bytes "
-                          "(run again to resume)")
+            raise OSError(
+                f"connection closed after {have + received} of {total} bytes (run again to resume)"
+            )
 
 
 def _range_start(content_range: str | None) -> int | None:
@@ -239,8 +253,15 @@ def _progress_bar(enabled: bool, *, total: int | None, initial: int, name: str) 
         from tqdm import tqdm  # type: ignore[import-untyped]
     except ImportError:  # progress is cosmetic
         return None
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=name, leave=False)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        leave=False,
+    )
 
 
 # --- files whose checksum is learnt on first download -----------------------------------------
@@ -286,24 +307,38 @@ def ensure_file(
                 _write_record(record, url, got_sha)
             return dest, got_sha
         if not download_missing:
-            raise DataError(f"{name} at {dest} does not match its checksum ({problem}). Delete it "
-                            f"and download it again from {url}.")
-        log.warning("%s at %s does not match its checksum (%s); downloading it again.",
-                    name, dest, problem)
+            raise DataError(
+                f"{name} at {dest} does not match its checksum ({problem}). Delete it "
+                f"and download it again from {url}."
+            )
+        log.warning(
+            "%s at %s does not match its checksum (%s); downloading it again.", name, dest, problem
+        )
         dest.unlink()
     elif not download_missing:
-        err = DownloadError(f"{name} is not at {dest} and downloading is switched off. Download "
-                            f"it from {url} and put it at {dest}, or allow the download.")
+        err = DownloadError(
+            f"{name} is not at {dest} and downloading is switched off. Download "
+            f"it from {url} and put it at {dest}, or allow the download."
+        )
         err.reason = "it is not on disk and downloading is switched off"  # type: ignore[attr-defined]
         err.url, err.dest = url, dest  # type: ignore[attr-defined]
         raise err
     try:
-        download(url, dest, sha256=sha256 or pinned, md5=md5, timeout=timeout, progress=progress,
-                 what=what)
+        download(
+            url,
+            dest,
+            sha256=sha256 or pinned,
+            md5=md5,
+            timeout=timeout,
+            progress=progress,
+            what=what,
+        )
     except DownloadError as e:
         if pinned is not None and "checksum mismatch" in str(e):
-            raise DownloadError(f"{e} The expected sha256 was recorded at the first download in "
-                                f"{record}; delete that file if the file changed upstream.") from e
+            raise DownloadError(
+                f"{e} The expected sha256 was recorded at the first download in "
+                f"{record}; delete that file if the file changed upstream."
+            ) from e
         raise
     got_sha = file_digests(dest)[0]
     if sha256 is None and md5 is None and pinned is None:
@@ -323,15 +358,20 @@ def _write_record(record: Path, url: str, sha256: str) -> None:
 def _member_path(name: str, archive: Path) -> PurePosixPath:
     """The normalised relative path of an archive member, or DataError when it could escape."""
     if not name or "\x00" in name:
-        raise DataError(f"{archive}: member {name!r} has an empty or invalid name; refusing to "
-                        "extract it.")
+        raise DataError(
+            f"{archive}: member {name!r} has an empty or invalid name; refusing to extract it."
+        )
     p = PurePosixPath(name.replace("\\", "/"))
     if p.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise DataError(f"{archive}: member {name!r} has an absolute path; expected paths "
-                        "relative to the archive root. Refusing to extract this archive.")
+        raise DataError(
+            f"{archive}: member {name!r} has an absolute path; expected paths "
+            "relative to the archive root. Refusing to extract this archive."
+        )
     if ".." in p.parts:
-        raise DataError(f"{archive}: member {name!r} contains '..' and would be written outside "
-                        "the destination. Refusing to extract this archive.")
+        raise DataError(
+            f"{archive}: member {name!r} contains '..' and would be written outside "
+            "the destination. Refusing to extract this archive."
+        )
     parts = [q for q in p.parts if q not in ("", ".")]
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
@@ -353,13 +393,16 @@ def _link_inside(member: PurePosixPath, target: str, *, relative_to_member: bool
     return True
 
 
-def _check_no_link_parent(path: PurePosixPath, links: set[PurePosixPath], archive: Path,
-                          name: str) -> None:
+def _check_no_link_parent(
+    path: PurePosixPath, links: set[PurePosixPath], archive: Path, name: str
+) -> None:
     # Writing through a symlink member ("link/file") lands wherever the link points.
     for parent in list(path.parents)[:-1]:
         if parent in links:
-            raise DataError(f"{archive}: member {name!r} is written through the link "
-                            f"{parent.as_posix()!r}; refusing to extract this archive.")
+            raise DataError(
+                f"{archive}: member {name!r} is written through the link "
+                f"{parent.as_posix()!r}; refusing to extract this archive."
+            )
 
 
 def safe_extract(archive: Path, dest: Path) -> Path:
@@ -383,17 +426,23 @@ def safe_extract(archive: Path, dest: Path) -> Path:
             elif tarfile.is_tarfile(archive):
                 _extract_tar(archive, tmp)
             else:
-                raise DataError(f"{archive} is neither a zip nor a tar archive; expected .zip, "
-                                ".tar or .tar.gz. Delete it and download it again.")
+                raise DataError(
+                    f"{archive} is neither a zip nor a tar archive; expected .zip, "
+                    ".tar or .tar.gz. Delete it and download it again."
+                )
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-            raise DataError(f"Could not extract {archive}: {e}. The archive is damaged or unsafe; "
-                            "delete it and download it again.") from e
+            raise DataError(
+                f"Could not extract {archive}: {e}. The archive is damaged or unsafe; "
+                "delete it and download it again."
+            ) from e
         dest.mkdir(parents=True, exist_ok=True)
         entries = sorted(tmp.iterdir())
         clash = [entry.name for entry in entries if os.path.lexists(dest / entry.name)]
         if clash:
-            raise DataError(f"Cannot extract {archive} into {dest}: {', '.join(clash)} already "
-                            "exist(s) there. Remove them to extract again.")
+            raise DataError(
+                f"Cannot extract {archive} into {dest}: {', '.join(clash)} already "
+                "exist(s) there. Remove them to extract again."
+            )
         for entry in entries:
             os.replace(entry, dest / entry.name)
     finally:
@@ -412,13 +461,17 @@ def _extract_zip(archive: Path, out: Path) -> None:
             if stat.S_ISLNK(mode):
                 target = zf.read(info).decode("utf-8", "replace")
                 if not _link_inside(path, target, relative_to_member=True):
-                    raise DataError(f"{archive}: member {info.filename!r} is a link to {target!r} "
-                                    "outside the destination; refusing to extract this archive.")
+                    raise DataError(
+                        f"{archive}: member {info.filename!r} is a link to {target!r} "
+                        "outside the destination; refusing to extract this archive."
+                    )
                 links.add(path)
             # No type bits (zips made on Windows, or by ZipFile.writestr) means a plain file.
             elif stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise DataError(f"{archive}: member {info.filename!r} is a special file; expected "
-                                "regular files and directories. Refusing to extract.")
+                raise DataError(
+                    f"{archive}: member {info.filename!r} is a special file; expected "
+                    "regular files and directories. Refusing to extract."
+                )
         for info in infos:
             path = _member_path(info.filename, archive)
             target_path = out.joinpath(*path.parts)
@@ -444,12 +497,16 @@ def _extract_tar(archive: Path, out: Path) -> None:
             if m.issym() or m.islnk():
                 inside = _link_inside(path, m.linkname, relative_to_member=m.issym())
                 if not inside:
-                    raise DataError(f"{archive}: member {m.name!r} is a link to {m.linkname!r} "
-                                    "outside the destination; refusing to extract this archive.")
+                    raise DataError(
+                        f"{archive}: member {m.name!r} is a link to {m.linkname!r} "
+                        "outside the destination; refusing to extract this archive."
+                    )
                 if m.issym():
                     links.add(path)
             elif not (m.isfile() or m.isdir()):
-                raise DataError(f"{archive}: member {m.name!r} is a device file or FIFO; expected "
-                                "regular files and directories. Refusing to extract.")
+                raise DataError(
+                    f"{archive}: member {m.name!r} is a device file or FIFO; expected "
+                    "regular files and directories. Refusing to extract."
+                )
         # tarfile's own "data" filter repeats the checks (and drops unsafe permission bits).
         tf.extractall(out, members=members, filter="data")

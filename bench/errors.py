@@ -23,8 +23,9 @@ class UsageError(BenchError):
 class UnknownNameError(UsageError, KeyError):
     """A name (method, target, layer, probe, ...) that is not registered."""
 
-    def __init__(self, kind: str, name: str, available: Iterable[str], *, where: str = "",
-                 note: str = ""):
+    def __init__(
+        self, kind: str, name: str, available: Iterable[str], *, where: str = "", note: str = ""
+    ):
         self.kind = kind
         self.name = name
         self.available = sorted(available)

@@ -64,8 +64,13 @@ class Preprocessing:
         return TF.normalize(x, list(self.mean), list(self.std))
 
     def to_json(self) -> dict[str, Any]:
-        return {"input_size": self.input_size, "resize": self.resize, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation}
+        return {
+            "input_size": self.input_size,
+            "resize": self.resize,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -96,11 +101,18 @@ class TargetSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "family": self.family, "arch": self.arch, "weights": self.weights,
-            "weights_url": self.weights_url, "weights_sha256": self.weights_sha256,
-            "preprocessing": self.preprocessing.to_json(), "layers": list(self.layers),
-            "final_layer": self.final_layer, "num_classes": self.num_classes,
-            "token_prefix": self.token_prefix, "options": self.options,
+            "name": self.name,
+            "family": self.family,
+            "arch": self.arch,
+            "weights": self.weights,
+            "weights_url": self.weights_url,
+            "weights_sha256": self.weights_sha256,
+            "preprocessing": self.preprocessing.to_json(),
+            "layers": list(self.layers),
+            "final_layer": self.final_layer,
+            "num_classes": self.num_classes,
+            "token_prefix": self.token_prefix,
+            "options": self.options,
         }
 
 
@@ -123,10 +135,13 @@ class Target:
 
     def identity(self) -> dict[str, Any]:
         """What identifies this target's outputs in cache keys and results."""
-        return {"name": self.spec.name, "arch": self.spec.arch,
-                "weights_sha256": self.weights_sha256,
-                "preprocessing": self.spec.preprocessing.to_json(),
-                "token_prefix": self.spec.token_prefix}
+        return {
+            "name": self.spec.name,
+            "arch": self.spec.arch,
+            "weights_sha256": self.weights_sha256,
+            "preprocessing": self.spec.preprocessing.to_json(),
+            "token_prefix": self.spec.token_prefix,
+        }
 
     def layer_names(self) -> list[str]:
         return [n for n, _ in self.model.named_modules() if n]
@@ -144,7 +159,9 @@ class Target:
                 pool = list(self.spec.layers) + available
                 close = difflib.get_close_matches(n, pool, n=3, cutoff=0.5)
                 raise UnknownNameError(
-                    "layer", n, list(dict.fromkeys(close + list(self.spec.layers))),
+                    "layer",
+                    n,
+                    list(dict.fromkeys(close + list(self.spec.layers))),
                     where=f"in target '{self.name}'",
                     note="Any module name of the model (named_modules()) is accepted.",
                 )
@@ -170,8 +187,10 @@ class Target:
         if isinstance(out, (tuple, list)):
             out = out[0]
         if not isinstance(out, torch.Tensor):
-            raise UsageError(f"Layer '{layer}' of '{self.name}' returned {type(out).__name__}, "
-                             "expected a tensor; pick another layer.")
+            raise UsageError(
+                f"Layer '{layer}' of '{self.name}' returned {type(out).__name__}, "
+                "expected a tensor; pick another layer."
+            )
         if out.ndim == 4:
             return out
         if out.ndim == 2:
@@ -185,8 +204,10 @@ class Target:
                     f"{self.spec.token_prefix} prefix token(s) they do not form a square grid."
                 )
             return tokens.transpose(1, 2).reshape(out.shape[0], out.shape[2], side, side)
-        raise UsageError(f"Layer '{layer}' of '{self.name}' gives a {out.ndim}-d output "
-                         f"{tuple(out.shape)}; expected [B,C,H,W], [B,C] or [B,T,D].")
+        raise UsageError(
+            f"Layer '{layer}' of '{self.name}' gives a {out.ndim}-d output "
+            f"{tuple(out.shape)}; expected [B,C,H,W], [B,C] or [B,T,D]."
+        )
 
 
 # --- the built-in registry ----------------------------------------------------------------------
@@ -201,15 +222,32 @@ _PLACES365_ZOO = "http://places2.csail.mit.edu/models_places365"
 _TV_URL = "https://download.pytorch.org/models"
 
 #: conv1..conv5 of AlexNet.
-ALEXNET_LAYERS = ("features.0", "features.3", "features.6", "features.8", "features.10",
-                  "classifier.6")
+ALEXNET_LAYERS = (
+    "features.0",
+    "features.3",
+    "features.6",
+    "features.8",
+    "features.10",
+    "classifier.6",
+)
 #: The last conv of each of VGG16's five blocks, and the head.
-VGG16_LAYERS = ("features.2", "features.7", "features.14", "features.21", "features.28",
-                "classifier.6")
+VGG16_LAYERS = (
+    "features.2",
+    "features.7",
+    "features.14",
+    "features.21",
+    "features.28",
+    "classifier.6",
+)
 #: The output of every encoder block (tokens: CLS + 14x14 patches), and the head.
 VIT_B_16_LAYERS = tuple(f"encoder.layers.encoder_layer_{i}" for i in range(12)) + ("heads.head",)
-DENSENET_LAYERS = ("features.denseblock1", "features.denseblock2", "features.denseblock3",
-                   "features.denseblock4", "classifier")
+DENSENET_LAYERS = (
+    "features.denseblock1",
+    "features.denseblock2",
+    "features.denseblock3",
+    "features.denseblock4",
+    "classifier",
+)
 
 # arch -> (weights enum, file name on download.pytorch.org, default layers, final layer).
 # The URLs and hash prefixes are torchvision's own (checked against the enums by the tests); they
@@ -218,17 +256,27 @@ _TORCHVISION: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "resnet18": ("ResNet18_Weights.IMAGENET1K_V1", "resnet18-f37072fd.pth", RESNET_LAYERS, "fc"),
     "resnet34": ("ResNet34_Weights.IMAGENET1K_V1", "resnet34-b627a593.pth", RESNET_LAYERS, "fc"),
     "resnet50": ("ResNet50_Weights.IMAGENET1K_V1", "resnet50-0676ba61.pth", RESNET_LAYERS, "fc"),
-    "resnet101": ("ResNet101_Weights.IMAGENET1K_V1", "resnet101-63fe2227.pth", RESNET_LAYERS,
-                  "fc"),
-    "resnet152": ("ResNet152_Weights.IMAGENET1K_V1", "resnet152-394f9c45.pth", RESNET_LAYERS,
-                  "fc"),
-    "alexnet": ("AlexNet_Weights.IMAGENET1K_V1", "alexnet-owt-7be5be79.pth", ALEXNET_LAYERS,
-                "classifier.6"),
+    "resnet101": ("ResNet101_Weights.IMAGENET1K_V1", "resnet101-63fe2227.pth", RESNET_LAYERS, "fc"),
+    "resnet152": ("ResNet152_Weights.IMAGENET1K_V1", "resnet152-394f9c45.pth", RESNET_LAYERS, "fc"),
+    "alexnet": (
+        "AlexNet_Weights.IMAGENET1K_V1",
+        "alexnet-owt-7be5be79.pth",
+        ALEXNET_LAYERS,
+        "classifier.6",
+    ),
     "vgg16": ("VGG16_Weights.IMAGENET1K_V1", "vgg16-397923af.pth", VGG16_LAYERS, "classifier.6"),
-    "vit_b_16": ("ViT_B_16_Weights.IMAGENET1K_V1", "vit_b_16-c867db91.pth", VIT_B_16_LAYERS,
-                 "heads.head"),
-    "densenet161": ("DenseNet161_Weights.IMAGENET1K_V1", "densenet161-8d451a50.pth",
-                    DENSENET_LAYERS, "classifier"),
+    "vit_b_16": (
+        "ViT_B_16_Weights.IMAGENET1K_V1",
+        "vit_b_16-c867db91.pth",
+        VIT_B_16_LAYERS,
+        "heads.head",
+    ),
+    "densenet161": (
+        "DenseNet161_Weights.IMAGENET1K_V1",
+        "densenet161-8d451a50.pth",
+        DENSENET_LAYERS,
+        "classifier",
+    ),
 }
 _TOKEN_PREFIX = {"vit_b_16": 1}
 
@@ -243,15 +291,23 @@ def torchvision_specs() -> list[TargetSpec]:
     """The ImageNet-trained torchvision targets with the weights the papers used (IMAGENET1K_V1)."""
     out = []
     for arch, (weights, file, layers, final) in _TORCHVISION.items():
-        out.append(TargetSpec(
-            name=arch, family="torchvision", arch=arch, weights=weights,
-            preprocessing=IMAGENET_PREPROCESSING, layers=layers, final_layer=final,
-            num_classes=1000, weights_url=f"{_TV_URL}/{file}",
-            weights_sha256=_hash_prefix_from_name(file),
-            class_names_source=f"torchvision {weights}.meta['categories']",
-            token_prefix=_TOKEN_PREFIX.get(arch, 0),
-            description=f"torchvision {arch}, ImageNet-1k ({weights})",
-        ))
+        out.append(
+            TargetSpec(
+                name=arch,
+                family="torchvision",
+                arch=arch,
+                weights=weights,
+                preprocessing=IMAGENET_PREPROCESSING,
+                layers=layers,
+                final_layer=final,
+                num_classes=1000,
+                weights_url=f"{_TV_URL}/{file}",
+                weights_sha256=_hash_prefix_from_name(file),
+                class_names_source=f"torchvision {weights}.meta['categories']",
+                token_prefix=_TOKEN_PREFIX.get(arch, 0),
+                description=f"torchvision {arch}, ImageNet-1k ({weights})",
+            )
+        )
     return out
 
 
@@ -259,9 +315,15 @@ def places365_specs() -> list[TargetSpec]:
     """Places365 CNNs from the CSAIL model zoo (no published checksum: pinned on first download)."""
     return [
         TargetSpec(
-            name=name, family="places365", arch=arch, weights=file,
-            preprocessing=IMAGENET_PREPROCESSING, layers=layers, final_layer=final,
-            num_classes=365, weights_url=f"{_PLACES365_ZOO}/{file}",
+            name=name,
+            family="places365",
+            arch=arch,
+            weights=file,
+            preprocessing=IMAGENET_PREPROCESSING,
+            layers=layers,
+            final_layer=final,
+            num_classes=365,
+            weights_url=f"{_PLACES365_ZOO}/{file}",
             class_names_source=PLACES365_CATEGORIES_URL,
             description=f"{arch} trained on Places365 (CSAIL model zoo)",
         )
@@ -283,8 +345,9 @@ def register_builtin_targets() -> None:
         if isinstance(e, ModuleNotFoundError) and e.name in ("bench.synth", "bench.synth.targets"):
             log.debug("No synthetic targets: %s", e)
         else:
-            log.warning("Synthetic targets unavailable: bench.synth.targets failed to import "
-                        "(%s).", e)
+            log.warning(
+                "Synthetic targets unavailable: bench.synth.targets failed to import (%s).", e
+            )
     else:
         specs += list(synthetic_target_specs())
     for spec in specs:
@@ -324,10 +387,15 @@ def load_target(
     elif isinstance(name_or_spec, TargetSpec):
         spec = name_or_spec
     else:
-        raise UsageError("Expected a target name or a TargetSpec, got "
-                         f"{type(name_or_spec).__name__}.")
-    loaders = {"torchvision": _load_torchvision, "places365": _load_places365,
-               "checkpoint": _load_checkpoint, "synthetic": _load_synthetic}
+        raise UsageError(
+            f"Expected a target name or a TargetSpec, got {type(name_or_spec).__name__}."
+        )
+    loaders = {
+        "torchvision": _load_torchvision,
+        "places365": _load_places365,
+        "checkpoint": _load_checkpoint,
+        "synthetic": _load_synthetic,
+    }
     if spec.family not in loaders:
         raise UnknownNameError("target family", spec.family, loaders)
     local = Path(weights).expanduser() if weights is not None else None
@@ -335,8 +403,10 @@ def load_target(
         raise UsageError(f"Expected a weights file at {local} (--weights), found nothing there.")
     model, sha, class_names = loaders[spec.family](spec, local, download, progress)
     if class_names is not None and len(class_names) != spec.num_classes:
-        raise DataError(f"Target '{spec.name}' has {spec.num_classes} classes but its class names "
-                        f"list has {len(class_names)} entries.")
+        raise DataError(
+            f"Target '{spec.name}' has {spec.num_classes} classes but its class names "
+            f"list has {len(class_names)} entries."
+        )
     model = model.eval().to(device)
     return Target(spec=spec, model=model, weights_sha256=sha, class_names=class_names)
 
@@ -348,8 +418,7 @@ def build_architecture(spec: TargetSpec) -> torch.nn.Module:
     try:
         return models.get_model(spec.arch, weights=None, num_classes=spec.num_classes)
     except ValueError as e:
-        raise UnknownNameError("torchvision architecture", spec.arch,
-                               models.list_models()) from e
+        raise UnknownNameError("torchvision architecture", spec.arch, models.list_models()) from e
 
 
 def torchvision_class_names(spec: TargetSpec) -> tuple[str, ...] | None:
@@ -411,19 +480,22 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
-        raise DataError(f"{path}: expected a state dict (parameter name -> tensor), got "
-                        f"{type(obj).__name__}.")
+        raise DataError(
+            f"{path}: expected a state dict (parameter name -> tensor), got {type(obj).__name__}."
+        )
     out: dict[str, torch.Tensor] = {}
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
-            raise DataError(f"{path}: expected tensors in the state dict, got "
-                            f"{type(v).__name__} for key {k!r}.")
+            raise DataError(
+                f"{path}: expected tensors in the state dict, got {type(v).__name__} for key {k!r}."
+            )
         out[".".join(p for p in str(k).split(".") if p != _SKIP_PART)] = v
     return out
 
 
-def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str,
-                     arch: str) -> None:
+def apply_state_dict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str, arch: str
+) -> None:
     """Load ``state`` strictly, or raise DataError listing missing/unexpected keys and shapes."""
     if arch.startswith("densenet"):
         # torchvision's densenet files predate a module rename ("norm.1" -> "norm1").
@@ -431,9 +503,13 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, 
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(v.shape)}"
-              for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    shapes = [
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(v.shape)}"
+        for k, v in state.items()
+        if k in expected and expected[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
+
         def head(items: list[str]) -> str:
             return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
 
@@ -475,8 +551,15 @@ def _remote_weights(spec: TargetSpec, download: bool, progress: bool) -> tuple[P
     expected = spec.weights_sha256 or _hash_prefix_from_name(dest.name)
     what = f"the weights {spec.weights or dest.name} of target '{spec.name}'"
     try:
-        return ensure_file(spec.weights_url, dest, sha256=expected, what=what,
-                           download_missing=download, timeout=10.0, progress=progress)
+        return ensure_file(
+            spec.weights_url,
+            dest,
+            sha256=expected,
+            what=what,
+            download_missing=download,
+            timeout=10.0,
+            progress=progress,
+        )
     except DownloadError as e:
         reason = getattr(e, "reason", None) or str(e)
         raise WeightsUnavailableError(
@@ -486,8 +569,9 @@ def _remote_weights(spec: TargetSpec, download: bool, progress: bool) -> tuple[P
         ) from e
 
 
-def _weights_state(spec: TargetSpec, local: Path | None, download: bool,
-                   progress: bool) -> tuple[dict[str, torch.Tensor], str, str]:
+def _weights_state(
+    spec: TargetSpec, local: Path | None, download: bool, progress: bool
+) -> tuple[dict[str, torch.Tensor], str, str]:
     from bench.cache import sha256_file
 
     if local is not None:
@@ -496,16 +580,18 @@ def _weights_state(spec: TargetSpec, local: Path | None, download: bool,
     return load_state_dict_file(path), sha, str(path)
 
 
-def _load_torchvision(spec: TargetSpec, local: Path | None, download: bool,
-                      progress: bool) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
+def _load_torchvision(
+    spec: TargetSpec, local: Path | None, download: bool, progress: bool
+) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
     model = build_architecture(spec)
     state, sha, source = _weights_state(spec, local, download, progress)
     apply_state_dict(model, state, source=source, arch=spec.arch)
     return model, sha, torchvision_class_names(spec)
 
 
-def _load_checkpoint(spec: TargetSpec, local: Path | None, download: bool,
-                     progress: bool) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
+def _load_checkpoint(
+    spec: TargetSpec, local: Path | None, download: bool, progress: bool
+) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
     """A torchvision architecture with a user's weights (``spec.weights`` or ``--weights``)."""
     if local is None:
         if spec.weights and Path(spec.weights).expanduser().is_file():
@@ -513,20 +599,24 @@ def _load_checkpoint(spec: TargetSpec, local: Path | None, download: bool,
         elif not spec.weights_url:
             raise UsageError(f"Target '{spec.name}' needs a weights file: pass --weights PATH.")
     names = spec.options.get("class_names")
-    return (*_load_torchvision(spec, local, download, progress)[:2],
-            tuple(names) if names else None)
+    return (
+        *_load_torchvision(spec, local, download, progress)[:2],
+        tuple(names) if names else None,
+    )
 
 
-def _load_places365(spec: TargetSpec, local: Path | None, download: bool,
-                    progress: bool) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
+def _load_places365(
+    spec: TargetSpec, local: Path | None, download: bool, progress: bool
+) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
     model = build_architecture(spec)
     state, sha, source = _weights_state(spec, local, download, progress)
     apply_state_dict(model, state, source=source, arch=spec.arch)
     return model, sha, places365_class_names(download=download, progress=progress)
 
 
-def places365_class_names(*, download: bool = True,
-                          progress: bool = False) -> tuple[str, ...] | None:
+def places365_class_names(
+    *, download: bool = True, progress: bool = False
+) -> tuple[str, ...] | None:
     """The 365 scene names (``/a/airfield 0`` -> ``airfield``; ``_`` and ``/`` become spaces).
 
     The list is fetched on request into torch hub's checkpoint dir. When it cannot be had the
@@ -538,11 +628,18 @@ def places365_class_names(*, download: bool = True,
 
     dest = Path(torch.hub.get_dir()) / "checkpoints" / _file_name(PLACES365_CATEGORIES_URL)
     try:
-        path, _ = ensure_file(PLACES365_CATEGORIES_URL, dest, what="the Places365 category list",
-                              download_missing=download, timeout=10.0, progress=progress)
+        path, _ = ensure_file(
+            PLACES365_CATEGORIES_URL,
+            dest,
+            what="the Places365 category list",
+            download_missing=download,
+            timeout=10.0,
+            progress=progress,
+        )
     except DownloadError as e:
-        log.warning("Places365 class names unavailable (%s); final-layer units get no class "
-                    "names.", e)
+        log.warning(
+            "Places365 class names unavailable (%s); final-layer units get no class names.", e
+        )
         return None
     return parse_places365_categories(path)
 
@@ -554,21 +651,29 @@ def parse_places365_categories(path: Path) -> tuple[str, ...]:
         if not line.strip():
             continue
         parts = line.split()
-        if (len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) != len(names)
-                or not re.match(r"^/[a-z]/\S+$", parts[0])):
-            raise DataError(f"{path}: line {lineno}: expected '/<letter>/<name> {len(names)}', "
-                            f"got {line!r}.")
+        if (
+            len(parts) != 2
+            or not parts[1].isdigit()
+            or int(parts[1]) != len(names)
+            or not re.match(r"^/[a-z]/\S+$", parts[0])
+        ):
+            raise DataError(
+                f"{path}: line {lineno}: expected '/<letter>/<name> {len(names)}', got {line!r}."
+            )
         names.append(parts[0][3:].replace("_", " ").replace("/", " "))
     return tuple(names)
 
 
-def _load_synthetic(spec: TargetSpec, local: Path | None, download: bool,
-                    progress: bool) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
+def _load_synthetic(
+    spec: TargetSpec, local: Path | None, download: bool, progress: bool
+) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
     try:
         from bench.synth.targets import load_synthetic_model
     except ImportError as e:
-        raise UsageError(f"Synthetic target '{spec.name}' needs bench.synth.targets, which "
-                         f"cannot be imported ({e}).") from e
+        raise UsageError(
+            f"Synthetic target '{spec.name}' needs bench.synth.targets, which "
+            f"cannot be imported ({e})."
+        ) from e
     model, sha, names = load_synthetic_model(spec)
     if local is not None:
         from bench.cache import sha256_file

@@ -41,7 +41,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         rng = self.headers.get("Range")
         if self.path == "/file" and rng and rng.startswith("bytes="):
-            start = int(rng[len("bytes="):].split("-")[0])
+            start = int(rng[len("bytes=") :].split("-")[0])
             body = PAYLOAD[start:]
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
@@ -58,8 +58,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY"):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -247,13 +246,18 @@ def _zip(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None 
             zf.writestr(name, data)
         for name, target in (symlinks or {}).items():
             info = zipfile.ZipInfo(name)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             zf.writestr(info, target)
     return path
 
 
-def _tar(path: Path, members: dict[str, bytes], *,
-         links: dict[str, tuple[bytes, str]] | None = None, mode: str = "w:gz") -> Path:
+def _tar(
+    path: Path,
+    members: dict[str, bytes],
+    *,
+    links: dict[str, tuple[bytes, str]] | None = None,
+    mode: str = "w:gz",
+) -> Path:
     with tarfile.open(path, mode) as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
@@ -268,8 +272,11 @@ def _tar(path: Path, members: dict[str, bytes], *,
 
 
 def test_safe_extract_good_zip(tmp_path: Path) -> None:
-    archive = _zip(tmp_path / "a.zip", {"top/a.txt": b"A", "top/sub/b.txt": b"B"},
-                   symlinks={"top/link": "sub/b.txt"})
+    archive = _zip(
+        tmp_path / "a.zip",
+        {"top/a.txt": b"A", "top/sub/b.txt": b"B"},
+        symlinks={"top/link": "sub/b.txt"},
+    )
     dest = tmp_path / "out"
     assert safe_extract(archive, dest) == dest
     assert (dest / "top" / "a.txt").read_bytes() == b"A"
@@ -281,9 +288,11 @@ def test_safe_extract_good_zip(tmp_path: Path) -> None:
 
 
 def test_safe_extract_good_tar_into_existing_dir(tmp_path: Path) -> None:
-    archive = _tar(tmp_path / "a.tar.gz", {"top/a.txt": b"A", "top/b.txt": b"BB"},
-                   links={"top/hard": (tarfile.LNKTYPE, "top/a.txt"),
-                          "top/soft": (tarfile.SYMTYPE, "b.txt")})
+    archive = _tar(
+        tmp_path / "a.tar.gz",
+        {"top/a.txt": b"A", "top/b.txt": b"BB"},
+        links={"top/hard": (tarfile.LNKTYPE, "top/a.txt"), "top/soft": (tarfile.SYMTYPE, "b.txt")},
+    )
     dest = tmp_path / "out"
     (dest / "other").mkdir(parents=True)
     safe_extract(archive, dest)
@@ -322,12 +331,17 @@ def test_safe_extract_rejects_escaping_tar(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "target"),
-    [(tarfile.SYMTYPE, "../../outside"), (tarfile.SYMTYPE, "/etc/passwd"),
-     (tarfile.LNKTYPE, "../outside"), (tarfile.LNKTYPE, "/etc/passwd")],
+    [
+        (tarfile.SYMTYPE, "../../outside"),
+        (tarfile.SYMTYPE, "/etc/passwd"),
+        (tarfile.LNKTYPE, "../outside"),
+        (tarfile.LNKTYPE, "/etc/passwd"),
+    ],
 )
 def test_safe_extract_rejects_escaping_tar_links(tmp_path: Path, kind: bytes, target: str) -> None:
-    archive = _tar(tmp_path / "bad.tar", {"ok.txt": b"ok"}, links={"dir/link": (kind, target)},
-                   mode="w")
+    archive = _tar(
+        tmp_path / "bad.tar", {"ok.txt": b"ok"}, links={"dir/link": (kind, target)}, mode="w"
+    )
     with pytest.raises(DataError, match="link"):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -86,8 +86,9 @@ def make_broden(root: Path, *, index_rows: list[str] | None = None) -> Path:
     (root / "label.csv").write_text("\n".join(label_lines) + "\n")
     (root / "category.csv").write_text(
         "name,first,last,count,frequency\n"
-        + "".join(f"{c},1,1002,1,1\n" for c in ("color", "object", "part", "material", "scene",
-                                               "texture"))
+        + "".join(
+            f"{c},1,1002,1,1\n" for c in ("color", "object", "part", "material", "scene", "texture")
+        )
     )
     (root / "c_object.csv").write_text("code,number,name,frequency,coverage\n1,2,sky,5,1\n")
     return root
@@ -105,8 +106,11 @@ def test_broden_round_trips_pixel_and_image_labels(broden: Path) -> None:
     assert probe.categories() == ["color", "object", "part", "material", "scene", "texture"]
     seg = probe.segmentation(0)
     assert set(seg.pixel) == {"color", "object", "part"}
-    for cat, rels in [("color", ["ade/a_color.png"]), ("object", ["ade/a_object.png"]),
-                      ("part", ["ade/a_part_1.png", "ade/a_part_2.png"])]:
+    for cat, rels in [
+        ("color", ["ade/a_color.png"]),
+        ("object", ["ade/a_object.png"]),
+        ("part", ["ade/a_part_1.png", "ade/a_part_2.png"]),
+    ]:
         assert seg.pixel[cat].dtype == np.int32
         assert seg.pixel[cat].shape == (len(rels), SH, SW)
         np.testing.assert_array_equal(seg.pixel[cat], np.stack([SEGS[r] for r in rels]))
@@ -133,8 +137,11 @@ def test_broden_decodes_large_label_numbers_without_overflow(tmp_path: Path) -> 
 def test_broden_concepts_clean_names_and_primary_categories(broden: Path) -> None:
     concepts = {c.number: c for c in BrodenProbe(broden).concepts()}
     assert sorted(concepts) == [n for n, _, _ in LABELS]
-    assert (concepts[1].name, concepts[1].raw_name, concepts[1].category) == ("red", "red-c",
-                                                                              "color")
+    assert (concepts[1].name, concepts[1].raw_name, concepts[1].category) == (
+        "red",
+        "red-c",
+        "color",
+    )
     assert concepts[1000].name == "street" and concepts[1000].category == "scene"
     assert concepts[3].name == "pool-table"  # a hyphen that is not a category suffix stays
     assert concepts[21].category == "material"  # material(36) beats object(3)
@@ -192,10 +199,13 @@ def test_broden_malformed_index(tmp_path: Path) -> None:
     msg = _error(root)
     assert "index.csv" in msg and "line 1" in msg and "sw" in msg
 
-    root = make_broden(tmp_path / "b2", index_rows=[
-        "ade/a.jpg,train,8,8,4,4,,,,,1000,",
-        "os/b.jpg,train,8,8,4,4,,,,,30x,",
-    ])
+    root = make_broden(
+        tmp_path / "b2",
+        index_rows=[
+            "ade/a.jpg,train,8,8,4,4,,,,,1000,",
+            "os/b.jpg,train,8,8,4,4,,,,,30x,",
+        ],
+    )
     msg = _error(root)
     assert "index.csv: line 3" in msg and "'scene'" in msg and "30x" in msg
 
@@ -203,10 +213,13 @@ def test_broden_malformed_index(tmp_path: Path) -> None:
     msg = _error(root)
     assert "line 2" in msg and "'sh'" in msg and "four" in msg
 
-    root = make_broden(tmp_path / "b4", index_rows=[
-        "ade/a.jpg,train,8,8,4,4,,,,,,",
-        "os/b.jpg,train,8,8,2,2,,,,,,",
-    ])
+    root = make_broden(
+        tmp_path / "b4",
+        index_rows=[
+            "ade/a.jpg,train,8,8,4,4,,,,,,",
+            "os/b.jpg,train,8,8,2,2,,,,,,",
+        ],
+    )
     assert "same segmentation size" in _error(root)
 
     root = make_broden(tmp_path / "b5", index_rows=["ade/a.jpg,train,8,8,4,4,,,,"])
@@ -215,9 +228,12 @@ def test_broden_malformed_index(tmp_path: Path) -> None:
 
 
 def test_broden_missing_files(tmp_path: Path) -> None:
-    root = make_broden(tmp_path / "b1", index_rows=[
-        "ade/a.jpg,train,8,8,4,4,,ade/missing_object.png,,,,",
-    ])
+    root = make_broden(
+        tmp_path / "b1",
+        index_rows=[
+            "ade/a.jpg,train,8,8,4,4,,ade/missing_object.png,,,,",
+        ],
+    )
     msg = _error(root)
     assert "index.csv: line 2" in msg and "images/ade/missing_object.png" in msg
 
@@ -242,8 +258,9 @@ def test_broden_segmentation_size_mismatch(tmp_path: Path) -> None:
     assert "line 3" in msg and "b_material.png" in msg
 
 
-def test_fetch_broden_downloads_pins_and_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                serve_bytes) -> None:
+def test_fetch_broden_downloads_pins_and_reuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_bytes
+) -> None:
     import zipfile
 
     import bench.probes.broden as broden_module
@@ -278,8 +295,13 @@ def test_fetch_broden_downloads_pins_and_reuses(tmp_path: Path, monkeypatch: pyt
 
 
 def _make_image_folder(root: Path) -> Path:
-    files = {"b_cls/z.png": (1, 1, 1), "b_cls/a.jpg": (2, 2, 2), "b_cls/sub/c.png": (3, 3, 3),
-             "a_cls/y.PNG": (4, 4, 4), "c_cls/x.bmp": (5, 5, 5)}
+    files = {
+        "b_cls/z.png": (1, 1, 1),
+        "b_cls/a.jpg": (2, 2, 2),
+        "b_cls/sub/c.png": (3, 3, 3),
+        "a_cls/y.PNG": (4, 4, 4),
+        "c_cls/x.bmp": (5, 5, 5),
+    }
     for rel, colour in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,12 +384,32 @@ def make_cifar10_archive(path: Path) -> dict[str, tuple[np.ndarray, list[int]]]:
         n = 3 if name == "test_batch" else 2
         data, labels = _cifar_images(n, i), [(i + j) % 10 for j in range(n)]
         content[name] = (data, labels)
-        members[name] = _py2_pickle({"batch_label": f"batch {i}", "labels": labels, "data": data,
-                                     "filenames": [f"img_{i}_{j}.png" for j in range(n)]})
-    members["batches.meta"] = _py2_pickle({
-        "num_cases_per_batch": 2, "num_vis": 3072,
-        "label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                        "ship", "truck"]})
+        members[name] = _py2_pickle(
+            {
+                "batch_label": f"batch {i}",
+                "labels": labels,
+                "data": data,
+                "filenames": [f"img_{i}_{j}.png" for j in range(n)],
+            }
+        )
+    members["batches.meta"] = _py2_pickle(
+        {
+            "num_cases_per_batch": 2,
+            "num_vis": 3072,
+            "label_names": [
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ],
+        }
+    )
     members["readme.html"] = b"<html></html>"
     with tarfile.open(path, "w:gz") as tf:
         for name, data in members.items():
@@ -406,7 +448,8 @@ def test_cifar10_reads_images_and_labels(tmp_path: Path) -> None:
     assert train.labels.tolist() == sum((content[f"data_batch_{k}"][1] for k in range(1, 6)), [])
     np.testing.assert_array_equal(
         np.asarray(train.load_image(9)).transpose(2, 0, 1).reshape(-1),
-        content["data_batch_5"][0][1])
+        content["data_batch_5"][0][1],
+    )
     assert train.identity() != test.identity()
     assert test.identity() == CifarProbe(tmp_path / "data", split="test").identity()
     assert not test.fixed_geometry
@@ -416,13 +459,26 @@ def test_cifar100_fine_labels(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     data = _cifar_images(4, 7)
-    (folder / "test").write_bytes(_py2_pickle({
-        "filenames": ["a", "b", "c", "d"], "batch_label": "testing batch 1 of 1",
-        "fine_labels": [99, 0, 5, 5], "coarse_labels": [1, 2, 3, 4], "data": data}))
+    (folder / "test").write_bytes(
+        _py2_pickle(
+            {
+                "filenames": ["a", "b", "c", "d"],
+                "batch_label": "testing batch 1 of 1",
+                "fine_labels": [99, 0, 5, 5],
+                "coarse_labels": [1, 2, 3, 4],
+                "data": data,
+            }
+        )
+    )
     (folder / "train").write_bytes(b"")
-    (folder / "meta").write_bytes(_py2_pickle({
-        "fine_label_names": [f"fine{i}" for i in range(100)],
-        "coarse_label_names": [f"coarse{i}" for i in range(20)]}))
+    (folder / "meta").write_bytes(
+        _py2_pickle(
+            {
+                "fine_label_names": [f"fine{i}" for i in range(100)],
+                "coarse_label_names": [f"coarse{i}" for i in range(20)],
+            }
+        )
+    )
     probe = CifarProbe(tmp_path, name="cifar100")
     assert probe.labels.tolist() == [99, 0, 5, 5]
     assert len(probe.class_names) == 100 and probe.class_names[99] == "fine99"
@@ -456,8 +512,9 @@ def archive_server(tmp_path: Path, serve_bytes) -> Iterator[tuple[str, bytes]]:
     yield f"{base}/cifar-10-python.tar.gz", body
 
 
-def test_cifar_download_checks_md5_and_extracts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                archive_server: tuple[str, bytes]) -> None:
+def test_cifar_download_checks_md5_and_extracts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, archive_server: tuple[str, bytes]
+) -> None:
     url, body = archive_server
     good = dataclasses.replace(CIFAR["cifar10"], url=url, md5=hashlib.md5(body).hexdigest())
     monkeypatch.setitem(CIFAR, "cifar10", good)
@@ -477,8 +534,7 @@ def test_cifar_download_checks_md5_and_extracts(tmp_path: Path, monkeypatch: pyt
 
 def test_builtin_probe_factories(broden: Path, tmp_path: Path) -> None:
     register_builtin_probes()  # idempotent with the registry's own lazy call
-    for name in ("broden", "imagenet-val", "cifar10", "cifar100", "synthetic",
-                 "synthetic-heldout"):
+    for name in ("broden", "imagenet-val", "cifar10", "cifar100", "synthetic", "synthetic-heldout"):
         assert name in PROBES
     probe = PROBES.get("broden")(broden, categories=["object"])
     assert isinstance(probe, BrodenProbe) and probe.categories() == ["object"]

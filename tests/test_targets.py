@@ -53,8 +53,17 @@ def _free_port() -> int:
 
 
 def test_registry_has_the_paper_targets() -> None:
-    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet",
-                 "vgg16", "vit_b_16", "resnet18.places365"):
+    for name in (
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "alexnet",
+        "vgg16",
+        "vit_b_16",
+        "resnet18.places365",
+    ):
         assert name in TARGETS
 
 
@@ -103,7 +112,8 @@ def test_spatialize_vit_tokens_to_14x14_grid() -> None:
         target = Target(spec=spec, model=model, weights_sha256="0" * 64)
         layer = spec.layers[3]
         handle = target.module(layer).register_forward_hook(
-            lambda m, i, o: seen.setdefault("out", o))
+            lambda m, i, o: seen.setdefault("out", o)
+        )
         model(torch.zeros(1, 3, 224, 224))
         handle.remove()
     assert tuple(seen["out"].shape) == (1, 197, 768)
@@ -163,8 +173,12 @@ def test_load_safetensors_and_wrapped_dicts(tmp_path: Path) -> None:
 
 def test_places365_checkpoint_with_module_prefix(tmp_path: Path, torch_home: Path) -> None:
     reference = models.resnet18(num_classes=365)
-    ckpt = {"epoch": 90, "arch": "resnet18", "best_prec1": 54.7,
-            "state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}
+    ckpt = {
+        "epoch": 90,
+        "arch": "resnet18",
+        "best_prec1": 54.7,
+        "state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()},
+    }
     path = tmp_path / "resnet18_places365.pth.tar"
     torch.save(ckpt, path)
     # The category list, as published: "/<letter>/<name>[/<qualifier>] <index>".
@@ -181,8 +195,9 @@ def test_places365_checkpoint_with_module_prefix(tmp_path: Path, torch_home: Pat
     assert target.class_names[:2] == ("airfield", "apartment building outdoor")
 
 
-def test_places365_without_category_list_loads_without_names(tmp_path: Path,
-                                                            torch_home: Path) -> None:
+def test_places365_without_category_list_loads_without_names(
+    tmp_path: Path, torch_home: Path
+) -> None:
     path = tmp_path / "r.pth"
     torch.save({"state_dict": models.resnet18(num_classes=365).state_dict()}, path)
     target = load_target("resnet18.places365", weights=path, download=False)
@@ -228,8 +243,9 @@ def test_densenet_legacy_keys_are_renamed() -> None:
     with torch.device("meta"):
         model = build_architecture(spec)
         state = {k: torch.empty_like(v) for k, v in model.state_dict().items()}
-    legacy = {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v
-              for k, v in state.items()}
+    legacy = {
+        k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v for k, v in state.items()
+    }
     assert legacy.keys() != state.keys()
     apply_state_dict(model, legacy, source="legacy", arch="densenet121")
 
@@ -252,8 +268,9 @@ def test_offline_fails_fast_and_leaves_nothing(torch_home: Path) -> None:
     assert not checkpoints.exists() or not any(checkpoints.iterdir())
 
 
-def test_offline_dns_failure_for_real_url(torch_home: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_dns_failure_for_real_url(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_dns(*args: object, **kwargs: object) -> None:
         raise socket.gaierror(-2, "Name or service not known")
 
@@ -292,20 +309,31 @@ def test_cached_weights_with_matching_hash_load(torch_home: Path, tmp_path: Path
     dest = torch_home / "hub" / "checkpoints" / name
     dest.parent.mkdir(parents=True)
     dest.write_bytes(path.read_bytes())
-    spec = dataclasses.replace(TARGETS.get("resnet18"), weights_sha256=None,
-                               weights_url=f"http://127.0.0.1:9/{name}")
+    spec = dataclasses.replace(
+        TARGETS.get("resnet18"), weights_sha256=None, weights_url=f"http://127.0.0.1:9/{name}"
+    )
     target = load_target(spec, download=False)  # found in the hub dir: no network needed
     assert target.weights_sha256 == digest
 
 
 def test_synthetic_targets_registered_and_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = TargetSpec(name="synth.fake", family="synthetic", arch="fake", weights="fake.st",
-                      preprocessing=TARGETS.get("resnet18").preprocessing, layers=("0",),
-                      final_layer="0", num_classes=2)
+    spec = TargetSpec(
+        name="synth.fake",
+        family="synthetic",
+        arch="fake",
+        weights="fake.st",
+        preprocessing=TARGETS.get("resnet18").preprocessing,
+        layers=("0",),
+        final_layer="0",
+        num_classes=2,
+    )
     fake = types.ModuleType("bench.synth.targets")
     fake.synthetic_target_specs = lambda: [spec]  # type: ignore[attr-defined]
-    fake.load_synthetic_model = lambda s: (torch.nn.Sequential(torch.nn.Linear(3, 2)),  # type: ignore[attr-defined]
-                                           "ab" * 32, ("cat", "dog"))
+    fake.load_synthetic_model = lambda s: (
+        torch.nn.Sequential(torch.nn.Linear(3, 2)),  # type: ignore[attr-defined]
+        "ab" * 32,
+        ("cat", "dog"),
+    )
     monkeypatch.setitem(sys.modules, "bench.synth.targets", fake)
     registry: Registry = Registry("target")
     monkeypatch.setattr("bench.registry.TARGETS", registry)

@@ -27,8 +27,14 @@ def _datasets_dir() -> Path:
     return default_cache_dir() / "datasets"
 
 
-def broden_probe(root: str | Path | None, *, download: bool = False, progress: bool = False,
-                 name: str = "broden1_224", **options: Any) -> ProbeSet:
+def broden_probe(
+    root: str | Path | None,
+    *,
+    download: bool = False,
+    progress: bool = False,
+    name: str = "broden1_224",
+    **options: Any,
+) -> ProbeSet:
     """Broden (NetDissect's probe set) in a directory, or the cached copy (fetched on request).
 
     Without ``root`` the cache's ``datasets/<name>`` is used; with ``download`` it is fetched there.
@@ -43,13 +49,15 @@ def broden_probe(root: str | Path | None, *, download: bool = False, progress: b
                 f"folder holding index.csv), or --download to fetch {name} (~1 GB) into "
                 f"{_datasets_dir()}."
             )
-        root = found if found is not None else fetch_broden(name, _datasets_dir(),
-                                                            progress=progress)
+        root = (
+            found if found is not None else fetch_broden(name, _datasets_dir(), progress=progress)
+        )
     return BrodenProbe(root, **options)
 
 
-def imagenet_val_probe(root: str | Path | None, *, download: bool = False,
-                       **options: Any) -> ProbeSet:
+def imagenet_val_probe(
+    root: str | Path | None, *, download: bool = False, **options: Any
+) -> ProbeSet:
     """ImageNet validation images in class folders, <root>/<wnid>/<image> (never downloaded)."""
     from bench.probes.imagefolder import ImageFolderProbe
 
@@ -65,13 +73,16 @@ def _cifar_factory(name: str) -> Callable[..., ProbeSet]:
     def factory(root: str | Path | None, *, download: bool = False, **options: Any) -> ProbeSet:
         from bench.probes.cifar import CifarProbe
 
-        return CifarProbe(root if root is not None else _datasets_dir(), name=name,
-                          download=download, **options)
+        return CifarProbe(
+            root if root is not None else _datasets_dir(), name=name, download=download, **options
+        )
 
     factory.__name__ = f"{name}_probe"
     display = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(name, name)
-    factory.__doc__ = (f"{display} test images with labels (split='train' as an option); "
-                       "from the cache unless a root is given, fetched only on request.")
+    factory.__doc__ = (
+        f"{display} test images with labels (split='train' as an option); "
+        "from the cache unless a root is given, fetched only on request."
+    )
     return factory
 
 
@@ -100,10 +111,16 @@ def register_builtin_probes() -> None:
         "imagenet-val": imagenet_val_probe,
         "cifar10": _cifar_factory("cifar10"),
         "cifar100": _cifar_factory("cifar100"),
-        "synthetic": _lazy_factory("bench.probes.synthetic", "synthetic_probe",
-                                   "The synthetic world's probe images with concept masks"),
-        "synthetic-heldout": _lazy_factory("bench.probes.synthetic", "synthetic_heldout_probe",
-                                           "The synthetic world's held-out labelled classes"),
+        "synthetic": _lazy_factory(
+            "bench.probes.synthetic",
+            "synthetic_probe",
+            "The synthetic world's probe images with concept masks",
+        ),
+        "synthetic-heldout": _lazy_factory(
+            "bench.probes.synthetic",
+            "synthetic_heldout_probe",
+            "The synthetic world's held-out labelled classes",
+        ),
     }
     for name, factory in factories.items():
         if name not in PROBES:

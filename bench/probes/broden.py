@@ -55,8 +55,10 @@ class _Row:
 def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict]]]:
     """Header and ``(line number, row)`` pairs; DataError when the file or a column is missing."""
     if not path.is_file():
-        raise DataError(f"Expected the Broden file {path}, found nothing there. Point the probe "
-                        "root at a Broden directory (it holds index.csv, label.csv, images/).")
+        raise DataError(
+            f"Expected the Broden file {path}, found nothing there. Point the probe "
+            "root at a Broden directory (it holds index.csv, label.csv, images/)."
+        )
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         try:
@@ -65,15 +67,19 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[tupl
             raise DataError(f"{path}: expected a header line, got an empty file.") from None
         missing = [c for c in required if c not in header]
         if missing:
-            raise DataError(f"{path}: line 1: expected columns {', '.join(required)}; missing "
-                            f"{', '.join(missing)} (got {', '.join(header)}).")
+            raise DataError(
+                f"{path}: line 1: expected columns {', '.join(required)}; missing "
+                f"{', '.join(missing)} (got {', '.join(header)})."
+            )
         rows = []
         for values in reader:
             if not values or not any(v.strip() for v in values):
                 continue
             if len(values) != len(header):
-                raise DataError(f"{path}: line {reader.line_num}: expected {len(header)} fields "
-                                f"({', '.join(header)}), got {len(values)}.")
+                raise DataError(
+                    f"{path}: line {reader.line_num}: expected {len(header)} fields "
+                    f"({', '.join(header)}), got {len(values)}."
+                )
             rows.append((reader.line_num, dict(zip(header, values, strict=True))))
     return header, rows
 
@@ -82,8 +88,9 @@ def _int(value: str, path: Path, line: int, column: str) -> int:
     try:
         return int(value.strip())
     except ValueError:
-        raise DataError(f"{path}: line {line}: expected an integer in column '{column}', "
-                        f"got {value!r}.") from None
+        raise DataError(
+            f"{path}: line {line}: expected an integer in column '{column}', got {value!r}."
+        ) from None
 
 
 def _category_suffix(category: str) -> str:
@@ -134,9 +141,11 @@ class BrodenProbe(ProbeSet):
         self.root = Path(root).expanduser()
         self.name = "broden"
         if not self.root.is_dir():
-            raise DataError(f"Expected a Broden directory at {self.root}, found nothing there. "
-                            "Pass the directory that holds index.csv, or --download to fetch "
-                            "broden1_224.")
+            raise DataError(
+                f"Expected a Broden directory at {self.root}, found nothing there. "
+                "Pass the directory that holds index.csv, or --download to fetch "
+                "broden1_224."
+            )
         if max_images is not None and max_images < 1:
             raise UsageError(f"Expected max_images >= 1 or None, got {max_images}.")
         self.max_images = max_images
@@ -149,8 +158,10 @@ class BrodenProbe(ProbeSet):
         else:
             unknown = [c for c in categories if c not in present]
             if unknown:
-                raise UsageError(f"Expected Broden categories among {', '.join(present)}; got "
-                                 f"{', '.join(unknown)} which {self._index_path} does not have.")
+                raise UsageError(
+                    f"Expected Broden categories among {', '.join(present)}; got "
+                    f"{', '.join(unknown)} which {self._index_path} does not have."
+                )
             self._categories = list(dict.fromkeys(categories))
         if max_images is not None:
             rows = rows[:max_images]
@@ -184,14 +195,17 @@ class BrodenProbe(ProbeSet):
         path = self._index_path
         image = row["image"].strip()
         if not image:
-            raise DataError(f"{path}: line {line}: expected an image path in column 'image', "
-                            "got an empty value.")
+            raise DataError(
+                f"{path}: line {line}: expected an image path in column 'image', "
+                "got an empty value."
+            )
         for col in ("ih", "iw"):
             _int(row[col], path, line, col)
         sh, sw = _int(row["sh"], path, line, "sh"), _int(row["sw"], path, line, "sw")
         if sh < 1 or sw < 1:
-            raise DataError(f"{path}: line {line}: expected a positive segmentation size, got "
-                            f"sh={sh}, sw={sw}.")
+            raise DataError(
+                f"{path}: line {line}: expected a positive segmentation size, got sh={sh}, sw={sw}."
+            )
         pixel: dict[str, tuple[str, ...]] = {}
         labels: dict[str, tuple[int, ...]] = {}
         for cat in self._categories:
@@ -225,8 +239,10 @@ class BrodenProbe(ProbeSet):
         for line, row in rows:
             number = _int(row["number"], path, line, "number")
             if number in seen:
-                raise DataError(f"{path}: line {line}: label number {number} appears twice; "
-                                "expected unique numbers.")
+                raise DataError(
+                    f"{path}: line {line}: label number {number} appears twice; "
+                    "expected unique numbers."
+                )
             seen.add(number)
             if number <= 0:  # 0 is "unlabelled", never a concept
                 continue
@@ -236,9 +252,11 @@ class BrodenProbe(ProbeSet):
                     continue
                 m = _CATEGORY_COUNT.match(part)
                 if not m:
-                    raise DataError(f"{path}: line {line}: expected categories like "
-                                    f"'material(36);object(3)' in column 'category', got "
-                                    f"{row['category']!r}.")
+                    raise DataError(
+                        f"{path}: line {line}: expected categories like "
+                        f"'material(36);object(3)' in column 'category', got "
+                        f"{row['category']!r}."
+                    )
                 counts.append((m.group(1), int(m.group(2))))
             if not counts:
                 counts = [(c, 0) for c in membership.get(number, ())]
@@ -249,8 +267,15 @@ class BrodenProbe(ProbeSet):
             primary = max(kept, key=lambda cn: cn[1])[0]
             cats = tuple(c for c, _ in kept)
             raw = row["name"].strip()
-            concepts.append(Concept(number=number, name=clean_name(raw, [c for c, _ in counts]),
-                                    raw_name=raw, category=primary, categories=cats))
+            concepts.append(
+                Concept(
+                    number=number,
+                    name=clean_name(raw, [c for c, _ in counts]),
+                    raw_name=raw,
+                    category=primary,
+                    categories=cats,
+                )
+            )
         concepts.sort(key=lambda c: c.number)
         return concepts
 
@@ -274,8 +299,10 @@ class BrodenProbe(ProbeSet):
     def _file(self, rel: str, row: _Row, what: str) -> Path:
         path = self.root / "images" / rel
         if not path.is_file():
-            raise DataError(f"{self._index_path}: line {row.line}: expected the {what} "
-                            f"images/{rel}, but {path} does not exist.")
+            raise DataError(
+                f"{self._index_path}: line {row.line}: expected the {what} "
+                f"images/{rel}, but {path} does not exist."
+            )
         return path
 
     def load_image(self, i: int) -> Image.Image:
@@ -318,12 +345,18 @@ class BrodenProbe(ProbeSet):
         return Segmentation(pixel=pixel, image=dict(row.image_labels))
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "broden", "sha256": self._sha256, "categories": list(self._categories),
-                "max_images": self.max_images, "num_images": len(self)}
+        return {
+            "kind": "broden",
+            "sha256": self._sha256,
+            "categories": list(self._categories),
+            "max_images": self.max_images,
+            "num_images": len(self),
+        }
 
 
-def fetch_broden(name: str = "broden1_224", dest_dir: str | Path | None = None, *,
-                 progress: bool = False) -> Path:
+def fetch_broden(
+    name: str = "broden1_224", dest_dir: str | Path | None = None, *, progress: bool = False
+) -> Path:
     """Download and unpack ``broden1_224`` or ``broden1_227`` (~1 GB); return the Broden root.
 
     Broden has no published checksum: the zip's sha256 is recorded beside it on first download
@@ -342,13 +375,20 @@ def fetch_broden(name: str = "broden1_224", dest_dir: str | Path | None = None, 
     if found is not None:
         return found
     url = BRODEN_URL.format(name=name)
-    archive, _ = ensure_file(url, dest_dir / f"{name}.zip", what=f"the Broden dataset {name}",
-                             timeout=10.0, progress=progress)
+    archive, _ = ensure_file(
+        url,
+        dest_dir / f"{name}.zip",
+        what=f"the Broden dataset {name}",
+        timeout=10.0,
+        progress=progress,
+    )
     safe_extract(archive, dest_dir / name)
     found = _find_root(dest_dir / name)
     if found is None:
-        raise DataError(f"{archive} unpacked into {dest_dir / name} but no index.csv was found "
-                        "there; expected the Broden layout. Delete both and download again.")
+        raise DataError(
+            f"{archive} unpacked into {dest_dir / name} but no index.csv was found "
+            "there; expected the Broden layout. Delete both and download again."
+        )
     return found
 
 

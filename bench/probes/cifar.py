@@ -41,17 +41,28 @@ class CifarVariant:
 
 CIFAR = {
     "cifar10": CifarVariant(
-        name="cifar10", url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        archive="cifar-10-python.tar.gz", md5="c58f30108f718f92721af3b95e74349a",
+        name="cifar10",
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        archive="cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
         folder="cifar-10-batches-py",
-        train=tuple(f"data_batch_{i}" for i in range(1, 6)), test=("test_batch",),
-        meta="batches.meta", labels_key=b"labels", names_key=b"label_names",
+        train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test=("test_batch",),
+        meta="batches.meta",
+        labels_key=b"labels",
+        names_key=b"label_names",
     ),
     "cifar100": CifarVariant(
-        name="cifar100", url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        archive="cifar-100-python.tar.gz", md5="eb9058c3a382ffc7106e4002c42a8d85",
-        folder="cifar-100-python", train=("train",), test=("test",), meta="meta",
-        labels_key=b"fine_labels", names_key=b"fine_label_names",
+        name="cifar100",
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        archive="cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        folder="cifar-100-python",
+        train=("train",),
+        test=("test",),
+        meta="meta",
+        labels_key=b"fine_labels",
+        names_key=b"fine_label_names",
     ),
 }
 SPLITS = ("test", "train")
@@ -95,8 +106,10 @@ def read_cifar_pickle(path: Path) -> dict[bytes, Any]:
         with open(path, "rb") as f:
             obj = _CifarUnpickler(f, allowed).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise DataError(f"{path}: expected a CIFAR python-version batch (a pickled dict), could "
-                        f"not read it: {e}. Delete the folder and download again.") from e
+        raise DataError(
+            f"{path}: expected a CIFAR python-version batch (a pickled dict), could "
+            f"not read it: {e}. Delete the folder and download again."
+        ) from e
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}.")
     return obj
@@ -115,12 +128,20 @@ def fetch_cifar(name: str, root: str | Path, *, progress: bool = False) -> Path:
     folder = root / variant.folder
     if folder.is_dir():
         return folder
-    archive = download(variant.url, root / variant.archive, md5=variant.md5, timeout=10.0,
-                       progress=progress, what=f"the {name} archive")
+    archive = download(
+        variant.url,
+        root / variant.archive,
+        md5=variant.md5,
+        timeout=10.0,
+        progress=progress,
+        what=f"the {name} archive",
+    )
     safe_extract(archive, root)
     if not folder.is_dir():
-        raise DataError(f"{archive} did not contain {variant.folder}/; expected the "
-                        "python-version CIFAR archive. Delete it and download again.")
+        raise DataError(
+            f"{archive} did not contain {variant.folder}/; expected the "
+            "python-version CIFAR archive. Delete it and download again."
+        )
     return folder
 
 
@@ -141,8 +162,15 @@ class CifarProbe(ProbeSet):
     fixed_geometry = False
     has_segmentations = False
 
-    def __init__(self, root: str | Path, *, name: str = "cifar10", split: str = "test",
-                 download: bool = False, progress: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        name: str = "cifar10",
+        split: str = "test",
+        download: bool = False,
+        progress: bool = False,
+    ):
         self.variant = _variant(name)
         if split not in SPLITS:
             raise UsageError(f"Expected split in {', '.join(SPLITS)}, got {split!r}.")
@@ -162,12 +190,16 @@ class CifarProbe(ProbeSet):
         self._files = [folder / f for f in getattr(self.variant, split)]
         for f in self._files + [folder / self.variant.meta]:
             if not f.is_file():
-                raise DataError(f"Expected the {name} file {f}, found nothing there; the folder "
-                                "is incomplete. Delete it and download again (--download).")
+                raise DataError(
+                    f"Expected the {name} file {f}, found nothing there; the folder "
+                    "is incomplete. Delete it and download again (--download)."
+                )
         meta = read_cifar_pickle(folder / self.variant.meta)
         if self.variant.names_key not in meta:
-            raise DataError(f"{folder / self.variant.meta}: expected the key "
-                            f"{self.variant.names_key!r}, got keys {sorted(meta)}.")
+            raise DataError(
+                f"{folder / self.variant.meta}: expected the key "
+                f"{self.variant.names_key!r}, got keys {sorted(meta)}."
+            )
         self._class_names = [_text(n) for n in meta[self.variant.names_key]]
         self._data: np.ndarray | None = None
         self._labels: np.ndarray | None = None
@@ -187,13 +219,17 @@ class CifarProbe(ProbeSet):
             data = np.asarray(batch[b"data"])
             lab = np.asarray(batch[self.variant.labels_key], dtype=np.int64)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-                raise DataError(f"{f}: expected b'data' as uint8 [N, 3072], got {data.dtype} "
-                                f"{list(data.shape)}.")
+                raise DataError(
+                    f"{f}: expected b'data' as uint8 [N, 3072], got {data.dtype} "
+                    f"{list(data.shape)}."
+                )
             if lab.shape != (data.shape[0],):
                 raise DataError(f"{f}: expected {data.shape[0]} labels, got {lab.shape[0]}.")
             if lab.size and (lab.min() < 0 or lab.max() >= len(self._class_names)):
-                raise DataError(f"{f}: expected labels in [0, {len(self._class_names)}), got "
-                                f"[{lab.min()}, {lab.max()}].")
+                raise DataError(
+                    f"{f}: expected labels in [0, {len(self._class_names)}), got "
+                    f"[{lab.min()}, {lab.max()}]."
+                )
             datas.append(data)
             labels.append(lab)
         # 3072 bytes per image: the R plane, then G, then B, each 32x32 row-major.
@@ -232,6 +268,10 @@ class CifarProbe(ProbeSet):
             h = hashlib.sha256()
             for f in self._files + [self.folder / self.variant.meta]:
                 h.update(f.name.encode() + b"\0" + f.read_bytes())
-            self._identity = {"kind": "cifar", "name": self.name, "split": self.split,
-                              "sha256": h.hexdigest()}
+            self._identity = {
+                "kind": "cifar",
+                "name": self.name,
+                "split": self.split,
+                "sha256": h.hexdigest(),
+            }
         return dict(self._identity)

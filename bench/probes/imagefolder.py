@@ -46,18 +46,24 @@ class ImageFolderProbe(ProbeSet):
         self.root = Path(root).expanduser()
         self.name = "imagefolder"
         if not self.root.is_dir():
-            raise DataError(f"Expected an image folder at {self.root} (one sub-folder per class), "
-                            "found nothing there.")
+            raise DataError(
+                f"Expected an image folder at {self.root} (one sub-folder per class), "
+                "found nothing there."
+            )
         if max_images is not None and max_images < 1:
             raise UsageError(f"Expected max_images >= 1 or None, got {max_images}.")
         self.max_images = max_images
         classes, samples = list_image_folder(self.root)
         if not classes:
-            raise DataError(f"Expected class sub-folders in {self.root}, got none. Lay the images "
-                            "out as <root>/<class>/<image>.")
+            raise DataError(
+                f"Expected class sub-folders in {self.root}, got none. Lay the images "
+                "out as <root>/<class>/<image>."
+            )
         if not samples:
-            raise DataError(f"Expected images ({', '.join(IMG_EXTENSIONS)}) in the class folders "
-                            f"of {self.root}, got none.")
+            raise DataError(
+                f"Expected images ({', '.join(IMG_EXTENSIONS)}) in the class folders "
+                f"of {self.root}, got none."
+            )
         self._classes = classes
         self._samples = samples[:max_images] if max_images is not None else samples
         self._identity: dict[str, Any] | None = None
@@ -95,7 +101,11 @@ class ImageFolderProbe(ProbeSet):
                 size = (self.root / rel).stat().st_size
                 h.update(json.dumps([rel, label, size]).encode())
                 h.update(b"\n")
-            self._identity = {"kind": "imagefolder", "sha256": h.hexdigest(),
-                              "num_images": len(self), "num_classes": len(self._classes),
-                              "max_images": self.max_images}
+            self._identity = {
+                "kind": "imagefolder",
+                "sha256": h.hexdigest(),
+                "num_images": len(self),
+                "num_classes": len(self._classes),
+                "max_images": self.max_images,
+            }
         return dict(self._identity)
