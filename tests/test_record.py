@@ -723,3 +723,18 @@ def test_cached_approximation_is_refined_when_budget_allows(tmp_path, probe):
     small = record_cached(cache, target, probe, ["relu1"], memory_budget=1)
     assert target.model.calls == calls  # an exact entry serves a smaller budget too
     assert small.layer("relu1").meta["exact_quantiles"] is True
+
+
+def test_record_matches_brute_force_on_the_synthetic_world():
+    """The real path: a shipped synthetic target on the synthetic Broden export, read back by the
+    Broden loader, recorded in batches that do not divide the probe."""
+    from bench.probes.synthetic import synthetic_probe
+    from bench.targets import load_target
+
+    target = load_target("synth.resnet")
+    probe = synthetic_probe(max_images=48)
+    layers = list(target.spec.layers)
+    got = record(target, probe, layers, k=15, quantiles=QUANTILES, batch_size=20)
+    maps = stacked_maps(target, probe, layers, 20)
+    for layer in layers:
+        check_against_brute_force(got[layer], maps[layer], 15, ("max",), QUANTILES)
