@@ -59,7 +59,7 @@ class RunConfig:
     batch_size: int = 64
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: str | None = None  # run directory; default results/<target>-<probe>-<hash>
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # stage caches; datasets follow $BENCH_CACHE_DIR (the CLI sets it)
     progress: bool = False
 
 
