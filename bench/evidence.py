@@ -9,6 +9,9 @@ Shapes (U units, N probe images, k exemplars, h x w the layer's map):
                                      position of every probe image (``QuantileSpec.key``)
 - ``pooled_max``, ``pooled_mean`` float32 [N, U]
 - ``extras``: named arrays from extra accumulators (IoU tallies, ...)
+- ``maps``          float32 [N, U, h, w]  every activation map of the probe set, only when the
+                                     record was asked for them (NetDissect, CompExp); a read-only
+                                     memory map of ``<stem>.maps.npy`` when loaded from the cache
 """
 
 from __future__ import annotations
@@ -79,6 +82,17 @@ class LayerEvidence:
     pooled_mean: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Every activation map ``[N, U, h, w]`` (evidence kind "maps"), or ``None``.
+    maps: np.ndarray | None = None
+
+    def require_maps(self) -> np.ndarray:
+        if self.maps is None:
+            raise CacheError(
+                f"Layer '{self.layer}' was recorded without its full activation maps; "
+                "record with store_maps=True (methods that need them declare the evidence "
+                "kind 'maps', and bench.api.run asks for it)."
+            )
+        return self.maps
 
     def top(self, by: str = "max") -> TopK:
         if by not in self.topk:
@@ -114,6 +128,12 @@ class LayerEvidence:
         from bench.schema import write_json
 
         save_arrays(directory / f"{stem}.safetensors", self.arrays())
+        if self.maps is not None:
+            import numpy as np
+
+            target = directory / f"{stem}.maps.npy"
+            if not (isinstance(self.maps, np.memmap) and Path(self.maps.filename) == target):
+                np.save(target, np.ascontiguousarray(self.maps, dtype=np.float32))
         write_json(
             directory / f"{stem}.json",
             {
@@ -123,6 +143,7 @@ class LayerEvidence:
                 "topk_modes": sorted(self.topk),
                 "thresholds": sorted(self.thresholds),
                 "extras": sorted(self.extras),
+                "maps": self.maps is not None,
                 "meta": self.meta,
             },
         )
@@ -138,6 +159,16 @@ class LayerEvidence:
                 f"Could not read evidence metadata {directory / stem}.json: {e}"
             ) from e
         arrays = load_arrays(directory / f"{stem}.safetensors")
+        maps = None
+        if info.get("maps"):
+            import numpy as np
+
+            try:
+                maps = np.load(directory / f"{stem}.maps.npy", mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise CacheError(
+                    f"Could not read activation maps {directory / stem}.maps.npy: {e}"
+                ) from e
         try:
             topk = {
                 m: TopK(
@@ -157,6 +188,7 @@ class LayerEvidence:
                 pooled_mean=arrays["pooled_mean"],
                 extras={k: arrays[f"extra.{k}"] for k in info["extras"]},
                 meta=info.get("meta", {}),
+                maps=maps,
             )
         except KeyError as e:
             raise CacheError(f"Evidence file {directory / stem} lacks array {e}.") from e

@@ -25,6 +25,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bench.errors import ConfigError, DataError, NonFiniteError, UsageError
@@ -539,6 +540,7 @@ class _LayerRecorder:
         tail: _ExactTail | _SampledTail | None,
         accumulators: list[Accumulator],
         device: torch.device,
+        maps: np.ndarray | None = None,
     ):
         import numpy as np
 
@@ -550,6 +552,7 @@ class _LayerRecorder:
         self.topk = {m: _RunningTopK(k, num_units, map_shape, device) for m in topk_by}
         self.tail = tail
         self.accumulators = accumulators
+        self.maps = maps
         self.pooled_max = np.zeros((n_images, num_units), dtype=np.float32)
         self.pooled_mean = np.zeros((n_images, num_units), dtype=np.float32)
         self.dtype = ""
@@ -592,6 +595,8 @@ class _LayerRecorder:
                     "weights and preprocessing (a half-precision overflow?), or drop these images."
                 )
         rows = indices.numpy()
+        if self.maps is not None:
+            self.maps[rows] = acts.cpu().numpy()
         self.pooled_max[rows] = pmax.cpu().numpy()
         self.pooled_mean[rows] = pmean.cpu().numpy()
         dev_indices = indices.to(acts.device)
@@ -607,6 +612,8 @@ class _LayerRecorder:
             raise RuntimeError(
                 f"Layer '{self.layer}' saw {self.seen} images, expected {self.n_images}"
             )
+        if self.maps is not None and hasattr(self.maps, "flush"):
+            self.maps.flush()
         n_values = self.n_images * self.map_shape[0] * self.map_shape[1]
         thresholds = self.tail.quantiles(n_values, specs) if self.tail is not None else {}
         extras: dict[str, np.ndarray] = {}
@@ -629,6 +636,7 @@ class _LayerRecorder:
             pooled_mean=self.pooled_mean,
             extras=extras,
             meta={**meta, "dtype": self.dtype, "map_shape": list(self.map_shape)},
+            maps=self.maps,
         )
 
 
@@ -734,6 +742,8 @@ def record(
     accumulators: Mapping[str, Sequence[AccumulatorFactory]] | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    store_maps: bool = False,
+    maps_dir: Path | None = None,
 ) -> dict[str, LayerEvidence]:
     """Record evidence for ``layers`` (default: the target's) of ``target`` on ``probe``.
 
@@ -758,6 +768,10 @@ def record(
     - ``pooled_max``, ``pooled_mean`` float32 [N, U].
     - ``extras``: ``accumulators[layer]`` factories are called once each; their accumulators see
       every image once and their arrays are stored as ``f"{name}.{key}"``.
+    - ``maps`` (only with ``store_maps``): every activation map, float32 [N, U, h, w], written
+      to ``maps_dir / f"{i}.maps.npy"`` (i: the layer's position in the resolved layers) as a
+      memory map when ``maps_dir`` is given, held in memory otherwise. This is what NetDissect
+      and CompExp tally against segmentations; it costs ``4 * N * U * h * w`` bytes per layer.
     - ``meta``: n_images, map_shape, exact_quantiles, quantile_exact_bytes (what exact tails
       need), quantile_sample_rate (approximate layers only), k, topk_by, device, dtype (of the
       layer's output), seconds (of the whole recording).
@@ -766,6 +780,7 @@ def record(
     activation is NaN or infinite, and :class:`~bench.errors.UsageError` for a layer that does
     not run exactly once per forward pass.
     """
+    import numpy as np
     import torch
 
     start = time.perf_counter()
@@ -830,7 +845,20 @@ def record(
                     if kind == "sample"
                     else None
                 )
+                maps = None
+                if store_maps:
+                    shape = (n_images, u, h, w)
+                    if maps_dir is not None:
+                        maps = np.lib.format.open_memmap(
+                            Path(maps_dir) / f"{names.index(layer)}.maps.npy",
+                            mode="w+",
+                            dtype=np.float32,
+                            shape=shape,
+                        )
+                    else:
+                        maps = np.zeros(shape, dtype=np.float32)
                 recorders[layer] = _LayerRecorder(
+                    maps=maps,
                     layer=layer,
                     target_name=target.name,
                     n_images=n_images,
@@ -873,6 +901,7 @@ def record(
             "quantile_exact_bytes": exact_bytes,
             "k": k_eff,
             "topk_by": list(modes),
+            "maps": bool(store_maps),
             "device": str(dev),
             "seconds": round(seconds, 3),
         }
@@ -948,6 +977,7 @@ def record_key_parts(
     topk_by: Sequence[str],
     quantiles: Sequence[QuantileSpec | str],
     device: str,
+    store_maps: bool = False,
 ) -> dict[str, Any]:
     """Everything that changes :func:`record`'s output, as JSON (the cache key's inputs).
 
@@ -958,7 +988,7 @@ def record_key_parts(
     import torch
 
     major_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    return {
+    parts = {
         "stage_version": RECORD_VERSION,
         "target": target.identity(),
         "probe": probe.identity(),
@@ -970,6 +1000,9 @@ def record_key_parts(
         "device": torch.device(device).type,
         "torch": major_minor,
     }
+    if store_maps:  # only then, so records without maps keep their keys
+        parts["maps"] = True
+    return parts
 
 
 def record_cached(
@@ -988,17 +1021,19 @@ def record_cached(
     accumulator_identity: dict[str, Any] | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    store_maps: bool = False,
 ) -> Evidence:
     """:func:`record` through the cache (stage ``"record"``): a hit runs no forward pass.
 
-    The entry holds ``<i>.safetensors`` + ``<i>.json`` for the i-th layer. With
+    The entry holds ``<i>.safetensors`` + ``<i>.json`` for the i-th layer (and ``<i>.maps.npy``
+    with ``store_maps``, loaded back as a read-only memory map). With
     ``accumulators``, the record is cached only when ``accumulator_identity`` (JSON that changes
     whenever their output may) is given; it joins the key. A cached entry whose quantiles were
     approximated is recomputed when the current ``memory_budget`` allows exact ones.
     """
     names = target.resolve_layers(list(layers) if layers else None)
 
-    def run() -> dict[str, LayerEvidence]:
+    def run(maps_dir: Path | None = None) -> dict[str, LayerEvidence]:
         return record(
             target,
             probe,
@@ -1012,20 +1047,29 @@ def record_cached(
             accumulators=accumulators,
             num_workers=num_workers,
             progress=progress,
+            store_maps=store_maps,
+            maps_dir=maps_dir,
         )
 
     if accumulators and accumulator_identity is None:
         log.info("Accumulators without an identity: recording without the cache.")
         return Evidence(target=target, probe=probe, layers=run(), key="")
     parts = record_key_parts(
-        target, probe, names, k=k, topk_by=topk_by, quantiles=quantiles, device=device
+        target,
+        probe,
+        names,
+        k=k,
+        topk_by=topk_by,
+        quantiles=quantiles,
+        device=device,
+        store_maps=store_maps,
     )
     if accumulators:
         parts["accumulators"] = accumulator_identity
     key = cache.key(STAGE, parts)
 
     def write(directory: Any) -> None:
-        recorded = run()
+        recorded = run(Path(directory))
         for i, name in enumerate(names):
             recorded[name].save(directory, str(i))
 

@@ -207,7 +207,11 @@ def check_method(
 
     tmp = Path(tmp_path)
     cache = Cache(tmp / "cache")
-    ev = evidence if evidence is not None else tiny_evidence(cache)
+    ev = (
+        evidence
+        if evidence is not None
+        else tiny_evidence(cache, store_maps="maps" in cls.requires.evidence)
+    )
     units = [UnitRef(layer=l, index=i) for l, le in ev.layers.items() for i in range(le.num_units)]
 
     def ctx_for(c: Cache) -> MethodContext:

@@ -39,6 +39,7 @@ EVIDENCE_KINDS = frozenset(
         "segmentations",  # per-pixel concept labels of the probe set (Broden format)
         "images",  # the probe images themselves
         "target",  # running the target on new inputs (through ctx.target)
+        "maps",  # every activation map of every probe image (NetDissect, CompExp; large)
     }
 )
 #: Components (DESIGN section 4) a method can ask for.
@@ -228,6 +229,8 @@ class Method(abc.ABC):
             if "thresholds" in req.evidence:
                 for q in req.quantiles:
                     le.threshold(q)
+            if "maps" in req.evidence:
+                le.require_maps()
 
     def _validated(self, units: list[UnitRef], out: Any) -> list[Description]:
         if not isinstance(out, list) or len(out) != len(units):
