@@ -58,6 +58,8 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 64
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Options of the probe set's factory as text, e.g. {"categories": "object,part"}.
+    probe_options: dict[str, str] = field(default_factory=dict)
     out: str | None = None  # run directory; default results/<target>-<probe>-<hash>
     cache_dir: str | None = None  # stage caches; datasets follow $BENCH_CACHE_DIR (the CLI sets it)
     progress: bool = False
@@ -239,9 +241,16 @@ def resolve_probe_name(config: RunConfig, target_family: str) -> str:
     return DEFAULT_PROBE if target_family == "synthetic" else "broden"
 
 
-def load_probe(name: str, root: str | None, download: bool) -> Any:
+def load_probe(
+    name: str, root: str | None, download: bool, options: dict[str, Any] | None = None
+) -> Any:
+    """The probe set ``name``; ``options`` (``--probe-option``, as text) are checked against what
+    its factory accepts, parsed, and passed to it as keyword arguments."""
+    from bench.probes import parse_probe_options
+
     factory = PROBES.get(name)
-    return factory(Path(root).expanduser() if root else None, download=download)
+    kwargs = parse_probe_options(name, options or {})
+    return factory(Path(root).expanduser() if root else None, download=download, **kwargs)
 
 
 def run(config: RunConfig) -> RunResult:
@@ -271,7 +280,7 @@ def run(config: RunConfig) -> RunResult:
     )
     layers = target.resolve_layers(list(config.layers) if config.layers else None)
     probe_name = resolve_probe_name(config, target.spec.family)
-    probe = load_probe(probe_name, config.probe_root, config.download)
+    probe = load_probe(probe_name, config.probe_root, config.download, config.probe_options)
 
     req = _union_requirements(methods)
     resolved = {
@@ -281,11 +290,17 @@ def run(config: RunConfig) -> RunResult:
         "layers": layers,
         "probe": probe_name,
         "probe_root": config.probe_root,
+        "probe_options": dict(config.probe_options),
         "units": config.units,
         "device": device,
         "seed": config.seed,
         "batch_size": config.batch_size,
-        "record": {"k": req["k"], "topk_by": req["topk_by"], "quantiles": req["quantiles"]},
+        "record": {
+            "k": req["k"],
+            "topk_by": req["topk_by"],
+            "quantiles": req["quantiles"],
+            **({"maps": True} if req["maps"] else {}),
+        },
     }
     run_id = _run_id(resolved, target.identity(), probe.identity())
     run_dir = (
@@ -325,6 +340,7 @@ def run(config: RunConfig) -> RunResult:
         batch_size=config.batch_size,
         device=device,
         progress=config.progress,
+        store_maps=req["maps"],
     )
     record_hit = evidence.cached
     state["stages"]["record"] = {
@@ -425,7 +441,8 @@ def _union_requirements(methods: Sequence[Method]) -> dict[str, Any]:
         {MILAN_QUANTILE.key, NETDISSECT_QUANTILE.key}
         | {q.key for m in methods for q in m.requires.quantiles}
     )
-    return {"k": k, "topk_by": topk_by, "quantiles": quantiles}
+    maps = any("maps" in m.requires.evidence for m in methods)
+    return {"k": k, "topk_by": topk_by, "quantiles": quantiles, "maps": maps}
 
 
 def _run_id(

@@ -41,6 +41,24 @@ def _config_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _probe_options(items: Sequence[str]) -> dict[str, str]:
+    """``["categories=object,part", "max_images=100"]`` -> ``{"categories": "object,part", ...}``
+    (values stay text: the probe set's factory says how to parse them)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"Expected --probe-option KEY=VALUE, got '{item}'.")
+        if key in out:
+            raise UsageError(
+                f"--probe-option {key} is given twice; give it once (lists are "
+                f"comma-separated: {key}=a,b)."
+            )
+        out[key] = value.strip()
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench",
@@ -68,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: synthetic for synthetic targets, broden otherwise)",
     )
     r.add_argument("--probe-root", help="directory of the probe set (a Broden or ImageFolder copy)")
+    r.add_argument(
+        "--probe-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of the probe set (repeatable), e.g. categories=object,part,material or "
+        "max_images=1000; broden defaults to NetDissect's categories object,part,scene,texture,"
+        "color",
+    )
     r.add_argument(
         "--download",
         action="store_true",
@@ -99,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["ls", "clear"])
     c.add_argument("--stage", help="only this stage (record, describe, ...)")
     c.add_argument("--cache-dir")
+
+    d = sub.add_parser("data", help="list or download the datasets probe sets read")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    dl = dsub.add_parser("list", help="each dataset, its download size, and whether it is here")
+    dl.add_argument("--dest", help="directory to look in (default: the cache's datasets/)")
+    dl.add_argument("--cache-dir")
+    df = dsub.add_parser(
+        "fetch",
+        help="download and unpack a dataset (skipped when already there); prints the "
+        "directory to pass as --probe-root",
+    )
+    df.add_argument("name", help="dataset name (see 'bench data list')")
+    df.add_argument("--dest", help="directory to unpack into (default: the cache's datasets/)")
+    df.add_argument("--cache-dir")
 
     s = sub.add_parser("synth", help="the synthetic world: train or report its targets")
     s.add_argument("action", choices=["train", "report"])
@@ -150,6 +191,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_cache(args)
     if args.command == "synth":
         return _cmd_synth(args)
+    if args.command == "data":
+        return _cmd_data(args)
     raise UsageError(f"Unknown command '{args.command}'.")
 
 
@@ -171,10 +214,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         method_config=_config_items(args.config),
+        probe_options=_probe_options(args.probe_option),
         out=args.out,
         cache_dir=args.cache_dir,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+    if config.probe_options:
+        # Checked before the target loads (which may download weights).
+        from bench.api import resolve_probe_name
+        from bench.probes import parse_probe_options
+        from bench.registry import TARGETS
+
+        probe = resolve_probe_name(config, TARGETS.get(config.target).family)
+        parse_probe_options(probe, config.probe_options)
     t0 = time.perf_counter()
     result = run(config)
     print(f"run directory: {result.run_dir}")
@@ -222,6 +274,22 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
         print(f"{e.stage:<16} {e.key[:16]}  {e.size / 1e6:>9.2f} MB  {stamp}")
     print(f"{len(entries)} entries, {total / 1e6:.2f} MB in {cache.root}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.datasets import DATASETS, default_dest, fetch_dataset
+
+    dest = Path(args.dest).expanduser() if args.dest else default_dest()
+    if args.data_command == "fetch":
+        print(fetch_dataset(args.name, dest, progress=sys.stderr.isatty()))
+        return 0
+    for d in DATASETS.values():
+        found = d.locate(dest)
+        where = f"present  {found}" if found is not None else "missing"
+        print(f"{d.name:<14} {d.size:>8}  {where:<10} ({d.description}; {d.use})")
     return 0
 
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.errors import DataError, DownloadError, UsageError
-from bench.probes import register_builtin_probes
+from bench.cli import main
+from bench.errors import DataError, DownloadError, UnknownNameError, UsageError
+from bench.probes import BRODEN_DEFAULT_CATEGORIES, parse_probe_options, register_builtin_probes
 from bench.probes.broden import BrodenProbe, clean_name
 from bench.probes.cifar import CIFAR, CifarProbe, read_cifar_pickle
 from bench.probes.imagefolder import ImageFolderProbe
@@ -173,6 +174,85 @@ def test_broden_category_filter(broden: Path) -> None:
         BrodenProbe(broden, categories=["colour"])
 
 
+def _write_c_files(root: Path, rows: dict[str, list[tuple[int, str, str]]]) -> None:
+    """c_<category>.csv with (number, name, coverage) rows; every other c_*.csv is removed."""
+    for old in root.glob("c_*.csv"):
+        old.unlink()
+    for cat, entries in rows.items():
+        lines = ["code,number,name,frequency,coverage"]
+        lines += [f"{i},{n},{name},5,{cov}" for i, (n, name, cov) in enumerate(entries, 1)]
+        (root / f"c_{cat}.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_broden_primary_category_by_coverage(broden: Path) -> None:
+    # label.csv says fabric is material(36);object(3) and door part(2);object(1); the coverage
+    # in c_<category>.csv says otherwise, and coverage decides (as NetDissect-Lite does).
+    _write_c_files(
+        broden,
+        {
+            "object": [(2, "sky", "9.0"), (21, "fabric", "4.5"), (513, "door", "3.25")],
+            "material": [(21, "fabric", "0.75")],
+            "part": [(300, "wheel", "1.0"), (513, "door", "0.5")],
+            "color": [(1, "red-c", "2")],
+        },
+    )
+    concepts = {c.number: c for c in BrodenProbe(broden).concepts()}
+    assert concepts[21].category == "object"
+    assert concepts[21].categories == ("material", "object")  # as label.csv lists them
+    assert concepts[513].category == "object"
+    assert concepts[1].category == "color" and concepts[2].category == "object"
+    # Only the selected categories compete.
+    only = {c.number: c for c in BrodenProbe(broden, categories=["material", "part"]).concepts()}
+    assert only[21].category == "material" and only[513].category == "part"
+
+
+def test_broden_primary_category_ties_follow_index_order(broden: Path) -> None:
+    _write_c_files(
+        broden,
+        {
+            "object": [(21, "fabric", "2.0"), (513, "door", "1.5")],
+            "material": [(21, "fabric", "2.0")],
+            "part": [(513, "door", "1.5")],
+        },
+    )
+    # index.csv: color,object,part,material,...: object comes before material and part, even
+    # though label.csv counts fabric as material and door as part most, and the categories are
+    # asked for in another order.
+    for cats in (None, ["material", "part", "object"]):
+        concepts = {c.number: c for c in BrodenProbe(broden, categories=cats).concepts()}
+        assert concepts[21].category == "object", cats
+        assert concepts[513].category == "object", cats
+
+
+def test_broden_primary_category_falls_back_to_label_counts(broden: Path) -> None:
+    # c_material.csv is missing: fabric's primary category comes from label.csv's counts.
+    _write_c_files(broden, {"object": [(21, "fabric", "4.5"), (513, "door", "3.0")]})
+    concepts = {c.number: c for c in BrodenProbe(broden).concepts()}
+    assert concepts[21].category == "material"  # material(36) beats object(3)
+    assert concepts[513].category == "part"  # no c_part.csv either: part(2) beats object(1)
+    # A label that none of its categories' files list also falls back to the counts.
+    _write_c_files(broden, {"object": [(2, "sky", "1")], "material": [(9, "x", "1")]})
+    assert {c.number: c for c in BrodenProbe(broden).concepts()}[21].category == "material"
+
+
+def test_broden_malformed_coverage(tmp_path: Path) -> None:
+    for bad in ("", "lots", "nan", "-1"):
+        root = make_broden(tmp_path / f"b{len(bad)}{bad}")
+        _write_c_files(root, {"object": [(2, "sky", "1.0"), (21, "fabric", bad)]})
+        msg = _error(root)
+        assert "c_object.csv: line 3" in msg and "'coverage'" in msg, msg
+    root = make_broden(tmp_path / "nocol")
+    (root / "c_object.csv").write_text("code,number,name\n1,2,sky\n")
+    msg = _error(root)
+    assert "c_object.csv: line 1" in msg and "coverage" in msg
+
+
+def test_broden_identity_follows_category_files(broden: Path) -> None:
+    before = BrodenProbe(broden).identity()
+    _write_c_files(broden, {"object": [(2, "sky", "1.0"), (21, "fabric", "9.0")]})
+    assert BrodenProbe(broden).identity() != before
+
+
 def test_broden_identity_and_max_images(broden: Path) -> None:
     a, b = BrodenProbe(broden), BrodenProbe(broden)
     assert a.identity() == b.identity()
@@ -258,20 +338,25 @@ def test_broden_segmentation_size_mismatch(tmp_path: Path) -> None:
     assert "line 3" in msg and "b_material.png" in msg
 
 
-def test_fetch_broden_downloads_pins_and_reuses(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_bytes
-) -> None:
+def _broden_zip(tmp_path: Path, name: str = "broden1_224") -> bytes:
+    """A tiny Broden zip laid out as the published one: a top-level ``<name>/`` folder."""
     import zipfile
-
-    import bench.probes.broden as broden_module
 
     src = make_broden(tmp_path / "src")
     zpath = tmp_path / "served.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
         for f in sorted(src.rglob("*")):
             if f.is_file():
-                zf.write(f, f"broden1_224/{f.relative_to(src).as_posix()}")
-    body = zpath.read_bytes()
+                zf.write(f, f"{name}/{f.relative_to(src).as_posix()}")
+    return zpath.read_bytes()
+
+
+def test_fetch_broden_downloads_pins_and_reuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_bytes
+) -> None:
+    import bench.probes.broden as broden_module
+
+    body = _broden_zip(tmp_path)
     cache = tmp_path / "cache"
     monkeypatch.setenv("BENCH_CACHE_DIR", str(cache))
     base, hits = serve_bytes(body)
@@ -289,6 +374,70 @@ def test_fetch_broden_downloads_pins_and_reuses(
     assert len(PROBES.get("broden")(None)) == 3
     assert broden_module.fetch_broden("broden1_224", datasets) == probe.root
     assert hits == ["/data/broden1_224.zip"]
+
+
+def test_bench_data_fetch_broden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_bytes, capsys: pytest.CaptureFixture
+) -> None:
+    import bench.probes.broden as broden_module
+
+    body = _broden_zip(tmp_path)
+    base, hits = serve_bytes(body)
+    monkeypatch.setattr(broden_module, "BRODEN_URL", f"{base}/data/{{name}}.zip")
+    dest = tmp_path / "data"
+    assert main(["data", "fetch", "broden1_224", "--dest", str(dest)]) == 0
+    printed = capsys.readouterr().out.strip()
+    root = dest / "broden1_224" / "broden1_224"
+    assert printed == str(root) and (root / "index.csv").is_file()
+    assert hits == ["/data/broden1_224.zip"]
+    assert hashlib.sha256(body).hexdigest() in (dest / "broden1_224.zip.sha256.json").read_text()
+    # Already there: the same path, no second download.
+    assert main(["data", "fetch", "broden1_224", "--dest", str(dest)]) == 0
+    assert capsys.readouterr().out.strip() == printed
+    assert hits == ["/data/broden1_224.zip"]
+    # The printed path is what --probe-root takes.
+    assert len(PROBES.get("broden")(Path(printed))) == 3
+
+    assert main(["data", "list", "--dest", str(dest)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(rows) == {"broden1_224", "broden1_227", "cifar10", "cifar100"}
+    assert "present" in rows["broden1_224"] and str(root) in rows["broden1_224"]
+    assert "1 GB" in rows["broden1_224"]
+    for name in ("broden1_227", "cifar10", "cifar100"):
+        assert "missing" in rows[name], rows[name]
+
+
+def test_bench_data_fetch_defaults_to_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_bytes, capsys: pytest.CaptureFixture
+) -> None:
+    import bench.probes.broden as broden_module
+
+    base, hits = serve_bytes(_broden_zip(tmp_path, "broden1_227"))
+    monkeypatch.setattr(broden_module, "BRODEN_URL", f"{base}/data/{{name}}.zip")
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["data", "fetch", "broden1_227"]) == 0
+    root = tmp_path / "cache" / "datasets" / "broden1_227" / "broden1_227"
+    assert capsys.readouterr().out.strip() == str(root)
+    assert hits == ["/data/broden1_227.zip"]
+    # The probe set finds it there by name, without --probe-root.
+    probe = PROBES.get("broden")(None, name="broden1_227")
+    assert isinstance(probe, BrodenProbe) and probe.root == root
+
+
+def test_bench_data_fetch_unknown_name(
+    tmp_path: Path, serve_bytes, capsys: pytest.CaptureFixture
+) -> None:
+    from bench.datasets import fetch_dataset
+
+    dest = tmp_path / "data"
+    assert main(["data", "fetch", "broden1_225", "--dest", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown dataset 'broden1_225'")
+    assert "Available: broden1_224, broden1_227, cifar10, cifar100." in err
+    assert "Did you mean" in err
+    assert not dest.exists()
+    with pytest.raises(UnknownNameError):
+        fetch_dataset("imagenet", dest)
 
 
 # --- ImageFolder -------------------------------------------------------------------------------
@@ -529,6 +678,25 @@ def test_cifar_download_checks_md5_and_extracts(
     assert not (tmp_path / "dl2" / "cifar-10-batches-py").exists()
 
 
+def test_bench_data_fetch_cifar(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    archive_server: tuple[str, bytes],
+    capsys: pytest.CaptureFixture,
+) -> None:
+    url, body = archive_server
+    good = dataclasses.replace(CIFAR["cifar10"], url=url, md5=hashlib.md5(body).hexdigest())
+    monkeypatch.setitem(CIFAR, "cifar10", good)
+    dest = tmp_path / "data"
+    assert main(["data", "fetch", "cifar10", "--dest", str(dest)]) == 0
+    assert capsys.readouterr().out.strip() == str(dest)
+    assert (dest / "cifar-10-batches-py" / "test_batch").is_file()
+    assert len(PROBES.get("cifar10")(dest)) == 3
+    assert main(["data", "list", "--dest", str(dest)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "present" in rows["cifar10"] and "missing" in rows["cifar100"]
+
+
 # --- the registry ------------------------------------------------------------------------------
 
 
@@ -547,6 +715,95 @@ def test_builtin_probe_factories(broden: Path, tmp_path: Path) -> None:
     assert len(PROBES.get("imagenet-val")(folder, max_images=3)) == 3
     with pytest.raises(DataError, match="--download"):
         PROBES.get("cifar10")(None)  # the (empty, per-session) cache has no CIFAR
+
+
+def test_broden_factory_defaults_to_netdissect_categories(broden: Path, tmp_path: Path) -> None:
+    register_builtin_probes()
+    factory = PROBES.get("broden")
+    assert BRODEN_DEFAULT_CATEGORIES == ("object", "part", "scene", "texture", "color")
+    probe = factory(broden)
+    assert probe.categories() == list(BRODEN_DEFAULT_CATEGORIES)  # material left out
+    assert 21 in {c.number for c in probe.concepts()}  # fabric stays, as an object
+    assert probe.segmentation(1).pixel == {}  # image 1 has only material
+    # BrodenProbe itself keeps every column by default.
+    assert "material" in BrodenProbe(broden).categories()
+    # An explicit list overrides the default, material included.
+    assert factory(broden, categories=("material", "object")).categories() == [
+        "material",
+        "object",
+    ]
+    # A copy without some default columns keeps those it has.
+    header = "image,split,ih,iw,sh,sw,color,object,material,scene"
+    rows = ["ade/a.jpg,train,8,8,4,4,ade/a_color.png,ade/a_object.png,,1000"]
+    lean = make_broden(tmp_path / "lean")
+    (lean / "index.csv").write_text("\n".join([header, *rows]) + "\n")
+    assert factory(lean).categories() == ["object", "scene", "color"]
+    (lean / "index.csv").write_text("image,split,ih,iw,sh,sw,material\nos/b.jpg,train,8,8,4,4,\n")
+    with pytest.raises(UsageError, match="categories="):
+        factory(lean)
+    assert factory(lean, categories=["material"]).categories() == ["material"]
+
+
+def test_probe_options_are_parsed_per_probe_set(broden: Path) -> None:
+    register_builtin_probes()
+    assert parse_probe_options("broden", {}) == {}
+    assert parse_probe_options(
+        "broden", {"categories": "object, part,material", "max_images": "2", "name": "broden1_227"}
+    ) == {"categories": ("object", "part", "material"), "max_images": 2, "name": "broden1_227"}
+    with pytest.raises(UsageError) as info:
+        parse_probe_options("broden", {"categories": "object", "max_image": "2"})
+    msg = str(info.value)
+    assert "max_image" in msg and "accepts: categories, index_file, max_images, name" in msg
+    with pytest.raises(UsageError, match="integer.*max_images"):
+        parse_probe_options("broden", {"max_images": "lots"})
+    with pytest.raises(UsageError, match="comma-separated"):
+        parse_probe_options("broden", {"categories": " , "})
+    with pytest.raises(UsageError, match="accepts: max_images"):
+        parse_probe_options("imagenet-val", {"categories": "object"})
+    assert parse_probe_options("cifar10", {"split": "train"}) == {"split": "train"}
+    assert parse_probe_options("synthetic", {"n_images": "40"}) == {"n_images": 40}
+    with pytest.raises(UsageError, match="accepts: n_images, seed, size"):
+        parse_probe_options("synthetic-heldout", {"categories": "object"})
+
+
+def test_load_probe_passes_options(broden: Path) -> None:
+    from bench.api import RunConfig, load_probe
+
+    assert RunConfig().probe_options == {}
+    probe = load_probe("broden", str(broden), False, {"categories": "material,object"})
+    assert probe.categories() == ["material", "object"]
+    probe = load_probe("broden", str(broden), False, {"max_images": "2"})
+    assert len(probe) == 2 and probe.categories() == list(BRODEN_DEFAULT_CATEGORIES)
+    with pytest.raises(UsageError, match="index_file"):
+        load_probe("broden", str(broden), False, {"colour": "red"})
+
+
+def test_cli_probe_option_parsing() -> None:
+    from bench.cli import _probe_options, build_parser
+
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--probe",
+            "broden",
+            "--probe-option",
+            "categories=object,part,material",
+            "--probe-option",
+            "max_images=10",
+        ]
+    )
+    assert args.probe_option == ["categories=object,part,material", "max_images=10"]
+    assert _probe_options(args.probe_option) == {
+        "categories": "object,part,material",
+        "max_images": "10",
+    }
+    assert build_parser().parse_args(["run"]).probe_option == []
+    assert _probe_options(["index_file=a=b.csv"]) == {"index_file": "a=b.csv"}
+    for bad in (["categories"], ["=object"]):
+        with pytest.raises(UsageError, match="KEY=VALUE"):
+            _probe_options(bad)
+    with pytest.raises(UsageError, match="twice"):
+        _probe_options(["categories=object", "categories=part"])
 
 
 def test_synthetic_factories_are_lazy(monkeypatch: pytest.MonkeyPatch) -> None:

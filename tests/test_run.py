@@ -109,6 +109,23 @@ def test_default_run_writes_a_run_directory_and_reruns_from_cache(tmp_path: Path
     assert read_descriptions(tmp_path / "run2" / "depictions" / "units.jsonl") == descs
 
 
+def test_probe_options_reach_the_probe_and_run_json(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = RunConfig(
+        methods=("depictions",),
+        layers=("layer1",),
+        units="0-1",
+        probe_options={"max_images": "40"},
+        out=str(out),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert run(config).exit_code == 0
+    state = json.loads((out / "run.json").read_text())
+    assert state["config"]["probe_options"] == {"max_images": "40"}
+    assert state["provenance"]["probe"]["max_images"] == 40
+    assert state["provenance"]["probe"]["num_images"] == 40
+
+
 def test_killed_run_resumes_without_duplicates_or_recomputation(
     tmp_path: Path, plugin_env: dict[str, str]
 ) -> None:
@@ -190,6 +207,12 @@ def test_failed_units_exit_1_and_are_retried(tmp_path: Path, plugin_env: dict[st
             "Unknown config field",
         ),
         (["run", "--methods", "depictions", "--probe", "brodn"], "Did you mean 'broden'"),
+        (
+            ["run", "--methods", "depictions", "--probe", "broden", "--probe-option", "colour=red"],
+            "accepts: categories, index_file, max_images, name",
+        ),
+        (["run", "--methods", "depictions", "--probe-option", "max_images=many"], "integer"),
+        (["run", "--methods", "depictions", "--probe-option", "max_images"], "KEY=VALUE"),
     ],
 )
 def test_usage_errors_exit_2_with_a_clear_message(args, expected, capsys, tmp_path) -> None:

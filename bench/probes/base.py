@@ -17,8 +17,9 @@ class Concept:
 
     ``number`` is the unified label number (Broden ``label.csv``; 0 is "unlabelled" and never a
     concept). ``name`` is the clean name shown in labels ("red"), ``raw_name`` the name as the data
-    spells it ("red-c"). ``category`` is the primary category (where the label has the most
-    coverage); ``categories`` lists every category it occurs in.
+    spells it ("red-c"). ``category`` is the primary category: where the label has the most
+    coverage (Broden's ``c_<category>.csv``, as NetDissect-Lite reads it; without those files,
+    where ``label.csv`` counts it most). ``categories`` lists every category it occurs in.
     """
 
     number: int

@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,6 +94,34 @@ def _int(value: str, path: Path, line: int, column: str) -> int:
         ) from None
 
 
+def _coverage(value: str, path: Path, line: int) -> float:
+    try:
+        out = float(value.strip())
+    except ValueError:
+        out = math.nan
+    if not math.isfinite(out) or out < 0:
+        raise DataError(
+            f"{path}: line {line}: expected a non-negative number in column 'coverage', "
+            f"got {value!r}."
+        )
+    return out
+
+
+def index_columns(root: str | Path, index_file: str = "index.csv") -> list[str]:
+    """The category columns of ``<root>/<index_file>`` in file order (reads only the header)."""
+    path = Path(root).expanduser() / index_file
+    if not path.is_file():
+        raise DataError(
+            f"Expected the Broden file {path}, found nothing there. Point the probe "
+            "root at a Broden directory (it holds index.csv, label.csv, images/)."
+        )
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), None)
+    if header is None:
+        raise DataError(f"{path}: expected a header line, got an empty file.")
+    return [c.strip() for c in header if c.strip() not in INDEX_FIXED_COLUMNS]
+
+
 def _category_suffix(category: str) -> str:
     # Broden marks a label's category with "-<first letter>": "red-c", "street-s", "wood-m".
     return f"-{category[:1]}"
@@ -124,7 +153,13 @@ class BrodenProbe(ProbeSet):
     """Broden images with per-pixel and per-image concept labels.
 
     ``categories`` keeps only those category columns of ``index.csv`` (default: every category
-    column present). ``max_images`` keeps the first rows of ``index.csv``.
+    column present; the ``broden`` probe factory defaults to NetDissect's five). ``max_images``
+    keeps the first rows of ``index.csv``.
+
+    A concept's primary category is, as in NetDissect-Lite, the selected category in which the
+    label has the largest ``coverage`` in ``c_<category>.csv`` (ties: the category that comes
+    first in ``index.csv``). Where those files are missing, it is the category that
+    ``label.csv`` counts the label in most often (``material(36);object(3)``).
     """
 
     fixed_geometry = True
@@ -153,6 +188,7 @@ class BrodenProbe(ProbeSet):
         self._label_path = self.root / "label.csv"
         header, rows = _read_csv(self._index_path, INDEX_FIXED_COLUMNS)
         present = [c for c in header if c not in INDEX_FIXED_COLUMNS]
+        self._columns = present
         if categories is None:
             self._categories = present
         else:
@@ -182,10 +218,15 @@ class BrodenProbe(ProbeSet):
         # Hashing 63k images and their PNGs would take minutes on every run; the index and label
         # files name every file, so they stand for the content (edit them when editing images).
         # Hashed now, so the identity describes what was loaded even if the files change later.
+        # The c_<category>.csv files decide primary categories, so they belong to the identity.
         h = hashlib.sha256()
         for path in (self._index_path, self._label_path):
             h.update(path.read_bytes())
             h.update(b"\0")
+        for cat in self._categories:
+            path = self.root / f"c_{cat}.csv"
+            if path.is_file():
+                h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         h.update(json.dumps({"categories": self._categories, "max_images": max_images}).encode())
         self._sha256 = h.hexdigest()
 
@@ -232,8 +273,13 @@ class BrodenProbe(ProbeSet):
     def _read_labels(self) -> list[Concept]:
         path = self._label_path
         _, rows = _read_csv(path, LABEL_COLUMNS)
-        membership = self._category_membership()
+        coverage = self._category_coverage()
+        membership: dict[int, list[str]] = {}
+        for cat, numbers in coverage.items():
+            for number in numbers:
+                membership.setdefault(number, []).append(cat)
         selected = set(self._categories)
+        column_order = {c: i for i, c in enumerate(self._columns)}
         concepts: list[Concept] = []
         seen: set[int] = set()
         for line, row in rows:
@@ -263,9 +309,15 @@ class BrodenProbe(ProbeSet):
             kept = [(c, n) for c, n in counts if c in selected]
             if not kept:
                 continue
-            # Primary category: where the label occurs most (first listed on a tie).
-            primary = max(kept, key=lambda cn: cn[1])[0]
             cats = tuple(c for c, _ in kept)
+            if all(c in coverage for c in cats) and any(number in coverage[c] for c in cats):
+                # As NetDissect-Lite: the category where the label has the most coverage
+                # (c_<category>.csv; 0 where a file does not list it); ties go to the category
+                # that comes first in index.csv.
+                primary = max(cats, key=lambda c: (coverage[c].get(number, 0.0), -column_order[c]))
+            else:
+                # Without those files: where label.csv counts it most (first listed on a tie).
+                primary = max(kept, key=lambda cn: cn[1])[0]
             raw = row["name"].strip()
             concepts.append(
                 Concept(
@@ -279,16 +331,20 @@ class BrodenProbe(ProbeSet):
         concepts.sort(key=lambda c: c.number)
         return concepts
 
-    def _category_membership(self) -> dict[int, list[str]]:
-        """Label number -> categories, from ``c_<category>.csv`` (used where label.csv is blank)."""
-        out: dict[int, list[str]] = {}
+    def _category_coverage(self) -> dict[str, dict[int, float]]:
+        """Selected category -> {label number: coverage}, from the ``c_<category>.csv`` files
+        that exist. They give the primary categories, and the categories of labels whose
+        label.csv ``category`` cell is blank."""
+        out: dict[str, dict[int, float]] = {}
         for cat in self._categories:
             path = self.root / f"c_{cat}.csv"
             if not path.is_file():
                 continue
-            _, rows = _read_csv(path, ("code", "number"))
-            for line, row in rows:
-                out.setdefault(_int(row["number"], path, line, "number"), []).append(cat)
+            _, rows = _read_csv(path, ("code", "number", "coverage"))
+            out[cat] = {
+                _int(row["number"], path, line, "number"): _coverage(row["coverage"], path, line)
+                for line, row in rows
+            }
         return out
 
     # --- the ProbeSet interface ----------------------------------------------------------------
