@@ -169,3 +169,6 @@ METRICS: Registry[Any] = Registry("metric")
 
 # Built-in methods, lazily: importing them pulls in torch and friends.
 METHODS.register("depictions", "methods.baselines:Depictions")
+METHODS.register("netdissect", "methods.netdissect:NetDissect")
+METHODS.register("compexp", "methods.compexp:CompExp")
+METHODS.register("compexp-analysis", "methods.compexp:CompExpAnalysis")

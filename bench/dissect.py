@@ -1,0 +1,798 @@
+"""Dissection: unit masks against concept segmentations, shared by NetDissect and CompExp.
+
+Terms: N probe images, S = sh * sw pixels of a segmentation, C concepts (dense codes 1..C, 0 is
+"no concept"), U units of a layer.
+
+**Concept table.** Every pixel of the probe set carries a set of concepts: the labels of every
+selected pixel-level category at that pixel (a label two layers or two categories put on the same
+pixel counts once: concept masks are sets), plus the image-level labels of its image (scene,
+texture: whole-image masks, as NetDissect treats scalar labels). Pixels with the same concept set
+and the same set of labelling categories share a *signature*. :class:`ConceptTable` stores one
+signature id per pixel (int32 [N, S]), each signature's concepts (a sparse [n_sig, C + 1] 0/1
+matrix ``members``) and its pixel count ``pixels`` [n_sig]. Real probe sets have far fewer
+signatures than pixels (the synthetic probe: a few hundred for 8 million pixels).
+
+**Unit tally.** One pass over the recorded activation maps upsamples every (image, unit) map whose
+maximum exceeds the unit's threshold to the segmentation size (bilinear, ``align_corners=False``,
+as NetDissect-Lite's PIL resize), thresholds it, and counts, per unit, the mask's pixels in each
+signature: ``hist`` [U, n_sig]. Everything NetDissect and CompExp need is a matrix product with it:
+
+- ``|M_u and L|`` for every unit and concept: ``hist @ members`` (all pairs at once);
+- ``|F and L|``, ``|F and L and M_u|`` for a formula F over concepts and every concept L:
+  ``(pixels * F) @ members`` and ``(hist[u] * F) @ members``, where ``F`` is the formula
+  evaluated on the signatures (a boolean vector). CompExp scores every ``F OR L``, ``F AND L``,
+  ``F AND NOT L`` from these two products (inclusion-exclusion) without touching pixels again.
+
+The pass also counts NetDissect's category-restricted denominators, which depend on images rather
+than pixels: for each unit and category, the mask area in images where the category labels some
+pixel inside the mask or labels the whole image (NetDissect-Lite), or labels anything in the image
+(the original NetDissect). Memory is bounded by ``memory_budget``; the pass runs on any torch
+device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import CacheError, ConfigError, DataError, UsageError
+from bench.progress import progress_bar
+
+if TYPE_CHECKING:
+    import numpy as np
+    import scipy.sparse
+
+    from bench.cache import Cache
+    from bench.evidence import Evidence, QuantileSpec
+    from bench.probes.base import Concept, ProbeSet
+
+log = logging.getLogger(__name__)
+
+#: Bump when the concept table's content changes for the same probe (part of its cache key).
+TABLE_VERSION = "1"
+#: Bump when the unit tally changes for the same inputs (part of its cache key).
+TALLY_VERSION = "1"
+TABLE_STAGE = "concept-table"
+TALLY_STAGE = "dissect-tally"
+#: At most this many categories (their presence is a bit mask per pixel).
+MAX_CATEGORIES = 30
+#: Images per shard while the table is built (bounds the memory of the build).
+SHARD_IMAGES = 256
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+# --- the concept table ------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ConceptTable:
+    """The probe set's segmentations as per-pixel signatures (see the module docstring).
+
+    ``concepts[c - 1]`` is the concept with code ``c``; ``primary[c]`` the index in
+    ``categories`` of its primary category (``primary[0] = -1``). ``sig`` int32 [N, S] (may be a
+    read-only memory map); ``members`` CSR [n_sig, C + 1] (column 0 empty); ``pixels`` int64
+    [n_sig]; ``sig_categories`` int64 [n_sig] bit ``c`` set when category ``c`` labels those
+    pixels; ``image_categories`` int64 [N] bit ``c`` set when category ``c`` labels anything in
+    the image (a pixel or the whole image); ``whole_image_categories`` int64 [N], bit ``c`` set
+    when category ``c`` has an image-level label there.
+    """
+
+    concepts: list[Concept]
+    categories: list[str]
+    primary: np.ndarray
+    seg_size: tuple[int, int]
+    sig: np.ndarray
+    members: scipy.sparse.csr_matrix
+    pixels: np.ndarray
+    sig_categories: np.ndarray
+    image_categories: np.ndarray
+    whole_image_categories: np.ndarray
+    identity: dict[str, Any]
+
+    @property
+    def num_images(self) -> int:
+        return int(self.sig.shape[0])
+
+    @property
+    def num_concepts(self) -> int:
+        return len(self.concepts)
+
+    @property
+    def num_signatures(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def code(self, name: str) -> int:
+        """Code of the concept with clean name ``name``."""
+        for i, c in enumerate(self.concepts):
+            if c.name == name:
+                return i + 1
+        from bench.errors import UnknownNameError
+
+        raise UnknownNameError("concept", name, [c.name for c in self.concepts])
+
+    def label_area(self) -> np.ndarray:
+        """int64 [C + 1]: pixels of each concept over the whole probe set (|L|)."""
+        import numpy as np
+
+        return np.asarray(self.members.T @ self.pixels, dtype=np.int64).ravel()
+
+    def member(self, code: int) -> np.ndarray:
+        """bool [n_sig]: the signatures that contain concept ``code``."""
+        col = self.members[:, code]
+        return col.toarray().ravel() > 0
+
+    # --- persistence ---
+
+    def save(self, directory: Path) -> None:
+        import numpy as np
+
+        from bench.cache import save_arrays
+        from bench.schema import write_json
+
+        sig_path = directory / "sig.npy"
+        if not (isinstance(self.sig, np.memmap) and Path(self.sig.filename) == sig_path):
+            np.save(sig_path, np.ascontiguousarray(self.sig, dtype=np.int32))
+        m = self.members
+        save_arrays(
+            directory / "table.safetensors",
+            {
+                "primary": self.primary.astype(np.int64),
+                "members.indptr": m.indptr.astype(np.int64),
+                "members.indices": m.indices.astype(np.int64),
+                "pixels": self.pixels.astype(np.int64),
+                "sig_categories": self.sig_categories.astype(np.int64),
+                "image_categories": self.image_categories.astype(np.int64),
+                "whole_image_categories": self.whole_image_categories.astype(np.int64),
+            },
+        )
+        write_json(
+            directory / "table.json",
+            {
+                "concepts": [_concept_json(c) for c in self.concepts],
+                "categories": self.categories,
+                "seg_size": list(self.seg_size),
+                "identity": self.identity,
+            },
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> ConceptTable:
+        import numpy as np
+        import scipy.sparse
+
+        from bench.cache import load_arrays
+        from bench.probes.base import Concept
+
+        try:
+            info = json.loads((directory / "table.json").read_text())
+            arrays = load_arrays(directory / "table.safetensors")
+            sig = np.load(directory / "sig.npy", mmap_mode="r", allow_pickle=False)
+            n_codes = len(info["concepts"]) + 1
+            indptr = arrays["members.indptr"]
+            indices = arrays["members.indices"]
+            members = scipy.sparse.csr_matrix(
+                (np.ones(len(indices), dtype=np.float64), indices, indptr),
+                shape=(len(indptr) - 1, n_codes),
+            )
+            return cls(
+                concepts=[
+                    Concept(**{**c, "categories": tuple(c["categories"])}) for c in info["concepts"]
+                ],
+                categories=list(info["categories"]),
+                primary=arrays["primary"],
+                seg_size=(int(info["seg_size"][0]), int(info["seg_size"][1])),
+                sig=sig,
+                members=members,
+                pixels=arrays["pixels"],
+                sig_categories=arrays["sig_categories"],
+                image_categories=arrays["image_categories"],
+                whole_image_categories=arrays["whole_image_categories"],
+                identity=info["identity"],
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CacheError(f"Could not read the concept table in {directory}: {e}") from e
+
+
+def _concept_json(c: Concept) -> dict[str, Any]:
+    return {
+        "number": c.number,
+        "name": c.name,
+        "raw_name": c.raw_name,
+        "category": c.category,
+        "categories": list(c.categories),
+    }
+
+
+def select_concepts(
+    probe: ProbeSet, categories: Sequence[str] | None
+) -> tuple[list[str], list[Concept], np.ndarray]:
+    """The categories kept, their concepts (in label-number order) and each one's primary
+    category index. ``categories=None`` keeps every category of the probe set."""
+    import numpy as np
+
+    present = list(probe.categories())
+    if categories is None:
+        cats = present
+    else:
+        unknown = [c for c in categories if c not in present]
+        if unknown:
+            raise UsageError(
+                f"Expected categories among {', '.join(present)} (those of probe set "
+                f"'{probe.name}'), got {', '.join(unknown)}."
+            )
+        cats = list(dict.fromkeys(categories))
+    if not cats:
+        raise UsageError(f"Probe set '{probe.name}' has no segmentation categories to dissect.")
+    if len(cats) > MAX_CATEGORIES:
+        raise UsageError(f"Expected at most {MAX_CATEGORIES} categories, got {len(cats)}.")
+    concepts = []
+    primary = [-1]
+    for c in sorted(probe.concepts(), key=lambda c: c.number):
+        kept = [x for x in (c.categories or (c.category,)) if x in cats]
+        if not kept:
+            continue
+        concepts.append(c)
+        primary.append(cats.index(c.category if c.category in kept else kept[0]))
+    if not concepts:
+        raise DataError(
+            f"Probe set '{probe.name}' has no concepts in categories {', '.join(cats)}."
+        )
+    return cats, concepts, np.asarray(primary, dtype=np.int64)
+
+
+def build_concept_table(
+    probe: ProbeSet,
+    categories: Sequence[str] | None = None,
+    *,
+    directory: Path | None = None,
+    progress: bool = False,
+) -> ConceptTable:
+    """Read every segmentation of ``probe`` once and build its :class:`ConceptTable`.
+
+    With ``directory``, the per-pixel signature ids are written there as ``sig.npy`` (a memory
+    map), so the build holds only one shard of images in memory; otherwise they stay in memory.
+    """
+    import numpy as np
+    import scipy.sparse
+
+    if not probe.has_segmentations:
+        raise UsageError(
+            f"Probe set '{probe.name}' has no per-pixel concept segmentations; dissection "
+            "needs a Broden-format probe (--probe broden or --probe synthetic)."
+        )
+    cats, concepts, primary = select_concepts(probe, categories)
+    cat_index = {c: i for i, c in enumerate(cats)}
+    max_number = max(c.number for c in concepts)
+    lut = np.zeros(max_number + 1, dtype=np.int64)
+    for code, c in enumerate(concepts, start=1):
+        lut[c.number] = code
+    n = len(probe)
+    sh, sw = probe.seg_size
+    s = sh * sw
+    if directory is not None:
+        sig = np.lib.format.open_memmap(
+            Path(directory) / "sig.npy", mode="w+", dtype=np.int32, shape=(n, s)
+        )
+    else:
+        sig = np.zeros((n, s), dtype=np.int32)
+    image_cats = np.zeros(n, dtype=np.int64)
+    whole_cats = np.zeros(n, dtype=np.int64)
+    # Global signatures: (codes..., category bits) -> id.
+    ids: dict[tuple[int, ...], int] = {}
+    sig_pixels: list[int] = []
+
+    def codes_of(numbers: np.ndarray, where: str) -> np.ndarray:
+        numbers = np.asarray(numbers, dtype=np.int64)
+        if numbers.size and (numbers.min() < 0):
+            raise DataError(f"{where}: negative label number {int(numbers.min())}.")
+        out = np.zeros(numbers.shape, dtype=np.int64)
+        inside = numbers <= max_number
+        out[inside] = lut[numbers[inside]]
+        return out
+
+    with progress_bar(total=n, desc=f"concepts {probe.name}", enabled=progress, unit="img") as bar:
+        for start in range(0, n, SHARD_IMAGES):
+            stop = min(n, start + SHARD_IMAGES)
+            rows_per_image = []
+            width = 1
+            for i in range(start, stop):
+                seg = probe.segmentation(i)
+                layers = []
+                bits = np.zeros(s, dtype=np.int64)
+                for cat, arr in seg.pixel.items():
+                    if cat not in cat_index:
+                        continue
+                    arr = np.asarray(arr)
+                    if arr.ndim == 2:
+                        arr = arr[None]
+                    if arr.shape[1:] != (sh, sw):
+                        raise DataError(
+                            f"Probe set '{probe.name}' image {i}: expected '{cat}' labels of "
+                            f"size {sh}x{sw}, got {arr.shape[1]}x{arr.shape[2]}."
+                        )
+                    codes = codes_of(arr.reshape(arr.shape[0], s), f"image {i} '{cat}'")
+                    bits |= (codes > 0).any(axis=0).astype(np.int64) << cat_index[cat]
+                    layers.append(codes)
+                whole_set: set[int] = set()
+                for cat, numbers in seg.image.items():
+                    if cat not in cat_index:
+                        continue
+                    found = [int(x) for x in codes_of(np.asarray(numbers), f"image {i} '{cat}'")]
+                    found = [x for x in found if x > 0]
+                    if found:
+                        whole_cats[i] |= 1 << cat_index[cat]
+                        whole_set.update(found)
+                whole = sorted(whole_set)
+                image_cats[i] = whole_cats[i] | int(np.bitwise_or.reduce(bits))
+                pix = np.concatenate(layers, axis=0) if layers else np.zeros((0, s), np.int64)
+                cols = [pix.T]
+                if whole:
+                    cols.append(np.broadcast_to(np.asarray(whole, np.int64), (s, len(whole))))
+                row = np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
+                rows_per_image.append((row, bits))
+                width = max(width, row.shape[1])
+            # Canonical rows: sorted codes without duplicates (zeros first), then category bits.
+            block = np.zeros((sum(r.shape[0] for r, _ in rows_per_image), width + 1), np.int64)
+            at = 0
+            for row, bits in rows_per_image:
+                block[at : at + row.shape[0], width - row.shape[1] : width] = row
+                block[at : at + row.shape[0], width] = bits
+                at += row.shape[0]
+            codes = np.sort(block[:, :width], axis=1)
+            if width > 1:
+                dup = np.zeros_like(codes, dtype=bool)
+                dup[:, 1:] = codes[:, 1:] == codes[:, :-1]
+                codes[dup] = 0
+                codes = np.sort(codes, axis=1)
+            block[:, :width] = codes
+            uniq, inverse = unique_rows(block)
+            local_to_global = np.empty(len(uniq), dtype=np.int64)
+            counts = np.bincount(inverse, minlength=len(uniq))
+            for j, u in enumerate(uniq):
+                key = (*(int(x) for x in u[:width] if x), -1, int(u[width]))
+                gid = ids.get(key)
+                if gid is None:
+                    gid = ids[key] = len(ids)
+                    sig_pixels.append(0)
+                sig_pixels[gid] += int(counts[j])
+                local_to_global[j] = gid
+            sig[start:stop] = local_to_global[inverse].reshape(stop - start, s)
+            bar.update(stop - start)
+    if isinstance(sig, np.memmap):
+        sig.flush()
+    n_sig = len(ids)
+    indptr = [0]
+    indices: list[int] = []
+    sig_cats = np.zeros(n_sig, dtype=np.int64)
+    for key, gid in sorted(ids.items(), key=lambda kv: kv[1]):
+        sep = key.index(-1)
+        indices.extend(key[:sep])
+        indptr.append(len(indices))
+        sig_cats[gid] = key[sep + 1]
+    members = scipy.sparse.csr_matrix(
+        (
+            np.ones(len(indices), dtype=np.float64),
+            np.asarray(indices, np.int64),
+            np.asarray(indptr),
+        ),
+        shape=(n_sig, len(concepts) + 1),
+    )
+    log.info(
+        "Concept table of '%s': %d images, %d concepts, %d signatures.",
+        probe.name,
+        n,
+        len(concepts),
+        n_sig,
+    )
+    return ConceptTable(
+        concepts=concepts,
+        categories=cats,
+        primary=primary,
+        seg_size=(sh, sw),
+        sig=sig,
+        members=members,
+        pixels=np.asarray(sig_pixels, dtype=np.int64),
+        sig_categories=sig_cats,
+        image_categories=image_cats,
+        whole_image_categories=whole_cats,
+        identity={"probe": probe.identity(), "categories": cats, "version": TABLE_VERSION},
+    )
+
+
+def unique_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(block, axis=0, return_inverse=True)`` for a non-negative int64 block, fast.
+
+    Rows are packed into one int64 key when their columns' ranges fit in 62 bits; otherwise
+    they are sorted with ``lexsort`` (both much faster than numpy's structured-row sort).
+    """
+    import numpy as np
+
+    if block.shape[0] == 0:
+        return block[:0], np.zeros(0, dtype=np.int64)
+    base = block.max(axis=0).astype(np.int64) + 1
+    if float(np.log2(base.astype(np.float64)).sum()) < 62:
+        key = np.zeros(block.shape[0], dtype=np.int64)
+        for j in range(block.shape[1]):
+            key = key * base[j] + block[:, j]
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return block[first], inverse.ravel()
+    order = np.lexsort(block.T[::-1])
+    ordered = block[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    group = np.cumsum(new) - 1
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = group
+    return ordered[new], inverse
+
+
+def concept_table_cached(
+    cache: Cache,
+    probe: ProbeSet,
+    categories: Sequence[str] | None = None,
+    *,
+    progress: bool = False,
+) -> ConceptTable:
+    """:func:`build_concept_table` through the cache (stage ``"concept-table"``)."""
+    cats, _, _ = select_concepts(probe, categories)
+    parts = {"probe": probe.identity(), "categories": cats, "version": TABLE_VERSION}
+
+    def write(directory: Any) -> None:
+        build_concept_table(probe, cats, directory=Path(directory), progress=progress).save(
+            Path(directory)
+        )
+
+    path, hit = cache.get_or_create(TABLE_STAGE, parts, write)
+    log.info("concept table: cache %s", "hit" if hit else "miss")
+    return ConceptTable.load(path)
+
+
+# --- the unit tally ---------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class UnitTally:
+    """What one pass over a layer's activation maps counts (see the module docstring).
+
+    ``hist`` CSR int64 [U, n_sig]: mask pixels per signature; ``unit_area`` int64 [U] (|M_u|);
+    ``cat_lite`` and ``cat_original`` int64 [U, n_categories]: NetDissect-Lite's and the original
+    NetDissect's per-category activation counts; ``active_images`` int64 [U]: images where the
+    unit's maximum exceeds its threshold.
+    """
+
+    hist: scipy.sparse.csr_matrix
+    unit_area: np.ndarray
+    cat_lite: np.ndarray
+    cat_original: np.ndarray
+    active_images: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def num_units(self) -> int:
+        return int(self.unit_area.shape[0])
+
+    def intersections(self, table: ConceptTable) -> np.ndarray:
+        """int64 [U, C + 1]: |M_u and L| for every unit and concept."""
+        import numpy as np
+
+        return np.rint((self.hist @ table.members).toarray()).astype(np.int64)
+
+    def save(self, directory: Path) -> None:
+        import numpy as np
+
+        from bench.cache import save_arrays
+        from bench.schema import write_json
+
+        h = self.hist
+        save_arrays(
+            directory / "tally.safetensors",
+            {
+                "hist.indptr": h.indptr.astype(np.int64),
+                "hist.indices": h.indices.astype(np.int64),
+                "hist.data": np.asarray(h.data, dtype=np.int64),
+                "unit_area": self.unit_area,
+                "cat_lite": self.cat_lite,
+                "cat_original": self.cat_original,
+                "active_images": self.active_images,
+            },
+        )
+        write_json(directory / "tally.json", {"shape": list(h.shape), "meta": self.meta})
+
+    @classmethod
+    def load(cls, directory: Path) -> UnitTally:
+        import scipy.sparse
+
+        from bench.cache import load_arrays
+
+        try:
+            info = json.loads((directory / "tally.json").read_text())
+            a = load_arrays(directory / "tally.safetensors")
+            hist = scipy.sparse.csr_matrix(
+                (a["hist.data"], a["hist.indices"], a["hist.indptr"]), shape=tuple(info["shape"])
+            )
+            return cls(
+                hist=hist,
+                unit_area=a["unit_area"],
+                cat_lite=a["cat_lite"],
+                cat_original=a["cat_original"],
+                active_images=a["active_images"],
+                meta=info.get("meta", {}),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CacheError(f"Could not read the unit tally in {directory}: {e}") from e
+
+
+def upsample_masks(maps: Any, thresholds: Any, seg_size: tuple[int, int]) -> Any:
+    """bool [P, sh * sw]: ``maps`` [P, h, w] (torch) upsampled bilinearly (``align_corners=False``,
+    as NetDissect-Lite's PIL 'F' resize) and compared with ``thresholds`` [P] (strictly above)."""
+    import torch.nn.functional as F
+
+    up = F.interpolate(maps[:, None], size=seg_size, mode="bilinear", align_corners=False)
+    return (up[:, 0] > thresholds[:, None, None]).flatten(1)
+
+
+def tally_units(
+    maps: np.ndarray,
+    thresholds: np.ndarray,
+    table: ConceptTable,
+    *,
+    device: str = "cpu",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool = False,
+    desc: str = "tally",
+) -> UnitTally:
+    """One pass over ``maps`` (float32 [N, U, h, w], may be a memory map) thresholded at
+    ``thresholds`` (float32 [U]) against ``table``; see the module docstring."""
+    import numpy as np
+    import scipy.sparse
+    import torch
+
+    n, u, h, w = (int(x) for x in maps.shape)
+    if n != table.num_images:
+        raise UsageError(
+            f"Expected activation maps of the {table.num_images} probe images the concept table "
+            f"was built from, got {n}."
+        )
+    thr_np = np.asarray(thresholds, dtype=np.float32)
+    if thr_np.shape != (u,):
+        raise UsageError(f"Expected {u} thresholds (one per unit), got shape {thr_np.shape}.")
+    if not np.isfinite(thr_np).all():
+        raise UsageError("Expected finite unit thresholds; got NaN or inf.")
+    dev = torch.device(device)
+    sh, sw = table.seg_size
+    s = sh * sw
+    n_sig = table.num_signatures
+    n_cat = len(table.categories)
+    thr = torch.from_numpy(thr_np).to(dev)
+    sig_cats = torch.from_numpy(table.sig_categories).to(dev)
+    # Per pair, the upsampled float map, the mask, and the gathered indices: ~ 32 bytes a pixel.
+    pair_block = max(1, memory_budget // (32 * s))
+    images_block = max(1, min(n, memory_budget // max(1, 8 * u * h * w)))
+    unit_area = torch.zeros(u, dtype=torch.int64, device=dev)
+    active = torch.zeros(u, dtype=torch.int64, device=dev)
+    cat_lite = torch.zeros(u, n_cat, dtype=torch.int64, device=dev)
+    cat_orig = torch.zeros(u, n_cat, dtype=torch.int64, device=dev)
+    keys: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    pending = 0
+    cat_bits = torch.arange(n_cat, device=dev)
+
+    def coalesce() -> None:
+        nonlocal pending
+        if len(keys) > 1:
+            k = np.concatenate(keys)
+            c = np.concatenate(counts)
+            uk, inv = np.unique(k, return_inverse=True)
+            keys[:] = [uk]
+            counts[:] = [np.bincount(inv.ravel(), weights=c, minlength=len(uk)).astype(np.int64)]
+        pending = 0
+
+    with progress_bar(total=n, desc=desc, enabled=progress, unit="img") as bar:
+        for a in range(0, n, images_block):
+            b = min(n, a + images_block)
+            x = torch.from_numpy(np.array(maps[a:b], dtype=np.float32)).to(dev)
+            if not bool(torch.isfinite(x).all()):
+                from bench.errors import NonFiniteError
+
+                bad = (~torch.isfinite(x).flatten(1).all(1)).nonzero().ravel().cpu() + a
+                raise NonFiniteError(
+                    f"Expected finite activation maps, got NaN or inf on probe images "
+                    f"{bad[:10].tolist()}."
+                )
+            sig = torch.from_numpy(np.array(table.sig[a:b])).to(dev, torch.int64)
+            img_any = torch.from_numpy(table.image_categories[a:b]).to(dev)
+            img_whole = torch.from_numpy(table.whole_image_categories[a:b]).to(dev)
+            pair_b, pair_u = (x.amax(dim=(2, 3)) > thr).nonzero(as_tuple=True)
+            active += torch.bincount(pair_u, minlength=u)
+            for p0 in range(0, len(pair_b), pair_block):
+                pb = pair_b[p0 : p0 + pair_block]
+                pu = pair_u[p0 : p0 + pair_block]
+                mask = upsample_masks(x[pb, pu], thr[pu], (sh, sw))
+                area = mask.sum(dim=1)
+                unit_area.index_add_(0, pu, area)
+                nz_p, nz_s = mask.nonzero(as_tuple=True)
+                sigs = sig[pb[nz_p], nz_s]
+                key = pu[nz_p] * n_sig + sigs
+                uk, uc = torch.unique(key, return_counts=True)
+                keys.append(uk.cpu().numpy())
+                counts.append(uc.cpu().numpy().astype(np.int64))
+                pending += len(uk)
+                if pending > 20_000_000:
+                    coalesce()
+                # Categories labelling some pixel inside the mask (per pair), as bit masks.
+                bits = (sig_cats[sigs][:, None] >> cat_bits) & 1  # [nnz, n_cat]
+                inside = torch.zeros(len(pb), n_cat, dtype=torch.int64, device=dev)
+                inside.index_add_(0, nz_p, bits)
+                whole = (img_whole[pb][:, None] >> cat_bits) & 1
+                lite = (inside > 0) | (whole > 0)
+                anywhere = ((img_any[pb][:, None] >> cat_bits) & 1) > 0
+                cat_lite.index_add_(0, pu, area[:, None] * lite)
+                cat_orig.index_add_(0, pu, area[:, None] * anywhere)
+            bar.update(b - a)
+    coalesce()
+    if keys:
+        k = keys[0]
+        c = counts[0]
+    else:
+        k = np.zeros(0, np.int64)
+        c = np.zeros(0, np.int64)
+    hist = scipy.sparse.csr_matrix((c, (k // n_sig, k % n_sig)), shape=(u, n_sig), dtype=np.int64)
+    hist.sum_duplicates()
+    return UnitTally(
+        hist=hist,
+        unit_area=unit_area.cpu().numpy(),
+        cat_lite=cat_lite.cpu().numpy(),
+        cat_original=cat_orig.cpu().numpy(),
+        active_images=active.cpu().numpy(),
+        meta={"device": str(dev), "seg_size": [sh, sw], "map_shape": [h, w]},
+    )
+
+
+def tally_cached(
+    cache: Cache,
+    evidence: Evidence,
+    layer: str,
+    quantile: QuantileSpec,
+    table: ConceptTable,
+    *,
+    device: str = "cpu",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool = False,
+) -> UnitTally:
+    """:func:`tally_units` for every unit of ``layer`` through the cache (stage
+    ``"dissect-tally"``), keyed by the evidence, the layer, the quantile and the table."""
+    import torch
+
+    le = evidence.layer(layer)
+    maps = le.require_maps()
+    thresholds = le.threshold(quantile)
+    parts = {
+        "version": TALLY_VERSION,
+        "evidence": evidence.key,
+        "layer": layer,
+        "quantile": quantile.key,
+        "table": table.identity,
+        "device": torch.device(device).type,
+    }
+
+    def compute() -> UnitTally:
+        return tally_units(
+            maps,
+            thresholds,
+            table,
+            device=device,
+            memory_budget=memory_budget,
+            progress=progress,
+            desc=f"tally {layer}",
+        )
+
+    if not evidence.key:  # evidence that was not cached has no identity to key on
+        return compute()
+
+    def write(directory: Any) -> None:
+        compute().save(Path(directory))
+
+    path, hit = cache.get_or_create(TALLY_STAGE, parts, write)
+    log.info("tally %s: cache %s", layer, "hit" if hit else "miss")
+    return UnitTally.load(path)
+
+
+# --- IoU --------------------------------------------------------------------------------------
+
+#: NetDissect IoU denominators: "lite" (NetDissect-Lite) and "original" (NetDissect 2017).
+CONVENTIONS = ("lite", "original")
+
+
+def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` in float64, 0 where ``den`` is 0."""
+    import numpy as np
+
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.zeros(np.broadcast_shapes(num.shape, den.shape), dtype=np.float64)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def netdissect_iou(tally: UnitTally, table: ConceptTable, convention: str = "lite") -> np.ndarray:
+    """float64 [U, C + 1] (column 0 is 0): NetDissect's IoU with the category-restricted
+    denominator ``|M_u restricted to L's primary category| + |L| - |M_u and L|``."""
+    import numpy as np
+
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"Expected a convention in {CONVENTIONS}, got {convention!r}.")
+    inter = tally.intersections(table)
+    cat = tally.cat_lite if convention == "lite" else tally.cat_original
+    primary = table.primary.copy()
+    primary[0] = 0
+    unit_cat = cat[:, primary]  # [U, C + 1]
+    iou = safe_ratio(inter, unit_cat + table.label_area()[None, :] - inter)
+    iou[:, 0] = 0.0
+    return np.asarray(iou)
+
+
+def dataset_iou(tally: UnitTally, table: ConceptTable) -> np.ndarray:
+    """float64 [U, C + 1]: CompExp's IoU over the whole probe set, no category restriction:
+    ``|M_u and L| / (|M_u| + |L| - |M_u and L|)``."""
+    inter = tally.intersections(table)
+    iou = safe_ratio(inter, tally.unit_area[:, None] + table.label_area()[None, :] - inter)
+    iou[:, 0] = 0.0
+    return iou
+
+
+# --- formulas on signatures --------------------------------------------------------------------
+
+
+class SignatureAlgebra:
+    """Formulas over concept codes, evaluated on the table's signatures (bool [n_sig]).
+
+    A formula is a JSON tree with integer leaves: ``["leaf", code]``, ``["not", F]``,
+    ``["and", F, G]``, ``["or", F, G]``. Results are memoised per tree.
+    """
+
+    def __init__(self, table: ConceptTable):
+        import numpy as np
+
+        self.table = table
+        members = table.members.tocsc()
+        self._member = members
+        self._memo: dict[str, np.ndarray] = {}
+        self.pixels = table.pixels.astype(np.float64)
+
+    def member(self, code: int) -> np.ndarray:
+        key = f"L{code}"
+        out = self._memo.get(key)
+        if out is None:
+            col = self._member[:, code]
+            out = col.toarray().ravel() > 0
+            self._memo[key] = out
+        return out
+
+    def evaluate(self, tree: Sequence[Any]) -> np.ndarray:
+        key = json.dumps(tree, separators=(",", ":"))
+        out = self._memo.get(key)
+        if out is not None:
+            return out
+        op = tree[0]
+        if op == "leaf":
+            out = self.member(int(tree[1]))
+        elif op == "not":
+            out = ~self.evaluate(tree[1])
+        elif op in ("and", "or"):
+            parts = [self.evaluate(t) for t in tree[1:]]
+            out = parts[0].copy()
+            for p in parts[1:]:
+                if op == "and":
+                    out &= p
+                else:
+                    out |= p
+        else:
+            raise UsageError(f"Expected a formula node leaf/not/and/or, got {op!r}.")
+        if len(self._memo) > 200_000:
+            self._memo.clear()
+        self._memo[key] = out
+        return out

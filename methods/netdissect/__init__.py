@@ -1,0 +1,119 @@
+"""Network Dissection (Bau et al., CVPR 2017), as NetDissect-Lite computes it.
+
+Per unit: threshold at the unit's top-0.5% quantile over every spatial position of the probe set;
+upsample each activation map bilinearly to the segmentation size and threshold it; IoU against
+every concept, accumulated over the whole probe set, with the category-restricted denominator;
+the best concept overall and per category. See README.md for the conventions and deviations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bench.evidence import NETDISSECT_QUANTILE
+from bench.schema import Description, UnitRef
+from methods.base import Method, MethodContext, Requirements
+
+if TYPE_CHECKING:
+    from bench.evidence import Evidence
+
+#: IoU above which NetDissect calls a unit "interpretable" (SCORE_THRESHOLD).
+INTERPRETABLE_IOU = 0.04
+CONVENTIONS = ("lite", "original")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NetDissectConfig:
+    #: IoU denominator. "lite" (NetDissect-Lite, the default): a unit's activation counts towards
+    #: category c only in images where c labels some pixel inside the activated region (or the
+    #: whole image). "original" (NetDissect 2017): in every image where c is present at all.
+    convention: str = "lite"
+    #: Categories to dissect against; ``None``: every category of the probe set (the real
+    #: Broden probe already defaults to the paper's object, part, scene, texture, color).
+    categories: tuple[str, ...] | None = None
+    #: Units whose best IoU exceeds this are flagged interpretable (the paper's 0.04).
+    interpretable_iou: float = INTERPRETABLE_IOU
+
+    def __post_init__(self) -> None:
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
+        if not 0.0 <= self.interpretable_iou <= 1.0:
+            raise ValueError(f"interpretable_iou must be in [0, 1], got {self.interpretable_iou}")
+
+
+class NetDissect(Method):
+    """The best-matching concept of each unit, by IoU of thresholded activations with concept
+    segmentations (Broden format)."""
+
+    name = "netdissect"
+    version = "1"
+    Config = NetDissectConfig
+    requires = Requirements(
+        evidence=frozenset({"maps", "thresholds", "segmentations"}),
+        quantiles=(NETDISSECT_QUANTILE,),
+    )
+    chunk_size = 4096
+
+    def _describe(
+        self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
+    ) -> list[Description]:
+        import numpy as np
+
+        from bench.dissect import concept_table_cached, netdissect_iou, tally_cached
+
+        cfg = self.config
+        table = concept_table_cached(
+            ctx.cache, evidence.probe, cfg.categories, progress=ctx.progress
+        )
+        budget = int(ctx.options.get("memory_budget", 1 << 30))
+        out: dict[UnitRef, Description] = {}
+        for layer in dict.fromkeys(u.layer for u in units):
+            tally = tally_cached(
+                ctx.cache,
+                evidence,
+                layer,
+                NETDISSECT_QUANTILE,
+                table,
+                device=ctx.device,
+                memory_budget=budget,
+                progress=ctx.progress,
+            )
+            iou = netdissect_iou(tally, table, cfg.convention)
+            inter = tally.intersections(table)
+            cats = np.asarray([-1, *table.primary[1:]])
+            for u in (x for x in units if x.layer == layer):
+                row = iou[u.index]
+                per_category = {}
+                for ci, cat in enumerate(table.categories):
+                    codes = np.nonzero(cats == ci)[0]
+                    if len(codes) == 0:
+                        continue
+                    best = int(codes[np.argmax(row[codes])])
+                    per_category[cat] = {
+                        "label": table.concepts[best - 1].name,
+                        "iou": float(row[best]),
+                    }
+                code = int(np.argmax(row[1:])) + 1
+                concept = table.concepts[code - 1]
+                score = float(row[code])
+                out[u] = Description(
+                    unit=u,
+                    label=concept.name,
+                    score=score,
+                    score_name="iou",
+                    extras={
+                        "concept": concept.name,
+                        "raw_name": concept.raw_name,
+                        "number": concept.number,
+                        "category": table.categories[int(table.primary[code])],
+                        "interpretable": score > cfg.interpretable_iou,
+                        "convention": cfg.convention,
+                        "intersection": int(inter[u.index, code]),
+                        "unit_area": int(tally.unit_area[u.index]),
+                        "active_images": int(tally.active_images[u.index]),
+                        "per_category": per_category,
+                    },
+                )
+        return [out[u] for u in units]
