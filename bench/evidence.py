@@ -87,7 +87,9 @@ class LayerEvidence:
 
     def require_maps(self) -> np.ndarray:
         if self.maps is None:
-            raise CacheError(
+            from bench.errors import RequirementError
+
+            raise RequirementError(
                 f"Layer '{self.layer}' was recorded without its full activation maps; "
                 "record with store_maps=True (methods that need them declare the evidence "
                 "kind 'maps', and bench.api.run asks for it)."
