@@ -528,11 +528,88 @@ class UnitTally:
 
 def upsample_masks(maps: Any, thresholds: Any, seg_size: tuple[int, int]) -> Any:
     """bool [P, sh * sw]: ``maps`` [P, h, w] (torch) upsampled bilinearly (``align_corners=False``,
-    as NetDissect-Lite's PIL 'F' resize) and compared with ``thresholds`` [P] (strictly above)."""
+    as NetDissect-Lite's PIL 'F' resize) and compared with ``thresholds`` [P] (strictly above).
+    Dense; :class:`SparseUpsampler` computes the same masks from the pixels that can pass."""
     import torch.nn.functional as F
 
     up = F.interpolate(maps[:, None], size=seg_size, mode="bilinear", align_corners=False)
     return (up[:, 0] > thresholds[:, None, None]).flatten(1)
+
+
+class SparseUpsampler:
+    """Thresholded bilinear upsampling that only computes the output pixels that can pass.
+
+    A bilinear output pixel is a convex combination of (at most) four source cells, so it can
+    exceed a threshold only if one of them does. Starting from the source cells above the
+    threshold ("hot" cells), it lists the output pixels each one influences, removes duplicates and
+    interpolates just those: the work follows the size of the masks (about 0.5% of the pixels at
+    NetDissect's quantile), not the size of the upsampled maps. Values are computed as PIL's
+    bilinear resize does (separable, horizontal pass then vertical, weights in float64, each pass
+    rounded to float32), which is what NetDissect-Lite and compexp upsample with.
+    """
+
+    def __init__(self, map_shape: tuple[int, int], seg_size: tuple[int, int], device: Any):
+        import torch
+
+        self.h, self.w = map_shape
+        self.sh, self.sw = seg_size
+        rows = self._axis(self.h, self.sh)
+        cols = self._axis(self.w, self.sw)
+        as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+        self.r0, self.r1, self.rl, self.rlo, self.rn = (as_t(a) for a in rows)
+        self.c0, self.c1, self.cl, self.clo, self.cn = (as_t(a) for a in cols)
+
+    @staticmethod
+    def _axis(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
+        import numpy as np
+
+        src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        src = np.clip(src, 0.0, n_in - 1)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        lam = src - i0
+        r = np.arange(n_in)
+        lo = np.searchsorted(i1, r, side="left")  # first output index that reads source r
+        hi = np.searchsorted(i0, r, side="right")  # one past the last
+        return i0, i1, lam, lo, np.maximum(hi - lo, 0)
+
+    def __call__(self, maps: Any, thresholds: Any) -> tuple[Any, Any]:
+        """``(pair, pixel)`` int64 index vectors of the mask pixels of ``maps`` [P, h, w] above
+        ``thresholds`` [P], sorted by pair then pixel."""
+        import torch
+
+        dev = maps.device
+        hot_p, hot_r, hot_c = (maps > thresholds[:, None, None]).nonzero(as_tuple=True)
+        nr, nc = self.rn[hot_r], self.cn[hot_c]
+        counts = nr * nc
+        total = int(counts.sum())
+        if total == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=dev)
+            return empty, empty
+        which = torch.repeat_interleave(torch.arange(len(hot_p), device=dev), counts)
+        start = torch.cumsum(counts, 0) - counts
+        k = torch.arange(total, device=dev) - start[which]
+        i = self.rlo[hot_r[which]] + k // nc[which]
+        j = self.clo[hot_c[which]] + k % nc[which]
+        s = self.sh * self.sw
+        # Remove duplicates (neighbouring hot cells share pixels) with a bitmap: far cheaper
+        # than sorting, and it leaves the candidates sorted by pair, then pixel.
+        seen = torch.zeros(maps.shape[0] * s, dtype=torch.bool, device=dev)
+        seen[hot_p[which] * s + i * self.sw + j] = True
+        key = seen.nonzero().squeeze(1)
+        p, rem = key // s, key % s
+        i, j = rem // self.sw, rem % self.sw
+        flat = maps.reshape(-1).to(torch.float64)
+        base = p * (self.h * self.w)
+        r0, r1, rl = self.r0[i] * self.w, self.r1[i] * self.w, self.rl[i]
+        c0, c1, cl = self.c0[j], self.c1[j], self.cl[j]
+        top = (1 - cl) * flat[base + r0 + c0] + cl * flat[base + r0 + c1]
+        bot = (1 - cl) * flat[base + r1 + c0] + cl * flat[base + r1 + c1]
+        top = top.to(torch.float32).to(torch.float64)
+        bot = bot.to(torch.float32).to(torch.float64)
+        val = ((1 - rl) * top + rl * bot).to(torch.float32)
+        keep = val > thresholds[p]
+        return p[keep], rem[keep]
 
 
 def tally_units(
@@ -570,12 +647,21 @@ def tally_units(
     thr = torch.from_numpy(thr_np).to(dev)
     sig_cats = torch.from_numpy(table.sig_categories).to(dev)
     # Per pair, the upsampled float map, the mask, and the gathered indices: ~ 32 bytes a pixel.
-    pair_block = max(1, memory_budget // (32 * s))
+    # Per pair, at worst every output pixel is a candidate: ~64 bytes a pixel while listing them.
+    pair_block = max(1, memory_budget // (64 * s))
+    upsampler = SparseUpsampler((h, w), (sh, sw), dev)
     images_block = max(1, min(n, memory_budget // max(1, 8 * u * h * w)))
     unit_area = torch.zeros(u, dtype=torch.int64, device=dev)
     active = torch.zeros(u, dtype=torch.int64, device=dev)
     cat_lite = torch.zeros(u, n_cat, dtype=torch.int64, device=dev)
     cat_orig = torch.zeros(u, n_cat, dtype=torch.int64, device=dev)
+    # The histogram is dense while it is small (the synthetic probe: a few hundred thousand
+    # cells); otherwise (unit, signature) pairs are counted sparsely and merged.
+    dense_hist = (
+        torch.zeros(u * n_sig, dtype=torch.int64, device=dev)
+        if u * n_sig * 8 <= min(memory_budget // 4, 1 << 28)
+        else None
+    )
     keys: list[np.ndarray] = []
     counts: list[np.ndarray] = []
     pending = 0
@@ -611,18 +697,20 @@ def tally_units(
             for p0 in range(0, len(pair_b), pair_block):
                 pb = pair_b[p0 : p0 + pair_block]
                 pu = pair_u[p0 : p0 + pair_block]
-                mask = upsample_masks(x[pb, pu], thr[pu], (sh, sw))
-                area = mask.sum(dim=1)
+                nz_p, nz_s = upsampler(x[pb, pu], thr[pu])
+                area = torch.bincount(nz_p, minlength=len(pb))
                 unit_area.index_add_(0, pu, area)
-                nz_p, nz_s = mask.nonzero(as_tuple=True)
                 sigs = sig[pb[nz_p], nz_s]
                 key = pu[nz_p] * n_sig + sigs
-                uk, uc = torch.unique(key, return_counts=True)
-                keys.append(uk.cpu().numpy())
-                counts.append(uc.cpu().numpy().astype(np.int64))
-                pending += len(uk)
-                if pending > 20_000_000:
-                    coalesce()
+                if dense_hist is not None:
+                    dense_hist += torch.bincount(key, minlength=u * n_sig)
+                else:
+                    uk, uc = torch.unique(key, return_counts=True)
+                    keys.append(uk.cpu().numpy())
+                    counts.append(uc.cpu().numpy().astype(np.int64))
+                    pending += len(uk)
+                    if pending > 20_000_000:
+                        coalesce()
                 # Categories labelling some pixel inside the mask (per pair), as bit masks.
                 bits = (sig_cats[sigs][:, None] >> cat_bits) & 1  # [nnz, n_cat]
                 inside = torch.zeros(len(pb), n_cat, dtype=torch.int64, device=dev)
@@ -633,6 +721,10 @@ def tally_units(
                 cat_lite.index_add_(0, pu, area[:, None] * lite)
                 cat_orig.index_add_(0, pu, area[:, None] * anywhere)
             bar.update(b - a)
+    if dense_hist is not None:
+        nz = dense_hist.nonzero().squeeze(1)
+        keys[:] = [nz.cpu().numpy()]
+        counts[:] = [dense_hist[nz].cpu().numpy()]
     coalesce()
     if keys:
         k = keys[0]

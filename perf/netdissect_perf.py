@@ -1,0 +1,393 @@
+"""NetDissect's tally and IoU: ``bench.dissect`` against a NetDissect-Lite-style loop.
+
+Both sides see the same data: the synthetic probe written in the real Broden format
+(``bench.synth.broden_export.write_broden``, seed 271828, ``--images`` / ``PERF_IMAGES`` images,
+default 300), ``synth.resnet``'s activation maps of ``layer2`` and ``layer3`` recorded once with
+``store_maps=True``, and NetDissect's per-unit thresholds (``NETDISSECT_QUANTILE``).
+
+- **Baseline**: a per-image, per-unit Python/numpy loop in the style of NetDissect-Lite's
+  ``tally_job`` (written here, not copied). Every segmentation is decoded into memory before the
+  clock starts. Per image: concatenate its pixel label layers, list its image-level labels, count
+  label totals. Per unit whose map maximum exceeds its threshold: upsample that one map to the
+  segmentation size with PIL's bilinear ``resize`` (mode 'F'), threshold it, and ``np.bincount``
+  the labels under the mask (intersections), the mask area, and Lite's per-category activation
+  counts (a category counts when a label whose primary category it is falls inside the mask, or
+  when the image has a whole-image label of it). Then ``IoU = both / (units_cat[:, primary] +
+  labels - both)``. Concept masks are sets, as in ``bench.dissect``: a label repeated in two
+  layers at one pixel counts once there, and a pixel label that is also a whole-image label of
+  the image is covered by the whole-image label (each whole-image label counts ``sh * sw``).
+- **Ours**: ``bench.dissect.tally_units(maps, thresholds, table, device="cpu")`` then
+  ``netdissect_iou(tally, table, "lite")``, best of ``--repeats`` (default 3). The concept table
+  (``build_concept_table``, a one-time cost that the cache keeps per probe) is timed on its own;
+  ratios are given without it and with it.
+
+Equality: the largest ``|IoU difference|`` over every unit and concept must be <= 1e-6 (codes
+mapped to label numbers); otherwise the script returns 1. Target: ours at least 20x faster.
+Prints ``MISSED`` for a missed target (exit 0: a report, not a test).
+
+``python -m perf.netdissect_perf --help`` for options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEED = 271828
+LAYERS = ("layer2", "layer3")
+DEFAULT_IMAGES = 300
+TARGET_RATIO = 20.0
+IOU_TOLERANCE = 1e-6
+
+
+# --- the shared world (also used by perf.compexp_perf) -----------------------------------------
+
+
+@dataclass
+class World:
+    """One synthetic Broden export, the recorded maps, the preloaded segmentations and our
+    concept table, with what each cost."""
+
+    probe: Any
+    layers: tuple[str, ...]
+    maps: dict[str, np.ndarray]  # layer -> float32 [N, U, h, w]
+    thresholds: dict[str, np.ndarray]  # layer -> float32 [U]
+    segs: list[Any]  # probe.segmentation(i) for every image
+    concepts: list[Any]  # probe.concepts(), sorted by label number
+    table: Any  # bench.dissect.ConceptTable
+    seconds: dict[str, float]
+
+    @property
+    def n_images(self) -> int:
+        return len(self.segs)
+
+    @property
+    def seg_size(self) -> tuple[int, int]:
+        return tuple(self.probe.seg_size)  # type: ignore[return-value]
+
+
+def images_from_env(default: int = DEFAULT_IMAGES) -> int:
+    return int(os.environ.get("PERF_IMAGES", default))
+
+
+def make_world(directory: str | Path, n_images: int, layers: tuple[str, ...] = LAYERS) -> World:
+    """Write the export into ``directory``, record ``layers``, preload the segmentations and
+    build the concept table (each step timed)."""
+    from bench.dissect import build_concept_table
+    from bench.evidence import NETDISSECT_QUANTILE
+    from bench.probes.broden import BrodenProbe
+    from bench.record import record
+    from bench.synth.broden_export import write_broden
+    from bench.targets import load_target
+
+    seconds: dict[str, float] = {}
+    root = Path(directory) / "broden"
+    root.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    write_broden(root, n_images=n_images, seed=SEED)
+    seconds["export"] = time.perf_counter() - t
+    probe = BrodenProbe(root)
+    t = time.perf_counter()
+    target = load_target("synth.resnet")
+    evidence = record(
+        target, probe, list(layers), quantiles=(NETDISSECT_QUANTILE,), store_maps=True
+    )
+    seconds["record"] = time.perf_counter() - t
+    maps = {layer: np.asarray(evidence[layer].maps, dtype=np.float32) for layer in layers}
+    thresholds = {
+        layer: np.asarray(evidence[layer].threshold(NETDISSECT_QUANTILE), dtype=np.float32)
+        for layer in layers
+    }
+    t = time.perf_counter()
+    segs = [probe.segmentation(i) for i in range(len(probe))]
+    seconds["preload"] = time.perf_counter() - t
+    t = time.perf_counter()
+    table = build_concept_table(probe)
+    seconds["table"] = time.perf_counter() - t
+    return World(
+        probe=probe,
+        layers=tuple(layers),
+        maps=maps,
+        thresholds=thresholds,
+        segs=segs,
+        concepts=sorted(probe.concepts(), key=lambda c: c.number),
+        table=table,
+        seconds=seconds,
+    )
+
+
+def pil_upsample(fmap: np.ndarray, seg_size: tuple[int, int]) -> np.ndarray:
+    """float32 [sh, sw]: one [h, w] map resized bilinearly by PIL (mode 'F'), as NetDissect-Lite's
+    ``imresize(..., mode='F')`` and CompExp's ``Image.fromarray(...).resize(...)``."""
+    from PIL import Image
+
+    sh, sw = seg_size
+    img = Image.fromarray(np.ascontiguousarray(fmap, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((sw, sh), Image.BILINEAR))
+
+
+def pixel_layers(seg: Any, seg_size: tuple[int, int]) -> np.ndarray:
+    """int64 [L, sh * sw]: every pixel label layer of one image, all categories concatenated."""
+    sh, sw = seg_size
+    layers = [np.asarray(a).reshape(-1, sh * sw) for a in seg.pixel.values()]
+    if not layers:
+        return np.zeros((0, sh * sw), dtype=np.int64)
+    return np.concatenate(layers).astype(np.int64, copy=False)
+
+
+def scalar_labels(seg: Any) -> list[int]:
+    """The image-level label numbers of one image (every category), without repeats."""
+    return sorted({int(x) for numbers in seg.image.values() for x in numbers if int(x) > 0})
+
+
+def counted_layers(pixels: np.ndarray, scalars: list[int]) -> np.ndarray:
+    """``pixels`` with the entries that must not be counted zeroed (set semantics): a label that
+    an earlier layer already puts on the same pixel, or one that is a whole-image label."""
+    out = pixels.copy()
+    for k in range(1, len(out)):
+        for j in range(k):
+            out[k][pixels[k] == pixels[j]] = 0
+    if scalars and len(out):
+        out[np.isin(out, scalars)] = 0
+    return out
+
+
+# --- the baseline ---------------------------------------------------------------------------
+
+
+def baseline_tally(
+    maps: np.ndarray,
+    thresholds: np.ndarray,
+    segs: list[Any],
+    concepts: list[Any],
+    categories: list[str],
+    seg_size: tuple[int, int],
+) -> dict[str, np.ndarray]:
+    """NetDissect-Lite's ``tally_job`` loop over images and units (see the module docstring).
+
+    Returns label-number-indexed ``both`` [U, L], ``labels`` [L], ``units`` [U] and
+    ``units_cat`` [U, n_categories], with L = largest label number + 1.
+    """
+    n, u = maps.shape[:2]
+    sh, sw = seg_size
+    n_labels = max(c.number for c in concepts) + 1
+    cat_index = {c: k for k, c in enumerate(categories)}
+    labelcat = np.zeros((n_labels, len(categories)), dtype=np.int64)
+    for c in concepts:
+        labelcat[c.number, cat_index[c.category]] = 1
+    tally_both = np.zeros((u, n_labels), dtype=np.int64)
+    tally_labels = np.zeros(n_labels, dtype=np.int64)
+    tally_units = np.zeros(u, dtype=np.int64)
+    tally_units_cat = np.zeros((u, len(categories)), dtype=np.int64)
+    for i in range(n):
+        seg = segs[i]
+        scalars = scalar_labels(seg)
+        pixels = counted_layers(pixel_layers(seg, seg_size), scalars)
+        counts = np.bincount(pixels.ravel(), minlength=n_labels)[:n_labels]
+        counts[0] = 0
+        tally_labels += counts
+        for s in scalars:
+            tally_labels[s] += sh * sw
+        scalar_cat = labelcat[scalars].sum(axis=0) if scalars else 0
+        features = maps[i]
+        for unit in range(u):
+            fmap = features[unit]
+            thr = thresholds[unit]
+            if not fmap.max() > thr:
+                continue
+            mask = (pil_upsample(fmap, seg_size) > thr).ravel()
+            area = int(np.count_nonzero(mask))
+            tally_units[unit] += area
+            tally_cat = np.zeros(len(categories), dtype=np.int64) + scalar_cat
+            if len(pixels):
+                both = np.bincount(pixels[:, mask].ravel(), minlength=n_labels)[:n_labels]
+                both[0] = 0
+                tally_both[unit] += both
+                # Whole-image labels zeroed above are added through ``scalar_cat``; repeats do
+                # not change which categories are present.
+                tally_cat += both @ labelcat
+            for s in scalars:
+                tally_both[unit, s] += area
+            tally_units_cat[unit] += area * (tally_cat > 0)
+    return {
+        "both": tally_both,
+        "labels": tally_labels,
+        "units": tally_units,
+        "units_cat": tally_units_cat,
+        "labelcat": labelcat,
+    }
+
+
+def baseline_iou(tally: dict[str, np.ndarray]) -> np.ndarray:
+    """float64 [U, L] indexed by label number: Lite's IoU (0 where the denominator is 0)."""
+    both = tally["both"].astype(np.float64)
+    primary = tally["labelcat"].argmax(axis=1)
+    den = tally["units_cat"][:, primary] + tally["labels"][None, :] - both
+    out = np.zeros_like(both)
+    np.divide(both, den, out=out, where=den > 0)
+    return out
+
+
+def baseline_netdissect(world: World, layer: str) -> np.ndarray:
+    return baseline_iou(
+        baseline_tally(
+            world.maps[layer],
+            world.thresholds[layer],
+            world.segs,
+            world.concepts,
+            list(world.table.categories),
+            world.seg_size,
+        )
+    )
+
+
+# --- ours ---------------------------------------------------------------------------------------
+
+
+def ours_netdissect(world: World, layer: str) -> np.ndarray:
+    """float64 [U, C + 1] indexed by concept code."""
+    from bench.dissect import netdissect_iou, tally_units
+
+    tally = tally_units(world.maps[layer], world.thresholds[layer], world.table, device="cpu")
+    return netdissect_iou(tally, world.table, "lite")
+
+
+def max_difference(world: World, baseline: np.ndarray, ours: np.ndarray) -> float:
+    """Largest |IoU difference| over every unit and concept (codes mapped to label numbers)."""
+    numbers = np.array([c.number for c in world.table.concepts], dtype=np.int64)
+    ref = np.zeros((baseline.shape[0], len(numbers)), dtype=np.float64)
+    inside = numbers < baseline.shape[1]
+    ref[:, inside] = baseline[:, numbers[inside]]
+    diff = np.abs(ref - ours[:, 1:])
+    return float(diff.max()) if diff.size else 0.0
+
+
+def best_of(repeats: int, fn, *args) -> tuple[float, Any]:
+    """(best wall seconds of ``repeats`` calls, the last call's result)."""
+    wall, _, out = timed(repeats, fn, *args)
+    return wall, out
+
+
+def timed(repeats: int, fn, *args) -> tuple[float, float, Any]:
+    """(best wall seconds, best process CPU seconds: all threads, the last result)."""
+    wall, cpu, out = float("inf"), float("inf"), None
+    for _ in range(max(1, repeats)):
+        t, c = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        wall = min(wall, time.perf_counter() - t)
+        cpu = min(cpu, time.process_time() - c)
+    return wall, cpu, out
+
+
+def compare(world: World, repeats: int = 3) -> list[dict[str, Any]]:
+    """Per layer: both times, the active (image, unit) pairs, and the largest IoU difference."""
+    rows = []
+    for layer in world.layers:
+        maps, thr = world.maps[layer], world.thresholds[layer]
+        base_s, base_cpu, base = timed(1, baseline_netdissect, world, layer)
+        ours_s, ours_cpu, ours = timed(repeats, ours_netdissect, world, layer)
+        rows.append(
+            {
+                "layer": layer,
+                "units": int(maps.shape[1]),
+                "map": tuple(int(x) for x in maps.shape[2:]),
+                "active": int((maps.max(axis=(2, 3)) > thr).sum()),
+                "baseline_s": base_s,
+                "ours_s": ours_s,
+                "baseline_cpu": base_cpu,
+                "ours_cpu": ours_cpu,
+                "max_diff": max_difference(world, base, ours),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.netdissect_perf",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--images", type=int, default=images_from_env(), help="probe size")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many (ours)")
+    args = parser.parse_args([] if argv is None else argv)
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="perf-netdissect-") as tmp:
+        world = make_world(tmp, args.images)
+        sh, sw = world.seg_size
+        print(
+            f"synthetic Broden export (seed {SEED}): {world.n_images} images, segmentations "
+            f"{sh}x{sw}, {world.table.num_concepts} concepts in {len(world.table.categories)} "
+            f"categories ({', '.join(world.table.categories)}), {world.table.num_signatures} "
+            f"signatures; target synth.resnet, layers "
+            + ", ".join(f"{la} ({world.maps[la].shape[1]} units)" for la in world.layers)
+            + f"; torch {torch.__version__}, {torch.get_num_threads()} threads",
+            flush=True,
+        )
+        s = world.seconds
+        print(
+            f"setup: export {s['export']:.2f} s, record {s['record']:.2f} s, baseline preload of "
+            f"every segmentation {s['preload']:.2f} s, our concept table {s['table']:.2f} s "
+            "(one-time, cached per probe)",
+            flush=True,
+        )
+        rows = compare(world, args.repeats)
+    print(
+        f"{'layer':8s} {'units':>5s} {'map':>7s} {'active pairs':>12s} {'baseline s':>10s} "
+        f"{'ours s':>8s} {'ratio':>7s} {'max|dIoU|':>10s}"
+    )
+    for r in rows:
+        print(
+            f"{r['layer']:8s} {r['units']:5d} {'x'.join(map(str, r['map'])):>7s} "
+            f"{r['active']:12d} {r['baseline_s']:10.3f} {r['ours_s']:8.3f} "
+            f"{r['baseline_s'] / r['ours_s']:6.1f}x {r['max_diff']:10.2e}"
+        )
+    base = sum(r["baseline_s"] for r in rows)
+    ours = sum(r["ours_s"] for r in rows)
+    table_s = s["table"]
+    ratio = base / ours
+    ratio_table = base / (ours + table_s)
+    ratio_read = (base + s["preload"]) / (ours + table_s)
+    print(
+        f"total: baseline {base:.3f} s, ours {ours:.3f} s (tally + IoU, best of {args.repeats}), "
+        f"concept table {table_s:.3f} s"
+    )
+    print(
+        f"baseline/ours, excluding the concept table: {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x)"
+        f"  {'ok' if ratio >= TARGET_RATIO else 'MISSED'}"
+    )
+    print(
+        f"baseline/ours, including the concept table: {ratio_table:.1f}x "
+        f"(target >= {TARGET_RATIO:.0f}x)  {'ok' if ratio_table >= TARGET_RATIO else 'MISSED'}"
+    )
+    print(
+        f"(baseline + its segmentation preload)/(ours + concept table): {ratio_read:.1f}x "
+        "[both sides reading the segmentations]"
+    )
+    base_cpu = sum(r["baseline_cpu"] for r in rows)
+    ours_cpu = sum(r["ours_cpu"] for r in rows)
+    print(
+        f"process CPU time: baseline {base_cpu:.3f} s, ours {ours_cpu:.3f} s, ratio "
+        f"{base_cpu / ours_cpu:.1f}x [steadier than wall time when the machine is shared]"
+    )
+    worst = max(r["max_diff"] for r in rows)
+    same = worst <= IOU_TOLERANCE
+    print(
+        f"equality: max |IoU difference| over all units and concepts {worst:.2e} "
+        f"(tolerance {IOU_TOLERANCE:.0e})  {'ok' if same else 'FAILED'}",
+        flush=True,
+    )
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
