@@ -274,11 +274,27 @@ def test_tally_is_the_same_in_small_memory(world) -> None:
     _, _, ev, table, _ = world
     le = ev.layer("layer1")
     thr = le.threshold(NETDISSECT_QUANTILE)
-    big = D.tally_units(le.maps, thr, table)
-    small = D.tally_units(le.maps, thr, table, memory_budget=200_000)
+    big = D.tally_units(le.maps, thr, table, backend="torch")
+    small = D.tally_units(le.maps, thr, table, backend="torch", memory_budget=200_000)
     assert (big.hist != small.hist).nnz == 0
     for a, b in ((big.cat_lite, small.cat_lite), (big.unit_area, small.unit_area)):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_numba_and_torch_backends_agree(world, layer: str) -> None:
+    _, _, ev, table, _ = world
+    le = ev.layer(layer)
+    thr = le.threshold(NETDISSECT_QUANTILE)
+    a = D.tally_units(le.maps, thr, table, backend="torch")
+    b = D.tally_units(le.maps, thr, table, backend="numba", memory_budget=300_000)
+    assert a.meta["backend"] == "torch" and b.meta["backend"] == "numba"
+    assert a.unit_area.sum() > 0
+    assert (a.hist != b.hist).nnz == 0
+    for name in ("unit_area", "cat_lite", "cat_original", "active_images"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    with pytest.raises(UsageError, match="backend"):
+        D.tally_units(le.maps, thr, table, backend="cuda")
 
 
 def test_tally_is_cached_and_reloads_equal(world) -> None:
