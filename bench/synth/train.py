@@ -4,7 +4,9 @@
 card ``synth.resnet.json``: the same seed, torch version, thread count and CPU kind give
 identical weights (deterministic algorithms, seeded data order and flips, one intra-op thread
 by default). Training follows the recipe (:mod:`bench.synth.recipes`): cross-entropy on the task
-plus an auxiliary loss that plants the chosen concepts in the chosen channels.
+plus an auxiliary loss that plants the chosen concepts in the chosen channels (a balanced BCE,
+or, for units that must answer every instance alike such as OR units, a balanced regression:
+:func:`unit_loss`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,59 @@ def _downsample(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.rint(frac * 255).astype(np.uint8)
 
 
+def balance_groups(formula: C.Formula, labels: dict[str, np.ndarray]) -> np.ndarray:
+    """int [N, S, S]: the balance group of each pixel where ``formula`` holds, 0 elsewhere.
+
+    A group is the (disjunct of an OR, object colour, shape, pattern) of the pixel: a planted
+    unit's positive cells weigh equally per group, so it answers every disjunct and every kind
+    of instance (a white square as much as a red one, a striped cross as much as a plain
+    circle) alike, not mostly the easiest.
+    """
+    parts = list(formula[1:]) if formula[0] == "or" else [formula]
+    within = np.zeros(labels["color"].shape, dtype=np.int32)
+    n_within = 1
+    for category in ("color", "object", "pattern"):
+        first = C.number(C.values(category)[0])
+        index = np.where(labels[category] > 0, labels[category] - first + 1, 0)
+        within = within * (len(C.values(category)) + 1) + index
+        n_within *= len(C.values(category)) + 1
+    groups = np.zeros(labels["color"].shape, dtype=np.int32)
+    for k in reversed(range(len(parts))):  # the first disjunct that holds wins
+        m = C.formula_mask(parts[k], labels)
+        groups[m] = k * n_within + within[m] + 1
+    groups[~C.formula_mask(formula, labels)] = 0
+    return groups
+
+
+def _cell_groups(groups: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """int [N, S, S] pixel groups -> int32 [N, h, w]: the group covering most of each cell."""
+    n, s, _ = groups.shape
+    h, w = hw
+    best = np.zeros((n, h, w), dtype=np.int32)
+    best_count = np.zeros((n, h, w), dtype=np.int32)
+    for g in np.unique(groups):
+        if g == 0:
+            continue
+        count = (groups == g).reshape(n, h, s // h, w, s // w).sum(axis=(2, 4))
+        more = count > best_count
+        best[more] = g
+        best_count[more] = count[more]
+    return best
+
+
+def _huber(x: torch.Tensor) -> torch.Tensor:
+    """Squared error below 1, linear above: large early errors do not swamp the task's loss."""
+    import torch
+
+    a = x.abs()
+    return torch.where(a < 1, 0.5 * x * x, a - 0.5)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    n = mask.sum()
+    return (x * mask).sum() / n.clamp_min(1)
+
+
 def _balanced_bce(
     logit: torch.Tensor, target: torch.Tensor, hard_weight: float = 0.0
 ) -> torch.Tensor:
@@ -115,6 +170,99 @@ def _balanced_bce(
             k = max(1, free.numel() // 100)
             hardest = free.topk(k).values
             loss = loss + hard_weight * F.softplus(hardest).mean()  # BCE towards 0
+    return loss
+
+
+def unit_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    margin: float,
+    over_weight: float,
+    hard_weight: float,
+    peak_weight: float,
+    uniform_weight: float = 0.0,
+) -> torch.Tensor:
+    """Auxiliary loss of one planted unit: regression of its map onto the concept's coverage.
+
+    ``pred`` [B, h, w]: the unit's scaled pre-activation; ``target`` [B, h, w]: the fraction of
+    each cell the concept covers (0..1); ``groups`` int64 [B, h, w]: each concept cell's balance
+    group (:func:`balance_groups`), 0 on concept-free cells.
+
+    Squared errors are Huber (:func:`_huber`).
+
+    - concept cells: squared error to the coverage, so the unit answers every instance with the
+      same strength (a fully covered cell 1, a half-covered one 0.5): a class-balanced BCE is
+      content once a logit is large, which leaves one instance (or one disjunct) far above
+      another, and a top-quantile threshold then reads only the strongest;
+      the mean error of each balance group present in the batch weighs equally, and an
+      overshoot weighs ``over_weight`` times an undershoot (a unit is read at its top quantile:
+      where its concept covers more than that, the few cells that overshoot most would be all
+      that is read, and those are the easiest instances, e.g. large round plain ones);
+    - concept-free cells: squared hinge ``relu(pred + margin)^2``, so the rectified unit is 0
+      there; the 1% highest of them weigh ``hard_weight`` more (a unit is read at its top
+      quantile, so those are the negatives that matter);
+    - ``peak_weight`` times the same loss on each image's spatial maximum (to the image's highest
+      coverage, or below ``-margin`` without the concept), images with and without the concept
+      weighing half each;
+    - ``uniform_weight`` times, per kind of attribute (object colour, shape, pattern), the
+      variance across its values of the mean of the top quarter of the unit's answers on fully
+      covered cells: where a concept covers several times the unit's top quantile, which of its
+      cells are read depends on the upper tail of each kind of instance, not its mean.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    free = target == 0
+    neg_err = _huber(F.relu(pred + margin))
+    pos_err = _huber(pred - target)
+    pos_err = torch.where(pred > target, over_weight * pos_err, pos_err)
+    loss = 0.5 * _masked_mean(neg_err, free)
+    pos = ~free
+    if bool(pos.any()):
+        ids = groups[pos]
+        n_groups = int(ids.max()) + 1
+        sums = torch.zeros(n_groups, dtype=pred.dtype).index_add(0, ids, pos_err[pos])
+        counts = torch.bincount(ids, minlength=n_groups)
+        present = counts > 0
+        loss = loss + 0.5 * (sums[present] / counts[present]).mean()
+    if hard_weight:
+        free_pred = pred[free]
+        if free_pred.numel():
+            k = max(1, free_pred.numel() // 100)
+            hardest = free_pred.topk(k).values
+            loss = loss + hard_weight * _huber(F.relu(hardest + margin)).mean()
+    if peak_weight:
+        peak = pred.amax(dim=(1, 2))
+        top = target.amax(dim=(1, 2))
+        has = top > 0
+        peak_loss = 0.5 * _masked_mean(_huber(F.relu(peak + margin)), ~has)
+        peak_loss = peak_loss + 0.5 * _masked_mean(_huber(peak - top), has)
+        loss = loss + peak_weight * peak_loss
+    if uniform_weight:
+        full = target >= 0.999
+        if bool(full.any()):
+            code = groups[full] - 1
+            vals = pred[full]
+            n_pattern, n_shape = len(C.PATTERNS) + 1, len(C.SHAPES) + 1
+            n_color = len(C.COLORS) + 1
+            attributes = (
+                code % n_pattern,
+                (code // n_pattern) % n_shape,
+                (code // (n_pattern * n_shape)) % n_color,
+            )
+            spread = []
+            for attr in attributes:
+                tails = []
+                for v in torch.unique(attr):
+                    sel = vals[attr == v]
+                    k = max(1, (sel.numel() + 3) // 4)
+                    tails.append(sel.topk(k).values.mean())
+                if len(tails) > 1:
+                    spread.append(torch.stack(tails).var(unbiased=False))
+            if spread:
+                loss = loss + uniform_weight * torch.stack(spread).mean()
     return loss
 
 
@@ -155,6 +303,12 @@ def train_model(
             torch.from_numpy(_downsample(C.formula_mask(u.formula, lab), sizes[u.layer]))
             for u in rec.planted
         ]
+        group_maps = [
+            torch.from_numpy(_cell_groups(balance_groups(u.formula, lab), sizes[u.layer]))
+            if u.objective == "regression"
+            else None
+            for u in rec.planted
+        ]
         del labels, lab
         x_all = to_input(images)
         del images
@@ -191,27 +345,45 @@ def train_model(
                         break
                     idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                     xb = x_all[idx]
-                    tb = [t[idx].to(torch.float32).div_(255.0) for t in targets]
-                    if flips is not None:
-                        fb = flips[idx]
+                    fb = flips[idx] if flips is not None else None
+
+                    def batch(t: torch.Tensor, idx: torch.Tensor = idx, fb: Any = fb) -> Any:
+                        t = t[idx]
+                        return t if fb is None else torch.where(fb[:, None, None], t.flip(-1), t)
+
+                    tb = [batch(t).to(torch.float32).div_(255.0) for t in targets]
+                    gb = [None if g is None else batch(g).long() for g in group_maps]
+                    if fb is not None:
                         xb = torch.where(fb[:, None, None, None], xb.flip(-1), xb)
-                        tb = [torch.where(fb[:, None, None], t.flip(-1), t) for t in tb]
                     xb = xb.contiguous(memory_format=torch.channels_last)
                     logits = model(xb)
                     ce = F.cross_entropy(logits, y[idx])
                     aux = logits.new_zeros(())
                     for k, u in enumerate(rec.planted):
                         pre = store[u.layer][:, u.unit]
-                        logit = pre * log_scale[k].exp() + cfg.unit_bias
-                        unit_loss = _balanced_bce(logit, tb[k], cfg.hard_weight)
-                        if cfg.peak_weight:
-                            # Peaks decide a unit's top images: an image without the concept
-                            # must not peak high anywhere.
-                            has = (tb[k].amax(dim=(1, 2)) > 0).to(logit.dtype)
-                            unit_loss = unit_loss + cfg.peak_weight * _balanced_bce(
-                                logit.amax(dim=(1, 2)), has
+                        if u.objective == "regression":
+                            loss_k = unit_loss(
+                                pre * log_scale[k].exp(),
+                                tb[k],
+                                gb[k],
+                                margin=cfg.margin,
+                                over_weight=cfg.over_weight,
+                                hard_weight=cfg.hard_weight,
+                                peak_weight=cfg.peak_weight,
+                                # Only a disjunction covers several times what is read.
+                                uniform_weight=cfg.uniform_weight if u.formula[0] == "or" else 0.0,
                             )
-                        aux = aux + u.weight * unit_loss
+                        else:
+                            logit = pre * log_scale[k].exp() + cfg.unit_bias
+                            loss_k = _balanced_bce(logit, tb[k], cfg.hard_weight)
+                            if cfg.peak_weight:
+                                # Peaks decide a unit's top images: an image without the
+                                # concept must not peak high anywhere.
+                                has = (tb[k].amax(dim=(1, 2)) > 0).to(logit.dtype)
+                                loss_k = loss_k + cfg.peak_weight * _balanced_bce(
+                                    logit.amax(dim=(1, 2)), has
+                                )
+                        aux = aux + u.weight * loss_k
                     loss = ce + cfg.aux_weight * aux
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -311,6 +483,7 @@ def train_target(
             **rec.train.to_json(),
             "steps": train_log["steps"],
             "unit_weights": {f"{u.layer}:{u.unit}": u.weight for u in rec.planted},
+            "unit_objectives": {f"{u.layer}:{u.unit}": u.objective for u in rec.planted},
             "history": train_log["history"],
             "torch_version": torch.__version__,
             "generator_version": W.GENERATOR_VERSION,
