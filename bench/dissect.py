@@ -122,11 +122,6 @@ class ConceptTable:
 
         return np.asarray(self.members.T @ self.pixels, dtype=np.int64).ravel()
 
-    def member(self, code: int) -> np.ndarray:
-        """bool [n_sig]: the signatures that contain concept ``code``."""
-        col = self.members[:, code]
-        return col.toarray().ravel() > 0
-
     # --- persistence ---
 
     def save(self, directory: Path) -> None:
@@ -528,16 +523,6 @@ class UnitTally:
             raise CacheError(f"Could not read the unit tally in {directory}: {e}") from e
 
 
-def upsample_masks(maps: Any, thresholds: Any, seg_size: tuple[int, int]) -> Any:
-    """bool [P, sh * sw]: ``maps`` [P, h, w] (torch) upsampled bilinearly (``align_corners=False``,
-    as NetDissect-Lite's PIL 'F' resize) and compared with ``thresholds`` [P] (strictly above).
-    Dense; :class:`SparseUpsampler` computes the same masks from the pixels that can pass."""
-    import torch.nn.functional as F
-
-    up = F.interpolate(maps[:, None], size=seg_size, mode="bilinear", align_corners=False)
-    return (up[:, 0] > thresholds[:, None, None]).flatten(1)
-
-
 class SparseUpsampler:
     """Thresholded bilinear upsampling that only computes the output pixels that can pass.
 
@@ -547,7 +532,8 @@ class SparseUpsampler:
     interpolates just those: the work follows the size of the masks (about 0.5% of the pixels at
     NetDissect's quantile), not the size of the upsampled maps. Values are computed as PIL's
     bilinear resize does (separable, horizontal pass then vertical, weights in float64, each pass
-    rounded to float32), which is what NetDissect-Lite and compexp upsample with.
+    rounded to float32), which is what NetDissect-Lite and compexp upsample with; the masks equal
+    thresholding ``F.interpolate(..., mode="bilinear", align_corners=False)`` (tested).
     """
 
     def __init__(self, map_shape: tuple[int, int], seg_size: tuple[int, int], device: Any):
@@ -993,14 +979,20 @@ def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def netdissect_iou(tally: UnitTally, table: ConceptTable, convention: str = "lite") -> np.ndarray:
+def netdissect_iou(
+    tally: UnitTally,
+    table: ConceptTable,
+    convention: str = "lite",
+    intersections: np.ndarray | None = None,
+) -> np.ndarray:
     """float64 [U, C + 1] (column 0 is 0): NetDissect's IoU with the category-restricted
-    denominator ``|M_u restricted to L's primary category| + |L| - |M_u and L|``."""
+    denominator ``|M_u restricted to L's primary category| + |L| - |M_u and L|``.
+    ``intersections``: ``tally.intersections(table)`` when the caller already has it."""
     import numpy as np
 
     if convention not in CONVENTIONS:
         raise ConfigError(f"Expected a convention in {CONVENTIONS}, got {convention!r}.")
-    inter = tally.intersections(table)
+    inter = tally.intersections(table) if intersections is None else intersections
     cat = tally.cat_lite if convention == "lite" else tally.cat_original
     primary = table.primary.copy()
     primary[0] = 0

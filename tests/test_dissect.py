@@ -435,3 +435,23 @@ def test_units_without_activations_get_a_zero_iou(world, tmp_path: Path) -> None
         beam_size=5, max_length=3, length_penalty=1.0,
     ).search(0)  # fmt: skip
     assert found.iou == 0.0 and found.length == 1
+
+
+@pytest.mark.parametrize(
+    ("map_shape", "seg_size"),
+    [((7, 7), (112, 112)), ((13, 13), (113, 113)), ((16, 16), (64, 64)), ((1, 1), (64, 64))],
+)
+def test_sparse_upsampler_equals_dense_bilinear(map_shape, seg_size) -> None:
+    import torch
+
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.gamma(1.0, 1.0, size=(40, *map_shape)).astype(np.float32))
+    thr = torch.quantile(x.flatten(), 0.99).repeat(40)
+    pair, pixel = D.SparseUpsampler(map_shape, seg_size, "cpu")(x, thr)
+    sparse = torch.zeros(40, seg_size[0] * seg_size[1], dtype=torch.bool)
+    sparse[pair, pixel] = True
+    up = torch.nn.functional.interpolate(
+        x[:, None], size=seg_size, mode="bilinear", align_corners=False
+    )
+    dense = (up[:, 0] > thr[:, None, None]).flatten(1)
+    assert dense.any() and torch.equal(sparse, dense)

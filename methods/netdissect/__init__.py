@@ -80,8 +80,8 @@ class NetDissect(Method):
                 memory_budget=budget,
                 progress=ctx.progress,
             )
-            iou = netdissect_iou(tally, table, cfg.convention)
             inter = tally.intersections(table)
+            iou = netdissect_iou(tally, table, cfg.convention, inter)
             cats = np.asarray([-1, *table.primary[1:]])
             for u in (x for x in units if x.layer == layer):
                 row = iou[u.index]
