@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from bench.cache import Cache
     from bench.evidence import Evidence, QuantileSpec
     from bench.probes.base import Concept, ProbeSet
+    from bench.schema import UnitRef
 
 log = logging.getLogger(__name__)
 
@@ -960,6 +961,36 @@ def tally_cached(
     path, hit = cache.get_or_create(TALLY_STAGE, parts, write)
     log.info("tally %s: cache %s", layer, "hit" if hit else "miss")
     return UnitTally.load(path)
+
+
+def tallies_by_layer(
+    cache: Cache,
+    evidence: Evidence,
+    units: Sequence[UnitRef],
+    table: ConceptTable,
+    *,
+    device: str = "cpu",
+    options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[UnitTally, list[UnitRef]]]:
+    """For each layer of ``units`` (in order of first appearance): its cached tally at
+    NetDissect's quantile and the units of that layer. ``options["memory_budget"]`` (bytes)
+    bounds the pass (default :data:`DEFAULT_MEMORY_BUDGET`)."""
+    from bench.evidence import NETDISSECT_QUANTILE
+
+    budget = int((options or {}).get("memory_budget", DEFAULT_MEMORY_BUDGET))
+    for layer in dict.fromkeys(u.layer for u in units):
+        tally = tally_cached(
+            cache,
+            evidence,
+            layer,
+            NETDISSECT_QUANTILE,
+            table,
+            device=device,
+            memory_budget=budget,
+            progress=progress,
+        )
+        yield tally, [u for u in units if u.layer == layer]
 
 
 # --- IoU --------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ class CompExp(Method):
     def _describe(
         self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
     ) -> list[Description]:
-        from bench.dissect import SignatureAlgebra, concept_table_cached, tally_cached
+        from bench.dissect import SignatureAlgebra, concept_table_cached, tallies_by_layer
         from methods.compexp.formula import from_json
         from methods.compexp.search import BeamSearch, tree_to_names
 
@@ -74,19 +74,11 @@ class CompExp(Method):
             ctx.cache, evidence.probe, cfg.categories, progress=ctx.progress
         )
         algebra = SignatureAlgebra(table)
-        budget = int(ctx.options.get("memory_budget", 1 << 30))
         out: dict[UnitRef, Description] = {}
-        for layer in dict.fromkeys(u.layer for u in units):
-            tally = tally_cached(
-                ctx.cache,
-                evidence,
-                layer,
-                NETDISSECT_QUANTILE,
-                table,
-                device=ctx.device,
-                memory_budget=budget,
-                progress=ctx.progress,
-            )
+        for tally, layer_units in tallies_by_layer(
+            ctx.cache, evidence, units, table,
+            device=ctx.device, options=ctx.options, progress=ctx.progress,
+        ):  # fmt: skip
             search = BeamSearch(
                 table,
                 algebra,
@@ -98,7 +90,7 @@ class CompExp(Method):
                 search_limit=cfg.search_limit,
                 skip_trivial=cfg.skip_trivial,
             )
-            for u in (x for x in units if x.layer == layer):
+            for u in layer_units:
                 best, single, n_scored = search.search(u.index)
                 tree = tree_to_names(best.tree, table)
                 formula = from_json(tree)

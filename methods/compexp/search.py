@@ -66,11 +66,11 @@ def expand(tree: Any, code: int, op: str) -> list[Any]:
 
 
 def iou_of(inter: np.ndarray, area: np.ndarray, unit_area: float) -> np.ndarray:
+    """IoU of candidates with intersection ``inter`` and area ``area`` (0 where both are empty)."""
+    from bench.dissect import safe_ratio
+
     inter = np.asarray(inter, dtype=np.float64)
-    den = np.asarray(area, dtype=np.float64) + unit_area - inter
-    out = np.zeros(np.broadcast_shapes(inter.shape, den.shape), dtype=np.float64)
-    np.divide(inter, den, out=out, where=den > 0)
-    return out
+    return safe_ratio(inter, np.asarray(area, dtype=np.float64) + unit_area - inter)
 
 
 class BeamSearch:

@@ -61,29 +61,21 @@ class NetDissect(Method):
     ) -> list[Description]:
         import numpy as np
 
-        from bench.dissect import concept_table_cached, netdissect_iou, tally_cached
+        from bench.dissect import concept_table_cached, netdissect_iou, tallies_by_layer
 
         cfg = self.config
         table = concept_table_cached(
             ctx.cache, evidence.probe, cfg.categories, progress=ctx.progress
         )
-        budget = int(ctx.options.get("memory_budget", 1 << 30))
         out: dict[UnitRef, Description] = {}
-        for layer in dict.fromkeys(u.layer for u in units):
-            tally = tally_cached(
-                ctx.cache,
-                evidence,
-                layer,
-                NETDISSECT_QUANTILE,
-                table,
-                device=ctx.device,
-                memory_budget=budget,
-                progress=ctx.progress,
-            )
+        for tally, layer_units in tallies_by_layer(
+            ctx.cache, evidence, units, table,
+            device=ctx.device, options=ctx.options, progress=ctx.progress,
+        ):  # fmt: skip
             inter = tally.intersections(table)
             iou = netdissect_iou(tally, table, cfg.convention, inter)
             cats = np.asarray([-1, *table.primary[1:]])
-            for u in (x for x in units if x.layer == layer):
+            for u in layer_units:
                 row = iou[u.index]
                 per_category = {}
                 for ci, cat in enumerate(table.categories):
