@@ -6,8 +6,9 @@ its top-0.5% activation quantile over the probe, upsample bilinearly to the labe
 IoU with the concept mask over the whole probe.
 
 Why the IoU bar is relative: with a fraction ``p`` of probe pixels above the threshold and a
-concept covering a fraction ``c``, no unit can exceed ``min(p, c) / max(p, c)`` (about 0.2 for
-"green OR blue", which covers 2.6% of all pixels; 0.8 for a rare "red AND circle"). A unit
+concept covering a fraction ``c``, no unit can exceed ``min(p, c) / max(p, c)`` (about 0.16 for
+"purple OR orange", which covers 3% of the pixels of the uniform world the targets are measured
+on; 0.8 for a rare "red AND circle"). A unit
 that fires at random scores about ``p * c / (p + c)``, i.e. about ``c`` times the ceiling when
 ``p << c``. We require at least ``IOU_FRACTION`` of the ceiling: roughly, more than that share
 of the unit's top-0.5% pixels lie on the concept (and, for rare concepts, it covers that share

@@ -375,7 +375,9 @@ def test_synthetic_probe_is_cached_and_uses_the_broden_loader(tmp_path):
     assert (entries[0].path / "index.csv").stat().st_mtime_ns == mtime  # a hit, not a rewrite
     assert p1.identity() == p2.identity() and len(p2) == 12
     assert p2.fixed_geometry and p2.has_segmentations
-    first = W.render(W.generate(1, seed=3)[0])
+    from bench.probes.synthetic import PROBE_COLOR_WEIGHTS
+
+    first = W.render(W.generate(1, seed=3, color_weights=PROBE_COLOR_WEIGHTS)[0])
     assert np.array_equal(p2.segmentation(0).pixel["object"][0], first.labels["object"])
     synthetic_probe(tmp_path, n_images=12, seed=4)
     assert len(Cache(tmp_path).entries("synth-broden")) == 2
@@ -407,3 +409,21 @@ def test_heldout_probe():
     assert same.identity() == probe.identity()
     assert np.array_equal(np.asarray(same.load_image(3)), np.asarray(img))
     assert synthetic_heldout_probe(n_images=20, seed=6).identity() != probe.identity()
+
+
+def test_colour_weights_make_colours_rare_and_leave_the_default_alone():
+    from bench.probes.synthetic import PROBE_COLOR_WEIGHTS
+
+    plain = W.generate(300, seed=5)
+    weighted = W.generate(300, seed=5, color_weights=PROBE_COLOR_WEIGHTS)
+    assert plain == W.generate(300, seed=5, color_weights=None)
+
+    def share(scenes, colours):
+        objs = [o for s in scenes for o in s.objects]
+        return sum(o.color in colours for o in objs) / len(objs)
+
+    rare = set(PROBE_COLOR_WEIGHTS)
+    assert share(plain, rare) > 0.25  # three colours of eight, drawn alike
+    assert share(weighted, rare) < 0.12  # weight 0.12 each: about 6.5% of objects
+    with pytest.raises(UsageError, match="non-negative colour weights"):
+        W.sample_scene(W.scene_rng(0, 0), color_weights={"red": -1.0})

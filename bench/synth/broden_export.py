@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,16 @@ def decode_labels(rgb: np.ndarray) -> np.ndarray:
 
 
 def write_broden(
-    directory: str | os.PathLike[str], *, n_images: int, seed: int, size: int = W.DEFAULT_SIZE
+    directory: str | os.PathLike[str],
+    *,
+    n_images: int,
+    seed: int,
+    size: int = W.DEFAULT_SIZE,
+    color_weights: Mapping[str, float] | None = None,
 ) -> Path:
     """Write the export into the existing, empty ``directory`` (not atomic: see
-    :func:`export_broden`). Scene ``i`` is scene ``i`` of world ``seed``."""
+    :func:`export_broden`). Scene ``i`` is scene ``i`` of world ``seed`` (drawn with
+    ``color_weights``, see :func:`bench.synth.world.sample_scene`)."""
     from PIL import Image
 
     if n_images < 1:
@@ -74,7 +81,7 @@ def write_broden(
     cover = np.zeros((n_concepts + 1, len(C.CATEGORIES)), dtype=np.float64)
     rows = []
     for i in range(n_images):
-        r = W.render(W.sample_scene(W.scene_rng(seed, i)), size)
+        r = W.render(W.sample_scene(W.scene_rng(seed, i), color_weights=color_weights), size)
         stem = f"synth/{i:06d}"
         Image.fromarray(r.image).save(root / "images" / f"{stem}.png", compress_level=1)
         row = {
@@ -145,7 +152,12 @@ def write_broden(
 
 
 def export_broden(
-    directory: str | os.PathLike[str], *, n_images: int, seed: int, size: int = W.DEFAULT_SIZE
+    directory: str | os.PathLike[str],
+    *,
+    n_images: int,
+    seed: int,
+    size: int = W.DEFAULT_SIZE,
+    color_weights: Mapping[str, float] | None = None,
 ) -> Path:
     """Export scenes ``0..n_images-1`` of world ``seed`` as a Broden directory at ``directory``.
 
@@ -161,7 +173,7 @@ def export_broden(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        write_broden(tmp, n_images=n_images, seed=seed, size=size)
+        write_broden(tmp, n_images=n_images, seed=seed, size=size, color_weights=color_weights)
         if target.exists():
             target.rmdir()
         os.replace(tmp, target)

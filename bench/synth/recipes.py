@@ -165,7 +165,7 @@ RECIPES: dict[str, Recipe] = {
                 PlantedUnit(
                     layer="layer1",
                     unit=11,
-                    concept="green OR blue",
+                    concept="purple OR orange",
                     weight=REGRESSION_WEIGHT,
                     objective="regression",
                 ),
@@ -192,7 +192,7 @@ RECIPES: dict[str, Recipe] = {
                 PlantedUnit(
                     layer="conv2",
                     unit=30,
-                    concept="blue OR yellow",
+                    concept="orange OR black",
                     weight=REGRESSION_WEIGHT,
                     objective="regression",
                 ),
@@ -221,7 +221,7 @@ RECIPES: dict[str, Recipe] = {
                 PlantedUnit(
                     layer="layer1",
                     unit=9,
-                    concept="red OR blue",
+                    concept="purple OR black",
                     weight=REGRESSION_WEIGHT,
                     objective="regression",
                 ),

@@ -164,6 +164,7 @@ def sample_scene(
     n_objects: tuple[int, int] = (1, 3),
     main_sizes: Sequence[str] = ("medium", "large"),
     objects: Sequence[Mapping[str, Sequence[str]]] | None = None,
+    color_weights: Mapping[str, float] | None = None,
 ) -> Scene:
     """Sample a scene; each keyword restricts the values every object (or the background) may take.
 
@@ -171,7 +172,9 @@ def sample_scene(
     mapping per object from ``"color"``, ``"object"`` (shape) or ``"pattern"`` to allowed values.
     Object colours that clash with the material (``CLASHES``) are avoided unless nothing else
     is allowed. ``n_objects`` is an inclusive range; objects that cannot be placed without heavy
-    overlap are dropped (the main object never is).
+    overlap are dropped (the main object never is). ``color_weights`` (optional) makes object
+    colours non-uniform: a colour's relative weight, 1 for colours it does not name (the default
+    draws every allowed colour alike, as training does).
     """
     materials = _check_values("material", materials)
     colors = _check_values("color", colors)
@@ -208,7 +211,15 @@ def sample_scene(
                 placed = (x, y)
                 break
         shape = obj_shapes[rng.integers(len(obj_shapes))]
-        color = ok_colors[rng.integers(len(ok_colors))]
+        if color_weights is None:
+            color = ok_colors[rng.integers(len(ok_colors))]
+        else:
+            w = np.array([float(color_weights.get(c, 1.0)) for c in ok_colors])
+            if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+                raise UsageError(
+                    f"Expected finite, non-negative colour weights, not all 0; got {color_weights}."
+                )
+            color = ok_colors[int(rng.choice(len(ok_colors), p=w / w.sum()))]
         pattern = obj_patterns[rng.integers(len(obj_patterns))]
         jitter = {
             "circle": math.pi,
