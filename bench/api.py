@@ -60,6 +60,11 @@ class RunConfig:
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Options of the probe set's factory as text, e.g. {"categories": "object,part"}.
     probe_options: dict[str, str] = field(default_factory=dict)
+    # Component backends by kind, e.g. {"captioner": "blip"}; default: synthetic ones for
+    # synthetic targets, the papers' otherwise (bench.components.default_backends).
+    components: dict[str, str] = field(default_factory=dict)
+    # Options of each component's backend, e.g. {"language_model": {"model": "llama3"}}.
+    component_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: str | None = None  # run directory; default results/<target>-<probe>-<hash>
     cache_dir: str | None = None  # stage caches; datasets follow $BENCH_CACHE_DIR (the CLI sets it)
     progress: bool = False
@@ -282,6 +287,7 @@ def run(config: RunConfig) -> RunResult:
     probe_name = resolve_probe_name(config, target.spec.family)
     probe = load_probe(probe_name, config.probe_root, config.download, config.probe_options)
 
+    components, component_names = _build_components(config, methods, target, device)
     req = _union_requirements(methods)
     resolved = {
         "methods": [m.identity() for m in methods],
@@ -292,6 +298,11 @@ def run(config: RunConfig) -> RunResult:
         "probe_root": config.probe_root,
         "probe_options": dict(config.probe_options),
         "units": config.units,
+        **(
+            {"components": component_names, "component_options": config.component_options}
+            if component_names
+            else {}
+        ),
         "device": device,
         "seed": config.seed,
         "batch_size": config.batch_size,
@@ -317,6 +328,11 @@ def run(config: RunConfig) -> RunResult:
                 **provenance(),
                 "target": target.identity(),
                 "probe": probe.identity(),
+                **(
+                    {"components": {k: _identity(c) for k, c in sorted(components.items())}}
+                    if components
+                    else {}
+                ),
                 "cache_dir": str(cache.root),
             },
         }
@@ -362,6 +378,9 @@ def run(config: RunConfig) -> RunResult:
             workdir=run_dir,
             target=target,
             progress=config.progress,
+            # Only what the method declares: every component in a context is part of its
+            # describe cache key.
+            components={k: components[k] for k in sorted(method.requires.components)},
         )
         summaries.append(_run_method(method, units, evidence, ctx, run_dir, state))
         write_json(run_dir / "run.json", state)
@@ -430,6 +449,28 @@ def _run_method(
         resumed=len(units) - len(todo),
         seconds=time.perf_counter() - t0,
     )
+
+
+def _build_components(
+    config: RunConfig, methods: Sequence[Method], target: Any, device: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The components the run's methods declare, built from the configured backend names."""
+    needed = sorted({k for m in methods for k in m.requires.components})
+    stray = sorted((set(config.components) | set(config.component_options)) - set(needed))
+    if stray:
+        raise UsageError(
+            f"--component/--component-option name {stray}, which no method of this run uses "
+            f"(they use {needed or 'none'})."
+        )
+    if not needed:
+        return {}, {}
+    from bench.components import build_components, default_backends
+
+    names = {
+        **default_backends(needed, synthetic=target.spec.family == "synthetic"),
+        **config.components,
+    }
+    return build_components(names, config.component_options, device=device), names
 
 
 def _union_requirements(methods: Sequence[Method]) -> dict[str, Any]:

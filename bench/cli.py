@@ -113,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD.FIELD=VALUE",
         help="override a method's config field (repeatable; VALUE parsed as JSON)",
     )
+    r.add_argument(
+        "--component",
+        action="append",
+        default=[],
+        metavar="KIND=BACKEND",
+        help="component backend, e.g. captioner=blip, language_model=openai (repeatable)",
+    )
+    r.add_argument(
+        "--component-option",
+        action="append",
+        default=[],
+        metavar="KIND.OPTION=VALUE",
+        help="a component backend's option, e.g. language_model.model=llama3 (repeatable)",
+    )
     r.add_argument("--out", help="run directory (default: results/<target>-<probe>-<run id>)")
     r.add_argument(
         "--cache-dir", help="cache directory (default: $BENCH_CACHE_DIR or ~/.cache/neuron-bench)"
@@ -198,6 +212,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from bench.api import DEFAULT_TARGET, RunConfig, run
+    from bench.components import parse_component_names, parse_component_options
 
     if args.batch_size < 1:
         raise UsageError(f"Expected --batch-size >= 1, got {args.batch_size}.")
@@ -215,6 +230,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         method_config=_config_items(args.config),
         probe_options=_probe_options(args.probe_option),
+        components=parse_component_names(args.component),
+        component_options=parse_component_options(args.component_option),
         out=args.out,
         cache_dir=args.cache_dir,
         progress=not args.no_progress and sys.stderr.isatty(),

@@ -172,6 +172,7 @@ METHODS.register("depictions", "methods.baselines:Depictions")
 METHODS.register("netdissect", "methods.netdissect:NetDissect")
 METHODS.register("compexp", "methods.compexp:CompExp")
 METHODS.register("compexp-analysis", "methods.compexp:CompExpAnalysis")
+METHODS.register("dnd", "methods.dnd:DnD")
 # Built-in metrics, lazily as well.
 METRICS.register("bertscore", "metrics.text:bertscore")
 METRICS.register("sentence-cosine", "metrics.text:sentence_cosine")

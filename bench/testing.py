@@ -210,8 +210,19 @@ def check_method(
     ev = (
         evidence
         if evidence is not None
-        else tiny_evidence(cache, store_maps="maps" in cls.requires.evidence)
+        else tiny_evidence(
+            cache,
+            store_maps="maps" in cls.requires.evidence,
+            topk_by=tuple(sorted({"max", *cls.requires.topk_by})),
+            k=max(15, cls.requires.k),
+        )
     )
+    if components is None and cls.requires.components:
+        from bench.components import build_components, default_backends
+
+        components = build_components(
+            default_backends(sorted(cls.requires.components), synthetic=True)
+        )
     units = [UnitRef(layer=l, index=i) for l, le in ev.layers.items() for i in range(le.num_units)]
 
     def ctx_for(c: Cache) -> MethodContext:
