@@ -514,3 +514,62 @@ def _load_state(run_dir: Path, run_id: str) -> dict[str, Any]:
         )
     log.info("resuming run %s in %s", run_id, run_dir)
     return state
+
+
+# --- MILAN training and generalisation experiments (``bench milan``) ---------------------------
+
+
+def milan_train(
+    *,
+    keys: str,
+    hold_out: str | None = None,
+    out: str | None = None,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    progress: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """Train MILAN on MILANNOTATIONS ``keys`` minus ``hold_out`` (cached by the content hash of
+    the training data and the config); the model goes to ``out`` when given."""
+    from methods.base import make_config
+    from methods.milan import MilanConfig, train_on_keys
+
+    return train_on_keys(
+        keys,
+        out,
+        cache=Cache(cache_dir),
+        config=make_config(MilanConfig, config),
+        hold_out_keys=hold_out,
+        seed=seed,
+        device=resolve_device(device),
+        progress=progress,
+    )
+
+
+def milan_evaluate(
+    *,
+    experiment: str,
+    keys: str | None = None,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Run one of MILAN's generalisation experiments: train on each split's train units, score
+    corpus BLEU on its test units (wPMI and the captioning ablation)."""
+    from bench import milannotations as M
+    from methods.base import make_config
+    from methods.milan import MilanConfig, evaluate_split
+
+    cfg = make_config(MilanConfig, config)
+    cache = Cache(cache_dir)
+    key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
+    splits = M.split(experiment, key_list, seed=seed, root=cfg.annotations_root, cache=cache)
+    return [
+        evaluate_split(
+            s, cache=cache, config=cfg, seed=seed, device=resolve_device(device), progress=progress
+        )
+        for s in splits
+    ]

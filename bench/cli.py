@@ -160,6 +160,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", help="one synthetic target (default: all)")
     s.add_argument("--seed", type=int, help="training seed (default: the target card's)")
     s.add_argument("--out", help="output directory for trained weights (default: the package's)")
+    mi = sub.add_parser(
+        "milan", help="train MILAN on MILANNOTATIONS keys; run its generalisation splits"
+    )
+    mi.add_argument("action", choices=["train", "evaluate"])
+    mi.add_argument(
+        "--keys",
+        help="keys or groupings, comma-separated: 'base', 'not-alexnet-imagenet', 'synthetic', "
+        "'synth.convnet/synthetic' (train default: synthetic; evaluate default: the paper's pool)",
+    )
+    mi.add_argument("--hold-out", help="keys or groupings to leave out of training (train)")
+    mi.add_argument(
+        "--experiment",
+        default="leave-one-out",
+        help="within, across-network, across-dataset, across-task, across-arch, leave-one-out "
+        "(evaluate; default: leave-one-out)",
+    )
+    mi.add_argument(
+        "--root", help="MILANNOTATIONS directory (default: $MILAN_DATA_DIR or the cache)"
+    )
+    mi.add_argument("--download", action="store_true", help="download missing MILANNOTATIONS keys")
+    mi.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a MILAN config field, e.g. max_epochs=5 (repeatable; VALUE parsed as JSON)",
+    )
+    mi.add_argument("--seed", type=int, default=0)
+    mi.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    mi.add_argument("--out", help="train: directory for the model (safetensors + JSON)")
+    mi.add_argument("--cache-dir")
     return p
 
 
@@ -207,6 +238,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_synth(args)
     if args.command == "data":
         return _cmd_data(args)
+    if args.command == "milan":
+        return _cmd_milan(args)
     raise UsageError(f"Unknown command '{args.command}'.")
 
 
@@ -325,6 +358,46 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         return 0
     names = [args.target] if args.target else None
     print(json.dumps(synth_train.report_all(names=names), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_milan(args: argparse.Namespace) -> int:
+    from bench import api
+
+    fields = _config_items([f"milan.{item}" for item in args.config]).get("milan", {})
+    if args.root:
+        fields["annotations_root"] = args.root
+    if args.download:
+        fields["download"] = True
+    if args.action == "train":
+        path, info = api.milan_train(
+            keys=args.keys or "synthetic",
+            hold_out=args.hold_out,
+            out=args.out,
+            config=fields,
+            seed=args.seed,
+            device=args.device,
+            progress=sys.stderr.isatty(),
+        )
+        print(json.dumps(info, indent=2, sort_keys=True))
+        print(f"model: {path}")
+        return 0
+    if args.out or args.hold_out:
+        raise UsageError("--out and --hold-out belong to 'bench milan train'.")
+    rows = api.milan_evaluate(
+        experiment=args.experiment,
+        keys=args.keys,
+        config=fields,
+        seed=args.seed,
+        device=args.device,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"{'split':<64} {'train':>6} {'test':>5} {'BLEU wPMI':>9} {'BLEU p(d|E)':>11}")
+    for r in rows:
+        print(
+            f"{r['name']:<64} {r['train_units']:>6} {r['test_units']:>5} "
+            f"{r['bleu_rerank']:>9.2f} {r['bleu_beam']:>11.2f}"
+        )
     return 0
 
 

@@ -173,6 +173,8 @@ METHODS.register("netdissect", "methods.netdissect:NetDissect")
 METHODS.register("compexp", "methods.compexp:CompExp")
 METHODS.register("compexp-analysis", "methods.compexp:CompExpAnalysis")
 METHODS.register("dnd", "methods.dnd:DnD")
+METHODS.register("milan", "methods.milan:Milan")
+METHODS.register("milan-captioning", "methods.milan:MilanCaptioning")
 # Built-in metrics, lazily as well.
 METRICS.register("bertscore", "metrics.text:bertscore")
 METRICS.register("sentence-cosine", "metrics.text:sentence_cosine")

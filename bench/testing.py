@@ -269,3 +269,58 @@ def check_method(
         _, hit = describe_cached(other, units, ev, ctx)
         assert not hit, f"{cls.name}: changing the config ({changed}) still hit the cache"
     return first
+
+
+#: Annotations of :func:`write_tiny_milannotations`: unit colour -> three descriptions.
+TINY_MILANNOTATIONS = {
+    "red": (
+        "red squares on a grey background",
+        "red squares on grey",
+        "small red squares on a grey background",
+    ),
+    "blue": (
+        "blue squares on a grey background",
+        "blue squares on grey",
+        "small blue squares on a grey background",
+    ),
+}
+
+
+def write_tiny_milannotations(root: str | Path, *, n_units: int = 40, k: int = 15) -> str:
+    """A MILANNOTATIONS key in the exact released format under ``root`` (key
+    ``alexnet/places365``, directory ``alexnet-places365``: ``annotations.csv`` and layer
+    ``conv1`` with ``ids.csv``, ``masks.npy`` and ``images.npy``): units alternately detect red
+    and blue squares on grey, annotated accordingly. As a :class:`TinyProbe` unit's top images
+    do, about half of each unit's exemplars show its colour (masked), the rest another colour
+    with an empty mask. Returns the key."""
+    import csv
+
+    import numpy as np
+
+    root = Path(root)
+    layer_dir = root / "alexnet-places365" / "conv1"
+    layer_dir.mkdir(parents=True, exist_ok=True)
+    size = 32
+    images = np.full((n_units, k, 3, size, size), 128, dtype=np.uint8)
+    masks = np.zeros((n_units, k, 1, size, size), dtype=np.uint8)
+    rows = []
+    rng = np.random.default_rng(0)
+    for u in range(n_units):
+        colour = "red" if u % 2 == 0 else "blue"
+        for j in range(k):
+            side = int(rng.integers(size // 4, size // 2 + 1))
+            y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            shown = colour if j < (k + 1) // 2 else ("green", "blue", "red")[u % 2 + j % 2]
+            rgb = np.array(COLOURS[shown], dtype=np.uint8)[:, None, None]
+            images[u, j, :, y : y + side, x : x + side] = rgb
+            masks[u, j, 0, y : y + side, x : x + side] = shown == colour
+        rows += [("conv1", u, text) for text in TINY_MILANNOTATIONS[colour]]
+    np.save(layer_dir / "images.npy", images)
+    np.save(layer_dir / "masks.npy", masks)
+    with open(layer_dir / "ids.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([[u * k + j for j in range(k)] for u in range(n_units)])
+    with open(root / "alexnet-places365" / "annotations.csv", "w", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["layer", "unit", "summary"])
+        w.writerows(rows)
+    return "alexnet/places365"

@@ -8,13 +8,39 @@ import pytest
 
 from bench.registry import METHODS
 from bench.schema import Description
-from bench.testing import TinyProbe, check_method, tiny_evidence, tiny_target
-from methods.base import Method
+from bench.testing import (
+    TinyProbe,
+    check_method,
+    tiny_evidence,
+    tiny_target,
+    write_tiny_milannotations,
+)
+from methods.base import Method, make_config
+
+
+@pytest.fixture(scope="module")
+def milan_annotations(tmp_path_factory) -> dict:
+    """MILAN trains in its fit: on a tiny MILANNOTATIONS key in the released format, briefly."""
+    root = tmp_path_factory.mktemp("milannotations")
+    key = write_tiny_milannotations(root)
+    return dict(
+        train_keys=key,
+        annotations_root=str(root),
+        encoder="synthetic",
+        max_epochs=30,
+        patience=5,
+        batch_size=16,
+        beam_size=5,
+    )
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_registered_method_conforms(name: str, tmp_path) -> None:
-    check_method(METHODS.get(name), tmp_path)
+def test_registered_method_conforms(name: str, tmp_path, request) -> None:
+    cls = METHODS.get(name)
+    config = None
+    if name.startswith("milan"):
+        config = make_config(cls.Config, request.getfixturevalue("milan_annotations"))
+    check_method(cls, tmp_path, config=config)
 
 
 def test_tiny_world_is_what_it_claims(tmp_path) -> None:

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from bench.errors import ConfigError
 from bench.progress import progress_bar
+from methods.milan.model import flush_denormals
 
 if TYPE_CHECKING:
     from methods.milan.model import Decoder, LanguageModel
@@ -318,6 +319,7 @@ def decode(
             m.eval()
         with (
             torch.inference_mode(),
+            flush_denormals(),
             progress_bar(total=features.shape[0], desc="MILAN decoding", enabled=progress) as bar,
         ):
             for lo in range(0, features.shape[0], batch_size):
