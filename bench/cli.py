@@ -41,6 +41,76 @@ def _config_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _suite_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["milannotations.protocol=dnd"]`` -> per-suite config fields (VALUE parsed as JSON)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        suite, dot, fld = key.partition(".")
+        if not sep or not dot or not suite.strip() or not fld.strip():
+            raise UsageError(f"Expected --suite-option SUITE.FIELD=VALUE, got '{item}'.")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(suite.strip(), {})[fld.strip()] = value
+    return out
+
+
+def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by `bench run` (scoring after the methods) and `bench score`."""
+    p.add_argument(
+        "--suite-option",
+        action="append",
+        default=[],
+        metavar="SUITE.FIELD=VALUE",
+        help="a suite's config field (repeatable; VALUE parsed as JSON), e.g. "
+        "milannotations.protocol=dnd, final-layer.class_names=synonyms, cifar-auroc.layer=layer4",
+    )
+    p.add_argument(
+        "--text-models",
+        choices=["offline", "papers"],
+        default="offline",
+        help="text models that score labels: offline (the packaged all-MiniLM-L6-v2; not "
+        "comparable with the papers) or papers (roberta-large BERTScore, all-mpnet-base-v2, "
+        "CLIP ViT-B/16; downloaded on first use) (default: offline)",
+    )
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="do not score the constant 'depictions' label beside the methods",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="bootstrap resamples for the 95%% intervals and significance groups (default 10000)",
+    )
+
+
+def _score_options(args: argparse.Namespace, *, download: bool) -> Any:
+    from bench.scoring import ScoreOptions
+
+    return ScoreOptions(
+        text=args.text_models,
+        baseline=not args.no_baseline,
+        n_resamples=args.bootstrap,
+        seed=getattr(args, "seed", 0) or 0,
+        device=getattr(args, "device", "auto"),
+        download=download,
+        cache_dir=getattr(args, "cache_dir", None),
+        progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(),
+    )
+
+
+def _print_report(report: Any) -> None:
+    for suite, path in report.results.items():
+        print(f"suite {suite:<16} {path}")
+    for suite, reason in report.skipped.items():
+        print(f"suite {suite:<16} skipped: {reason}")
+
+
 def _probe_options(items: Sequence[str]) -> dict[str, str]:
     """``["categories=object,part", "max_images=100"]`` -> ``{"categories": "object,part", ...}``
     (values stay text: the probe set's factory says how to parse them)."""
@@ -132,9 +202,64 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", help="cache directory (default: $BENCH_CACHE_DIR or ~/.cache/neuron-bench)"
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--leaderboard",
+        metavar="DIR",
+        help="after scoring, build the leaderboard site of this run into DIR",
+    )
+    r.add_argument(
+        "--suites",
+        type=_csv,
+        help="suites that score the run after the methods (default: every suite that applies "
+        "to the target; one that cannot run here is skipped and said so)",
+    )
+    r.add_argument("--no-suites", action="store_true", help="describe only; score nothing")
+    _add_scoring_args(r)
 
-    ls = sub.add_parser("list", help="list registered methods, targets or probe sets")
-    ls.add_argument("what", choices=["methods", "targets", "probes"])
+    sc = sub.add_parser(
+        "score",
+        help="score labels written by another tool (or re-score a run directory)",
+        description="Score a label file of another tool as a named method, loading only what "
+        "the suite needs (final-layer and milannotations need text alone), or re-score a run "
+        "directory with --run.",
+    )
+    sc.add_argument("--labels", help="label file (formats: bench.imports.FORMATS)")
+    sc.add_argument(
+        "--format",
+        default="auto",
+        help="netdissect-lite, netdissect, compexp, milan, clip-dissect, dnd (default: auto)",
+    )
+    sc.add_argument("--target", help="target the labels describe, e.g. resnet50")
+    sc.add_argument(
+        "--suite",
+        help="milannotations, final-layer, cifar-auroc or planted (with --run: comma-separated; "
+        "default all that apply)",
+    )
+    sc.add_argument(
+        "--layer",
+        help="layer of files without a layer column (NetDissect, compexp, DnD); final-layer "
+        "defaults to the target's final layer",
+    )
+    sc.add_argument("--name", help="method name in the results (default: the format's name)")
+    sc.add_argument(
+        "--annotations",
+        help="milannotations: a local annotations.csv (layer,unit,summary) to score against",
+    )
+    sc.add_argument("--weights", help="local weights file of the target (cifar-auroc)")
+    sc.add_argument("--run", help="re-score this run directory instead of a label file")
+    sc.add_argument("--out", help="result directory (default: results/<target>-import-<name>-<id>)")
+    sc.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch data the suite needs (MILANNOTATIONS, CIFAR, synonym lines); never silently",
+    )
+    sc.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    sc.add_argument("--cache-dir")
+    sc.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_scoring_args(sc)
+
+    ls = sub.add_parser("list", help="list registered methods, targets, probe sets or suites")
+    ls.add_argument("what", choices=["methods", "targets", "probes", "suites"])
 
     c = sub.add_parser("cache", help="inspect or clear the cache")
     c.add_argument("action", choices=["ls", "clear"])
@@ -160,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", help="one synthetic target (default: all)")
     s.add_argument("--seed", type=int, help="training seed (default: the target card's)")
     s.add_argument("--out", help="output directory for trained weights (default: the package's)")
+    lb = sub.add_parser("leaderboard", help="build the static leaderboard site from suite results")
+    lb.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULTS",
+        help="suite result files, run directories, or folders of runs",
+    )
+    lb.add_argument("--out", required=True, metavar="DIR", help="directory for the site")
+
     mi = sub.add_parser(
         "milan", help="train MILAN on MILANNOTATIONS keys; run its generalisation splits"
     )
@@ -230,6 +364,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         os.environ["BENCH_CACHE_DIR"] = args.cache_dir
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "score":
+        return _cmd_score(args)
     if args.command == "list":
         return _cmd_list(args.what)
     if args.command == "cache":
@@ -238,6 +374,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_synth(args)
     if args.command == "data":
         return _cmd_data(args)
+    if args.command == "leaderboard":
+        return _cmd_leaderboard(args)
     if args.command == "milan":
         return _cmd_milan(args)
     raise UsageError(f"Unknown command '{args.command}'.")
@@ -269,6 +407,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+    suite_config = _suite_options(args.suite_option)
+    if args.no_suites and (args.suites or suite_config):
+        raise UsageError("--no-suites cannot be combined with --suites or --suite-option.")
+    score_options = None if args.no_suites else _score_options(args, download=args.download)
+    if suite_config:
+        # Suite names and fields are checked before anything runs.
+        from bench.scoring import get_suite
+
+        for name, fields in suite_config.items():
+            get_suite(name)(**fields)
     if config.probe_options:
         # Checked before the target loads (which may download weights).
         from bench.api import resolve_probe_name
@@ -286,8 +434,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(
             f"{m.name:<24} {m.ok:>6} {m.error:>6} {m.computed:>8} {m.resumed:>7} {m.seconds:>8.2f}"
         )
+    if score_options is not None:
+        from bench.scoring import score_run
+
+        report = score_run(
+            result.run_dir, args.suites, options=score_options, suite_config=suite_config
+        )
+        _print_report(report)
+    if args.leaderboard:
+        from leaderboard.build import build
+
+        print(f"leaderboard: {build([result.run_dir], args.leaderboard)}")
     print(f"total: {time.perf_counter() - t0:.1f} s")
     return result.exit_code
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from leaderboard.build import build
+
+    print(f"leaderboard: {build(args.results, args.out)}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from bench.scoring import score_labels, score_run
+
+    suite_config = _suite_options(args.suite_option)
+    if args.annotations:
+        suite_config.setdefault("milannotations", {})["annotations"] = args.annotations
+    options = _score_options(args, download=args.download)
+    if args.run:
+        if args.labels:
+            raise UsageError("Pass either --labels (a label file) or --run (a run directory).")
+        suites = _csv(args.suite) if args.suite else None
+        report = score_run(args.run, suites, options=options, suite_config=suite_config)
+    else:
+        missing = [f"--{n}" for n in ("labels", "target", "suite") if not getattr(args, n)]
+        if missing:
+            raise UsageError(
+                f"bench score needs {', '.join(missing)} (or --run DIR to re-score a run)."
+            )
+        report = score_labels(
+            args.labels,
+            args.format,
+            target=args.target,
+            suite=args.suite,
+            layer=args.layer,
+            name=args.name,
+            out=args.out,
+            weights=args.weights,
+            options=options,
+            suite_config=suite_config,
+        )
+    _print_report(report)
+    return 0
 
 
 def _cmd_list(what: str) -> int:
@@ -302,6 +502,12 @@ def _cmd_list(what: str) -> int:
         for name in TARGETS.names():
             spec = TARGETS.get(name)
             print(f"{name:<24} {spec.family:<12} {spec.description}")
+    elif what == "suites":
+        from bench.scoring import get_suite, suite_names
+
+        for name in suite_names():
+            cls = get_suite(name)
+            print(f"{name:<24} v{cls.version:<4} {cls.summary}")
     else:
         for name in PROBES.names():
             factory = PROBES.get(name)

@@ -164,7 +164,7 @@ METHODS: Registry[Any] = Registry("method", check=_check_method, entry_point_gro
 TARGETS: Registry[Any] = Registry("target", populate="bench.targets:register_builtin_targets")
 #: name -> factory(root: Path | None, *, download: bool, **options) -> bench.probes.base.ProbeSet
 PROBES: Registry[Any] = Registry("probe", populate="bench.probes:register_builtin_probes")
-SUITES: Registry[Any] = Registry("suite")
+SUITES: Registry[Any] = Registry("suite", populate="bench.suites:register_builtin_suites")
 METRICS: Registry[Any] = Registry("metric")
 
 # Built-in methods, lazily: importing them pulls in torch and friends.

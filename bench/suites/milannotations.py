@@ -1,0 +1,329 @@
+"""``milannotations``: agreement of each label with the unit's human annotations.
+
+MILAN (Hernandez et al. 2022, Table 2) scores a description against the three MILANNOTATIONS
+of its unit; DnD (Bai, Oikarinen et al. 2024, Table 9) showed that the constant label
+"depiction" beats every method there, and that annotators agree with each other about as well.
+So this suite reports, per metric (BERTScore, sentence cosine, CLIP text cosine):
+
+* every method's label against each of the unit's annotations (per the BERTScore preset:
+  averaged for ``dnd``/``offline``, the best reference for ``milan``, as bert-score does for
+  MILAN's multi-reference call), per layer and overall, the ``depictions`` baseline included;
+* the **inter-annotator ceiling** beside them: each annotation against the unit's other ones,
+  averaged over the annotations;
+* with ``protocol="dnd"``, only the units DnD counts as *reliable* (methods.md 4.3: some pair of
+  the unit's three annotations has CLIP ViT-B/16 text cosine above 0.81). Offline there is no
+  CLIP: the offline sentence encoder stands in, at the same threshold, and the result says so.
+
+Where the annotations come from, in this order:
+
+1. ``annotations=`` a bare ``annotations.csv`` (``layer,unit,summary``; any target): scoring needs
+   only this text, so labels imported from elsewhere are scored without weights or images;
+2. ``key=`` a MILANNOTATIONS key, or the target's own: ``alexnet`` (``alexnet/imagenet``),
+   ``alexnet.places365``, ``resnet152`` (``resnet152/imagenet``), ``resnet152.places365``,
+   ``biggan.imagenet``/``biggan.places365`` and ``dino_vits8``; real MILANNOTATIONS covers
+   only these, and asking for another real target is an error; AlexNet's ``conv1..conv5`` are
+   torchvision's ``features.0/3/6/8/10``;
+3. synthetic targets: their simulated annotations (``<target>/synthetic``), at the noise MILAN's
+   training uses by default (``noise=0.2``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import ConfigError, DataError, UsageError
+from bench.schema import UnitRef
+from bench.suites.base import (
+    Suite,
+    SuiteContext,
+    SuiteScores,
+    TargetInfo,
+    UnitEntry,
+)
+from bench.suites.text import TextJob, bertscore_preset, text_metrics
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS: tuple[str, ...] = ("all", "dnd")
+#: DnD's reliability threshold on CLIP text cosine between two annotations (methods.md 4.3).
+RELIABLE_THRESHOLD = 0.81
+#: Simulated annotators' default noise, as MILAN trains on (bench.synth.annotators.DEFAULT_NOISE).
+DEFAULT_NOISE = 0.2
+CEILING_NOTE = "each annotation against the unit's other annotations"
+
+#: Registered target (or model name) -> its MILANNOTATIONS key.
+TARGET_KEYS: dict[str, str] = {
+    "alexnet": "alexnet/imagenet",
+    "alexnet.places365": "alexnet/places365",
+    "resnet152": "resnet152/imagenet",
+    "resnet152.places365": "resnet152/places365",
+    "biggan.imagenet": "biggan/imagenet",
+    "biggan.places365": "biggan/places365",
+    "dino_vits8": "dino_vits8/imagenet",
+}
+_ALEXNET = {
+    "conv1": "features.0",
+    "conv2": "features.3",
+    "conv3": "features.6",
+    "conv4": "features.8",
+    "conv5": "features.10",
+}
+#: MILANNOTATIONS layer names -> the harness's (torchvision) layer names, per key.
+LAYER_ALIASES: dict[str, dict[str, str]] = {
+    "alexnet/imagenet": _ALEXNET,
+    "alexnet/places365": _ALEXNET,
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MilannotationsConfig:
+    #: ``all``: every annotated unit (MILAN, Table 2); ``dnd``: only reliable units (DnD, Table 9).
+    protocol: str = "all"
+    #: BERTScore preset; ``None``: ``offline`` with offline text models, else ``milan``
+    #: (``dnd`` under the DnD protocol).
+    bertscore: str | None = None
+    #: A bare ``annotations.csv`` (``layer,unit,summary``) to score against instead.
+    annotations: str | None = None
+    #: A MILANNOTATIONS key (``resnet152/imagenet``); ``None``: the target's.
+    key: str | None = None
+    #: Directory holding the MILANNOTATIONS keys; ``None``: ``$MILAN_DATA_DIR`` or the cache's.
+    root: str | None = None
+    #: Noise and seed of the simulated annotators (synthetic targets).
+    noise: float = DEFAULT_NOISE
+    annotation_seed: int = 0
+    #: DnD protocol: reliable when some pair of annotations has text cosine above this.
+    reliable_threshold: float = RELIABLE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"Expected protocol in {PROTOCOLS}, got {self.protocol!r}")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"Expected noise in [0, 1], got {self.noise!r}")
+        if not -1.0 <= self.reliable_threshold <= 1.0:
+            raise ValueError(
+                f"Expected reliable_threshold in [-1, 1], got {self.reliable_threshold!r}"
+            )
+
+
+def milannotations_key(target: TargetInfo, key: str | None = None) -> str | None:
+    """The MILANNOTATIONS key of ``target`` (or ``key`` validated), ``None`` when it has none."""
+    from bench.milannotations import resolve_keys, synthetic_keys
+
+    if key is not None:
+        keys = resolve_keys(key)
+        if len(keys) != 1:
+            raise ConfigError(
+                f"Expected one MILANNOTATIONS key for milannotations.key, got the grouping "
+                f"'{key}' ({', '.join(keys)})."
+            )
+        return keys[0]
+    if target.synthetic:
+        synth = f"{target.name}/synthetic"
+        return synth if synth in synthetic_keys() else None
+    return TARGET_KEYS.get(target.name)
+
+
+def canonical_layer(key: str | None, layer: str) -> str:
+    """``layer`` as the harness names it (AlexNet ``conv3`` -> ``features.6``)."""
+    if key is None:
+        return layer
+    return LAYER_ALIASES.get(key, {}).get(layer, layer)
+
+
+class MilannotationsSuite(Suite):
+    """Labels against each unit's annotations, with the inter-annotator ceiling."""
+
+    name = "milannotations"
+    version = "1"
+    Config = MilannotationsConfig
+    summary = "labels against the units' MILANNOTATIONS, with the inter-annotator ceiling"
+
+    def applicable(self, target: TargetInfo) -> str | None:
+        if self.config.annotations is not None:
+            return None
+        if milannotations_key(target, self.config.key) is not None:
+            return None
+        covered = ", ".join(sorted(TARGET_KEYS))
+        return (
+            f"MILANNOTATIONS covers AlexNet, ResNet-152, BigGAN and DINO only (targets {covered}; "
+            "synthetic targets use their simulated annotations). Score against your own "
+            "annotations with milannotations.annotations=FILE (an annotations.csv with columns "
+            "layer,unit,summary), or name a key with milannotations.key=MODEL/DATASET."
+        )
+
+    # --- annotations ----------------------------------------------------------------------------
+
+    def _annotations(self, ctx: SuiteContext) -> tuple[dict[UnitRef, tuple[str, ...]], dict]:
+        from bench.milannotations import read_annotations_csv
+
+        cfg = self.config
+        if cfg.annotations is not None:
+            from bench.cache import sha256_file
+
+            path = Path(cfg.annotations).expanduser()
+            raw = read_annotations_csv(path)
+            source: dict[str, Any] = {
+                "kind": "annotations.csv",
+                "file": path.name,
+                "sha256": sha256_file(path),
+            }
+            # Layer names as the target's key spells them (AlexNet conv1..conv5) are mapped.
+            key = milannotations_key(ctx.target, cfg.key)
+        else:
+            key = milannotations_key(ctx.target, cfg.key)
+            assert key is not None  # applicable() checked it
+            if key.endswith("/synthetic"):
+                raw, source = self._synthetic(ctx, key)
+            else:
+                from bench.milannotations import load
+
+                data = load(
+                    key,
+                    cfg.root,
+                    download=ctx.options.download,
+                    images=False,
+                    cache=ctx.cache,
+                    progress=ctx.options.progress,
+                )
+                raw = {(u.layer, u.unit): texts for u, texts in data.texts().items()}
+                source = {"kind": "MILANNOTATIONS", "key": key}
+        out: dict[UnitRef, tuple[str, ...]] = {}
+        for (layer, unit), texts in raw.items():
+            u = UnitRef(layer=canonical_layer(key, layer), index=int(unit))
+            out[u] = tuple(texts)
+        return out, source
+
+    def _synthetic(
+        self, ctx: SuiteContext, key: str
+    ) -> tuple[dict[tuple[str, int], tuple[str, ...]], dict[str, Any]]:
+        from bench.milannotations import ANNOTATIONS_FILE, read_annotations_csv
+        from bench.synth.annotators import key_dirname, synthetic_milannotations
+
+        cfg = self.config
+        root = synthetic_milannotations(
+            ctx.cache,
+            noise=cfg.noise,
+            seed=cfg.annotation_seed,
+            targets=[ctx.target.name],
+            progress=ctx.options.progress,
+        )
+        path = root / key_dirname(key) / ANNOTATIONS_FILE
+        raw = read_annotations_csv(path, annotation_count=3)
+        source = {
+            "kind": "simulated annotators",
+            "key": key,
+            "noise": cfg.noise,
+            "seed": cfg.annotation_seed,
+        }
+        return raw, source
+
+    # --- the DnD protocol -----------------------------------------------------------------------
+
+    def _reliability(
+        self, ctx: SuiteContext, annotations: dict[UnitRef, tuple[str, ...]], units: list[UnitRef]
+    ) -> tuple[dict[UnitRef, float], dict[str, Any], str]:
+        """Each unit's largest pairwise text cosine among its annotations."""
+        from bench.suites.text import embed, encoder_for, identity
+
+        encoder, note = encoder_for(ctx.options, ctx.device, kind="clip")
+        texts = [t for u in units for t in annotations[u]]
+        emb = embed(encoder, texts, progress=ctx.options.progress)
+        out: dict[UnitRef, float] = {}
+        start = 0
+        for u in units:
+            n = len(annotations[u])
+            e = emb[start : start + n]
+            start += n
+            if n < 2:
+                out[u] = float("-inf")
+                continue
+            sims = e @ e.T
+            out[u] = float(max(sims[i, j] for i in range(n) for j in range(i + 1, n)))
+        settings = {
+            "reliable": "some pair of the unit's annotations has text cosine above the threshold",
+            "reliable_threshold": self.config.reliable_threshold,
+            "reliable_encoder": identity(encoder),
+        }
+        return out, settings, note
+
+    # --- scoring --------------------------------------------------------------------------------
+
+    def _score(self, ctx: SuiteContext) -> SuiteScores:
+        cfg = self.config
+        annotations, source = self._annotations(ctx)
+        if not annotations:
+            raise DataError(f"Suite 'milannotations': the annotations ({source}) hold no units.")
+        described = ctx.described_units()
+        if described:
+            units = [u for u in described if u in annotations]
+        else:  # only constant labels: every annotated unit
+            order = {layer: i for i, layer in enumerate(ctx.target.layers)}
+            units = sorted(annotations, key=lambda u: (order.get(u.layer, len(order)), u.index))
+        if described and not units:
+            labelled = sorted({u.layer for u in described})
+            annotated = sorted({u.layer for u in annotations})
+            raise UsageError(
+                "Suite 'milannotations': no labelled unit has annotations. Labels cover layers "
+                f"{', '.join(labelled)}; the annotations cover {', '.join(annotated)}."
+            )
+        settings: dict[str, Any] = {
+            "protocol": cfg.protocol,
+            "annotations": source,
+            "units_annotated": len(annotations),
+            "reference": "each label against each of its unit's annotations",
+        }
+        notes: list[str] = []
+        details: dict[UnitRef, dict[str, Any]] = {u: {} for u in units}
+        if cfg.protocol == "dnd":
+            settings["units_labelled"] = len(units)
+            best, rel_settings, note = self._reliability(ctx, annotations, units)
+            settings.update(rel_settings)
+            if note:
+                notes.append(f"DnD reliable units: {note}, at the CLIP threshold")
+            kept = [u for u in units if best[u] > cfg.reliable_threshold]
+            for u in kept:
+                details[u] = {"reliable": True, "max_pair_cosine": best[u]}
+            settings["units_reliable"] = len(kept)
+            if not kept:
+                raise UsageError(
+                    f"Suite 'milannotations' (DnD protocol): none of {len(units)} units is "
+                    f"reliable (no pair of annotations above {cfg.reliable_threshold}); lower "
+                    "milannotations.reliable_threshold or use protocol=all."
+                )
+            units = kept
+        preset = bertscore_preset(
+            ctx.options, "dnd" if cfg.protocol == "dnd" else "milan", cfg.bertscore
+        )
+        settings["bertscore_preset"] = preset
+        jobs: list[TextJob] = []
+        for name, m in ctx.methods.items():
+            for u in units:
+                label = m.label(u)
+                if label is not None:
+                    jobs.append(TextJob(name, u, label, annotations[u]))
+        for u in units:
+            texts = annotations[u]
+            if len(texts) < 2:
+                continue
+            for i, t in enumerate(texts):
+                jobs.append(TextJob(None, u, t, texts[:i] + texts[i + 1 :]))
+        refs = [t for u in units for t in annotations[u]]
+        metrics = text_metrics(
+            jobs,
+            options=ctx.options,
+            device=ctx.device,
+            bertscore=preset,
+            idf_sentences=refs,
+            ceiling_note=CEILING_NOTE,
+        )
+        entries = [
+            UnitEntry(
+                unit=u, references={"annotations": annotations[u]}, details=details.get(u, {})
+            )
+            for u in units
+        ]
+        settings["units"] = len(units)
+        return SuiteScores(units=entries, metrics=metrics, settings=settings, offline_notes=notes)

@@ -1,0 +1,381 @@
+"""Score a run directory, or labels imported from another tool, with the suites.
+
+:func:`score_run` reads ``<run_dir>/run.json`` and every ``<run_dir>/<method>/units.jsonl``,
+adds the constant ``depictions`` baseline when the run lacks it, scores the chosen suites (by
+default every suite that applies to the target) and writes ``<run_dir>/suites/<suite>.json``.
+:func:`score_labels` reads one label file (``bench.imports``), scores it as a named method of its
+own beside the baseline and writes the same kind of result into a directory of its own; only
+what the suite needs is loaded, so ``final-layer`` and ``milannotations`` run on text alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError, UnknownNameError, UsageError
+from bench.schema import (
+    SCHEMA_VERSION,
+    Description,
+    MethodCost,
+    MethodInfo,
+    MethodKind,
+    RunIdentity,
+    UnitRef,
+    dumps,
+    read_descriptions,
+    read_json,
+    read_run_identity,
+    suite_result_path,
+    write_json,
+    write_suite_result,
+)
+from bench.suites import get_suite, suite_names
+from bench.suites.base import (
+    MethodLabels,
+    ScoreOptions,
+    Suite,
+    SuiteContext,
+    TargetInfo,
+    target_info,
+)
+
+log = logging.getLogger(__name__)
+
+BASELINE = "depictions"
+IMPORT_VERSION = "imported"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ScoreReport:
+    """Where the results went: ``results`` suite -> file; ``skipped`` suite -> why (only when
+    the suites were chosen automatically and one could not run here)."""
+
+    run_dir: Path
+    results: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+# --- methods -------------------------------------------------------------------------------------
+
+
+def method_kind(name: str) -> MethodKind:
+    """``baseline`` for the trivial controls of ``methods.baselines``, else ``method``."""
+    from bench.registry import METHODS
+
+    if name in METHODS:
+        try:
+            cls = METHODS.get(name)
+        except BenchError:
+            return "method"
+        if getattr(cls, "__module__", "") == "methods.baselines":
+            return "baseline"
+    return "method"
+
+
+def method_cost(descriptions: Sequence[Description], device: str | None) -> MethodCost:
+    """Seconds per unit (``Description.seconds``) and model calls per unit
+    (``extras["model_calls"]``, averaged over every unit) of one method's descriptions."""
+    n = len(descriptions)
+    seconds = [d.seconds for d in descriptions if d.seconds is not None]
+    calls: dict[str, float] = {}
+    for d in descriptions:
+        mc = d.extras.get("model_calls") if isinstance(d.extras, dict) else None
+        if not isinstance(mc, dict):
+            continue
+        for k, v in mc.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                calls[str(k)] = calls.get(str(k), 0.0) + float(v)
+    return MethodCost(
+        seconds_per_unit=math.fsum(seconds) / len(seconds) if seconds else None,
+        model_calls_per_unit={k: v / n for k, v in sorted(calls.items())} if n else {},
+        device=device,
+    )
+
+
+def baseline_labels() -> MethodLabels:
+    """The ``depictions`` baseline as a constant label for every unit (not run: constructed)."""
+    from methods.baselines import Depictions
+
+    method = Depictions()
+    info = MethodInfo.from_identity(
+        method.identity(),
+        kind="baseline",
+        cost=MethodCost(
+            seconds_per_unit=0.0, note="constant label, constructed by the suite (not run)"
+        ),
+    )
+    label: str = method.config.label  # type: ignore[attr-defined]  # DepictionsConfig
+    return MethodLabels(info=info, constant=label)
+
+
+def run_methods(run_dir: Path, state: Mapping[str, Any]) -> dict[str, MethodLabels]:
+    """Every method of a run with its descriptions, in the run's order."""
+    config = state.get("config") or {}
+    device = config.get("device")
+    out: dict[str, MethodLabels] = {}
+    for ident in config.get("methods") or []:
+        name = ident.get("name") if isinstance(ident, dict) else None
+        if not name:
+            continue
+        path = run_dir / name / "units.jsonl"
+        if not path.is_file():
+            log.warning("Method '%s' of %s wrote no %s; it is not scored.", name, run_dir, path)
+            continue
+        descriptions = read_descriptions(path)
+        out[name] = MethodLabels(
+            info=MethodInfo.from_identity(
+                ident, kind=method_kind(name), cost=method_cost(descriptions, device)
+            ),
+            descriptions={d.unit: d for d in descriptions},
+        )
+    return out
+
+
+def with_baseline(
+    methods: dict[str, MethodLabels], options: ScoreOptions
+) -> dict[str, MethodLabels]:
+    if options.baseline and BASELINE not in methods:
+        return {**methods, BASELINE: baseline_labels()}
+    return methods
+
+
+# --- suites --------------------------------------------------------------------------------------
+
+
+def _suite(name: str, suite_config: Mapping[str, Mapping[str, Any]]) -> Suite:
+    cls = get_suite(name)
+    return cls(**dict(suite_config.get(name) or {}))
+
+
+def _check_config_names(
+    suite_config: Mapping[str, Mapping[str, Any]], chosen: Sequence[str] | None
+) -> None:
+    known = suite_names()
+    for name in suite_config:
+        if name not in known:
+            raise UnknownNameError("suite in the suite options", name, known)
+        if chosen is not None and name not in chosen:
+            raise UsageError(
+                f"Options were given for suite '{name}', which is not among the suites to score "
+                f"({', '.join(chosen)})."
+            )
+
+
+def _cache(options: ScoreOptions, state: Mapping[str, Any] | None = None) -> Any:
+    from bench.cache import Cache
+
+    if options.cache_dir:
+        return Cache(options.cache_dir)
+    recorded = ((state or {}).get("provenance") or {}).get("cache_dir")
+    if recorded and Path(recorded).is_dir():
+        return Cache(recorded)
+    return Cache()
+
+
+def _score_suites(
+    ctx: SuiteContext,
+    names: Sequence[str] | None,
+    suite_config: Mapping[str, Mapping[str, Any]],
+    out_dir: Path,
+) -> ScoreReport:
+    auto = names is None
+    chosen = list(names) if names is not None else suite_names()
+    if len(set(chosen)) != len(chosen):
+        raise UsageError(f"Expected distinct suite names, got {', '.join(chosen)}.")
+    suites = [(n, _suite(n, suite_config)) for n in chosen]  # bad names and options fail first
+    report = ScoreReport(run_dir=out_dir)
+    for name, suite in suites:
+        reason = suite.applicable(ctx.target)
+        if reason is not None:
+            if auto:
+                log.info("Suite '%s' does not apply to '%s': %s", name, ctx.target.name, reason)
+                continue
+            raise UsageError(f"Suite '{name}' does not apply to '{ctx.target.name}': {reason}")
+        try:
+            result = suite.score(ctx)
+        except BenchError as e:
+            if not auto:
+                raise
+            log.warning("Suite '%s' skipped: %s", name, e)
+            report.skipped[name] = str(e)
+            continue
+        path = write_suite_result(suite_result_path(out_dir, name), result)
+        report.results[name] = path
+        log.info("suite %s: %s", name, path)
+    return report
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+
+def score_run(
+    run_dir: str | Path,
+    suites: Sequence[str] | None = None,
+    *,
+    options: ScoreOptions | None = None,
+    suite_config: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ScoreReport:
+    """Score the run in ``run_dir`` with ``suites`` (default: every suite that applies to its
+    target; one that cannot run here is skipped and reported) and write
+    ``<run_dir>/suites/<suite>.json``. ``suite_config``: suite -> config fields
+    (``{"milannotations": {"protocol": "dnd"}}``)."""
+    run_dir = Path(run_dir)
+    options = options or ScoreOptions()
+    suite_config = dict(suite_config or {})
+    _check_config_names(suite_config, suites)
+    identity = read_run_identity(run_dir)
+    state = read_json(run_dir / "run.json")
+    if state.get("status") != "complete":
+        log.warning("Scoring %s, whose run is %s.", run_dir, state.get("status", "incomplete"))
+    config = state.get("config") or {}
+    methods = run_methods(run_dir, state)
+    if not methods:
+        raise UsageError(f"{run_dir}: the run has no method descriptions to score.")
+    cache = _cache(options, state)
+    from bench.suites.strips import RunExemplars
+
+    ctx = SuiteContext(
+        run=identity,
+        target=target_info(identity.target, config.get("layers")),
+        methods=with_baseline(methods, options),
+        options=options,
+        cache=cache,
+        run_dir=run_dir,
+        weights=config.get("weights"),
+        exemplar_writer=RunExemplars(
+            run_dir, state, cache, count=options.exemplars_per_unit, progress=options.progress
+        ),
+    )
+    return _score_suites(ctx, suites, suite_config, run_dir)
+
+
+def _import_target(target: str, suite: str, suite_config: Mapping[str, Any]) -> TargetInfo:
+    from bench.registry import TARGETS
+    from bench.suites.milannotations import TARGET_KEYS
+
+    if target in TARGETS or target in TARGET_KEYS:
+        return target_info(target)
+    if suite == "milannotations" and (suite_config.get("annotations") or suite_config.get("key")):
+        return target_info(target)
+    raise UnknownNameError(
+        "target",
+        target,
+        TARGETS.names(),
+        note="Labels of another network are scored by milannotations against its annotations "
+        "(--annotations FILE).",
+    )
+
+
+def score_labels(
+    labels: str | Path,
+    format: str = "auto",
+    *,
+    target: str,
+    suite: str,
+    layer: str | None = None,
+    name: str | None = None,
+    out: str | Path | None = None,
+    weights: str | None = None,
+    options: ScoreOptions | None = None,
+    suite_config: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ScoreReport:
+    """Score the labels in file ``labels`` (a format of :data:`bench.imports.FORMATS`,
+    NetDissect's 1-based units converted) on ``suite`` for ``target`` as the method ``name``
+    (default: the format's name), beside the ``depictions`` baseline.
+
+    Writes ``<out>/run.json`` and ``<out>/suites/<suite>.json`` (default ``out``:
+    ``results/<target>-import-<name>-<id>``). Formats without a layer column take ``layer``;
+    ``final-layer`` defaults it to the target's final layer. Text-only suites load no weights
+    and no images.
+    """
+    from bench.api import provenance
+    from bench.cache import sha256_bytes
+    from bench.imports import FORMATS, import_labels
+
+    options = options or ScoreOptions()
+    suite_config = dict(suite_config or {})
+    _check_config_names(suite_config, [suite])
+    _suite(suite, suite_config)  # unknown suites and bad options fail before any reading
+    info = _import_target(target, suite, suite_config.get(suite) or {})
+    if (
+        layer is None
+        and suite == "final-layer"
+        and info.spec is not None
+        and (format == "auto" or (format in FORMATS and not FORMATS[format].has_layer_column))
+    ):
+        from bench.imports import detect_format
+
+        fmt = format if format != "auto" else detect_format(labels)
+        if fmt is not None and not FORMATS[fmt].has_layer_column:
+            layer = info.spec.final_layer
+    imported = import_labels(labels, format, layer=layer)
+    name = name or imported.format
+    if options.baseline and name == BASELINE:
+        raise UsageError(
+            f"The imported labels cannot be named '{BASELINE}': that is the constant baseline "
+            "scored beside them. Pass another --name."
+        )
+    key = None
+    if suite == "milannotations":
+        from bench.suites.milannotations import canonical_layer, milannotations_key
+
+        key = milannotations_key(info, (suite_config.get(suite) or {}).get("key"))
+    descriptions: dict[UnitRef, Description] = {}
+    for d in imported.descriptions:
+        unit = d.unit
+        if key is not None:
+            unit = UnitRef(layer=canonical_layer(key, unit.layer), index=unit.index)
+        descriptions[unit] = d if unit == d.unit else d.replace(unit=unit)
+    file_layers = list(dict.fromkeys(u.layer for u in descriptions))
+    spec_layers = list(info.spec.layers) if info.spec is not None else []
+    layers = [la for la in spec_layers if la in file_layers] + [
+        la for la in file_layers if la not in spec_layers
+    ]
+    info = TargetInfo(name=info.name, spec=info.spec, layers=tuple(layers))
+    source = imported.provenance()
+    method = MethodLabels(
+        info=MethodInfo(
+            name=name,
+            version=IMPORT_VERSION,
+            config=source,
+            kind="imported",
+            source=f"{source['file']} ({imported.format})",
+            cost=MethodCost(note="imported labels: no cost measured here"),
+        ),
+        descriptions=descriptions,
+    )
+    run_config = {"import": source, "name": name, "target": target, "probe": None, "layers": layers}
+    run_id = sha256_bytes(dumps({"import": source, "name": name, "target": target}).encode())[:12]
+    out_dir = Path(out) if out is not None else Path("results") / f"{target}-import-{name}-{run_id}"
+    state = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "import",
+        "run_id": run_id,
+        "status": "complete",
+        "config": run_config,
+        "provenance": provenance(),
+    }
+    existing = out_dir / "run.json"
+    if existing.is_file():
+        previous = read_json(existing)
+        if previous.get("run_id") != run_id:
+            raise UsageError(
+                f"{out_dir} holds another run ({previous.get('run_id')}); choose another --out."
+            )
+    ctx = SuiteContext(
+        run=RunIdentity.from_run_state(state),
+        target=info,
+        methods=with_baseline({name: method}, options),
+        options=options,
+        cache=_cache(options),
+        run_dir=out_dir,
+        weights=weights,
+    )
+    report = _score_suites(ctx, [suite], suite_config, out_dir)
+    write_json(existing, state)
+    return report
