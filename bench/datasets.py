@@ -72,6 +72,37 @@ def _cifar(name: str, size: str, description: str) -> Dataset:
     )
 
 
+def _milannotations(key: str) -> Dataset:
+    """One MILANNOTATIONS key (``alexnet/imagenet`` -> dataset ``milannotations-alexnet-imagenet``),
+    unpacked under ``<dest>/milannotations`` (pass that as ``--config milan.annotations_root``)."""
+
+    def locate(dest: Path) -> Path | None:
+        from bench import milannotations as M
+
+        return dest / "milannotations" if M.locate(key, dest / "milannotations") else None
+
+    def fetch(dest: Path, progress: bool) -> Path:
+        from bench import milannotations as M
+
+        M.fetch(key, dest / "milannotations", progress=progress)
+        return dest / "milannotations"
+
+    return Dataset(
+        name="milannotations-" + key.replace("/", "-"),
+        use="--methods milan, found there by default",
+        size="unknown (1-10 GB)",
+        description=f"MILANNOTATIONS {key}: annotations, exemplar masks (and images)",
+        locate=locate,
+        fetch=fetch,
+    )
+
+
+def _milannotations_keys() -> tuple[str, ...]:
+    from bench.milannotations import REAL_KEYS
+
+    return REAL_KEYS
+
+
 DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in (
@@ -79,6 +110,7 @@ DATASETS: dict[str, Dataset] = {
         _broden("broden1_227"),
         _cifar("cifar10", "170 MB", "CIFAR-10, python version"),
         _cifar("cifar100", "169 MB", "CIFAR-100, python version"),
+        *(_milannotations(k) for k in _milannotations_keys()),
     )
 }
 

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 MODEL_STAGE = "milan-model"
 FEATURE_STAGE = "milan-features"
 #: Bump when training changes what a cached model holds.
-TRAIN_VERSION = 1
+TRAIN_VERSION = 2
 #: The synthetic world's encoder: a frozen synthetic classifier, as MILAN's is a frozen ImageNet
 #: classifier. Its pyramid is conv1 and layer1-3 (16 + 16 + 32 + 64 = 128 values per exemplar).
 SYNTHETIC_ENCODER = "synth.resnet"
