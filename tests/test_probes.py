@@ -400,7 +400,11 @@ def test_bench_data_fetch_broden(
 
     assert main(["data", "list", "--dest", str(dest)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert set(rows) == {"broden1_224", "broden1_227", "cifar10", "cifar100"}
+    from bench.milannotations import REAL_KEYS
+
+    milan = {"milannotations-" + k.replace("/", "-") for k in REAL_KEYS}
+    assert set(rows) == {"broden1_224", "broden1_227", "cifar10", "cifar100"} | milan
+    assert all("missing" in rows[name] for name in milan)
     assert "present" in rows["broden1_224"] and str(root) in rows["broden1_224"]
     assert "1 GB" in rows["broden1_224"]
     for name in ("broden1_227", "cifar10", "cifar100"):
@@ -433,7 +437,7 @@ def test_bench_data_fetch_unknown_name(
     assert main(["data", "fetch", "broden1_225", "--dest", str(dest)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Unknown dataset 'broden1_225'")
-    assert "Available: broden1_224, broden1_227, cifar10, cifar100." in err
+    assert "Available: broden1_224, broden1_227, cifar10, cifar100, milannotations-" in err
     assert "Did you mean" in err
     assert not dest.exists()
     with pytest.raises(UnknownNameError):
