@@ -306,7 +306,7 @@ def _metric_notes(sec: _Section) -> str:
             parts.append(
                 f"intervals {fmt(m.confidence * 100, 0)}%, groups at \u03b1 = {esc(repr(m.alpha))}"
             )
-        if m.note:
+        if m.note and (m.ok or (m.reason or "") not in m.note):  # not the reason twice
             parts.append(esc(m.note))
         settings = (
             f"<details><summary>settings</summary><pre>{esc(dumps(m.settings, indent=2))}</pre>"
