@@ -25,36 +25,50 @@ def _csv(value: str) -> tuple[str, ...]:
     return items
 
 
-def _config_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["milan.beam_size=10", "depictions.label=thing"]`` -> per-method overrides."""
-    out: dict[str, dict[str, Any]] = {}
+def _json_or_text(raw: str) -> Any:
+    """A command-line VALUE: parsed as JSON when it is JSON, else the text itself."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _fields(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["beam_size=10", "strategy=beam"]`` -> ``{"beam_size": 10, "strategy": "beam"}``."""
+    out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        method, dot, fld = key.partition(".")
-        if not sep or not dot or not method or not fld:
-            raise UsageError(f"Expected --config METHOD.FIELD=VALUE, got '{item}'.")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out.setdefault(method.strip(), {})[fld.strip()] = value
+        if not sep or not key.strip():
+            raise UsageError(f"Expected {flag} FIELD=VALUE, got '{item}'.")
+        out[key.strip()] = _json_or_text(raw)
     return out
+
+
+def _owned_fields(items: Sequence[str], flag: str, owner: str) -> dict[str, dict[str, Any]]:
+    """``["milan.beam_size=10", "depictions.label=thing"]`` -> per-owner fields."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, _ = item.partition("=")
+        name, dot, _ = key.partition(".")
+        if not dot or not name.strip():
+            raise UsageError(f"Expected {flag} {owner}.FIELD=VALUE, got '{item}'.")
+        rest = item[len(name) + 1 :]
+        try:
+            fields = _fields([rest], flag)
+        except UsageError:
+            raise UsageError(f"Expected {flag} {owner}.FIELD=VALUE, got '{item}'.") from None
+        out.setdefault(name.strip(), {}).update(fields)
+    return out
+
+
+def _config_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--config METHOD.FIELD=VALUE`` items -> per-method overrides (VALUE parsed as JSON)."""
+    return _owned_fields(items, "--config", "METHOD")
 
 
 def _suite_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["milannotations.protocol=dnd"]`` -> per-suite config fields (VALUE parsed as JSON)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        suite, dot, fld = key.partition(".")
-        if not sep or not dot or not suite.strip() or not fld.strip():
-            raise UsageError(f"Expected --suite-option SUITE.FIELD=VALUE, got '{item}'.")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out.setdefault(suite.strip(), {})[fld.strip()] = value
-    return out
+    """``--suite-option SUITE.FIELD=VALUE`` items -> per-suite config fields."""
+    return _owned_fields(items, "--suite-option", "SUITE")
 
 
 def _add_scoring_args(p: argparse.ArgumentParser) -> None:
@@ -570,7 +584,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_milan(args: argparse.Namespace) -> int:
     from bench import api
 
-    fields = _config_items([f"milan.{item}" for item in args.config]).get("milan", {})
+    fields = _fields(args.config, "--config")
     if args.root:
         fields["annotations_root"] = args.root
     if args.download:

@@ -149,18 +149,17 @@ def build_encoder(config: dict[str, Any], *, download: bool = False) -> PyramidE
     return encoder_from_config(config, download=download)
 
 
-def resolve_encoder_name(name: str, target_family: str | None) -> str:
-    if name == "auto":
-        return "synthetic" if target_family == "synthetic" else REAL_ENCODER
-    return name
-
-
-def make_encoder(name: str, *, download: bool = False) -> PyramidEncoder:
+def make_encoder(config: MilanConfig, *, synthetic: bool) -> PyramidEncoder:
+    """The frozen encoder ``config.encoder`` names; "auto" is the synthetic backbone for the
+    synthetic world and ResNet-101 (ImageNet weights) otherwise."""
     from methods.milan.encoder import torchvision_pyramid
 
+    name = config.encoder
+    if name == "auto":
+        name = "synthetic" if synthetic else REAL_ENCODER
     if name == "synthetic":
         return synthetic_encoder()
-    return torchvision_pyramid(name, "imagenet", download=download)
+    return torchvision_pyramid(name, "imagenet", download=config.download)
 
 
 def encode_units(
@@ -367,7 +366,7 @@ class Milan(Method):
                 if cfg.train_keys == "auto"
                 else cfg.train_keys
             )
-            encoder = make_encoder(resolve_encoder_name(cfg.encoder, family), download=cfg.download)
+            encoder = make_encoder(cfg, synthetic=family == "synthetic")
             data = training_data(
                 [k.strip() for k in keys.split(",") if k.strip()],
                 ctx.cache,
@@ -512,10 +511,7 @@ def train_on_keys(
             "nothing is left to train on."
         )
     synthetic = M.key_info(train_keys[0]).synthetic
-    encoder = make_encoder(
-        resolve_encoder_name(config.encoder, "synthetic" if synthetic else None),
-        download=config.download,
-    )
+    encoder = make_encoder(config, synthetic=synthetic)
     data = training_data(
         train_keys,
         cache,
@@ -560,10 +556,7 @@ def evaluate_split(
 
     config = config or MilanConfig()
     synthetic = M.key_info(split.train_keys[0]).synthetic
-    encoder = make_encoder(
-        resolve_encoder_name(config.encoder, "synthetic" if synthetic else None),
-        download=config.download,
-    )
+    encoder = make_encoder(config, synthetic=synthetic)
     root = config.annotations_root
     if synthetic and root is None:
         from bench.synth.annotators import synthetic_milannotations
