@@ -646,6 +646,55 @@ def test_batched_decoding_equals_one_unit_at_a_time(strategy: str) -> None:
     assert len({d.tokens for d in batched}) > 1  # the units are not all described alike
 
 
+def test_skipping_finished_beams_changes_no_result() -> None:
+    # A decoder biased towards <stop> makes beams finish at different steps, so the skipped
+    # rows are a real mix of finished and running ones.
+    vocab = Vocab(tuple(WORDS[:6]))
+    dec, _ = _tiny(vocab, feature_size=5, hidden_size=8, length=7, scale=0.8)
+    dec = dec.double()
+    with torch.no_grad():
+        dec.output[1].bias[vocab.stop] += 1.5
+    features = torch.randn(4, 3, 5, dtype=torch.float64)
+    runs = {}
+    with torch.no_grad():
+        for skip in (False, True):
+            step, state = decoder_step(dec, features, stop=vocab.stop if skip else None)
+            beams = beam_search(
+                step, state, batch_size=4, start=vocab.start, stop=vocab.stop, beam_size=8,
+                max_steps=7,
+            )  # fmt: skip
+            step, state = decoder_step(dec, features, stop=vocab.stop if skip else None)
+            greedy = greedy_search(
+                step, state, batch_size=4, start=vocab.start, stop=vocab.stop, max_steps=7
+            )
+            runs[skip] = beams, greedy
+    (full, greedy_full), (skipped, greedy_skipped) = runs[False], runs[True]
+    lengths = (full.tokens != vocab.stop).sum(dim=2)
+    assert lengths.min() < lengths.max()  # beams finished at different steps
+    assert torch.equal(full.tokens, skipped.tokens)
+    torch.testing.assert_close(full.logp, skipped.logp, rtol=1e-12, atol=1e-12)
+    assert torch.equal(greedy_full[0], greedy_skipped[0])
+    torch.testing.assert_close(greedy_full[1], greedy_skipped[1], rtol=1e-12, atol=1e-12)
+
+
+def test_decoder_step_leaves_inactive_rows_alone() -> None:
+    vocab = Vocab(tuple(WORDS[:4]))
+    dec, _ = _tiny(vocab, feature_size=5)
+    features = torch.randn(2, 3, 5)
+    keys = dec.attend.project_keys(features)
+    h, c = torch.randn(2, 3, 6), torch.randn(2, 3, 6)
+    tokens = torch.tensor([[0, 1, 2], [3, 0, 1]])
+    active = torch.tensor([[True, False, True], [False, False, True]])
+    with torch.no_grad():
+        logp, h2, c2, _ = dec.step(tokens, h, c, features, keys)
+        logp_a, h2_a, c2_a, _ = dec.step(tokens, h, c, features, keys, active)
+    torch.testing.assert_close(logp_a[active], logp[active])
+    torch.testing.assert_close(h2_a[active], h2[active])
+    torch.testing.assert_close(c2_a[active], c2[active])
+    assert torch.equal(logp_a[~active], torch.zeros_like(logp[~active]))
+    assert torch.equal(h2_a[~active], h[~active]) and torch.equal(c2_a[~active], c[~active])
+
+
 def test_beam_scores_are_the_decoders_sequence_logprobs() -> None:
     vocab = Vocab(("red", "dog"))
     dec, _ = _tiny(vocab, feature_size=4, length=3, scale=1.0)

@@ -174,12 +174,20 @@ def greedy_search(
     return torch.cat(out, dim=1), total[:, 0]
 
 
-def decoder_step(decoder: Decoder, features: Tensor) -> tuple[StepFn, State]:
-    """The step function and initial state of ``decoder`` for exemplar features [B, k, F]."""
+def decoder_step(
+    decoder: Decoder, features: Tensor, *, stop: int | None = None
+) -> tuple[StepFn, State]:
+    """The step function and initial state of ``decoder`` for exemplar features [B, k, F].
+
+    With ``stop``, rows whose previous token is ``stop`` are not computed (log-probs 0, state
+    carried; :meth:`Decoder.step`): :func:`beam_search` and :func:`greedy_search` override a
+    finished row's log-probs, so the result is the same and the work shrinks as beams finish.
+    """
     keys = decoder.attend.project_keys(features)
 
     def step(tokens: Tensor, state: State, t: int) -> tuple[Tensor, State]:
-        logp, h, c, _ = decoder.step(tokens, state[0], state[1], features, keys)
+        active = None if stop is None else tokens != stop
+        logp, h, c, _ = decoder.step(tokens, state[0], state[1], features, keys, active)
         return logp, (h, c)
 
     return step, decoder.initial_state(features)
@@ -357,7 +365,7 @@ def _decode_batch(
     lm_token_map: Tensor | None,
 ) -> list[Decoded]:
     b = features.shape[0]
-    step, state = decoder_step(decoder, features)
+    step, state = decoder_step(decoder, features, stop=vocab.stop)
     if strategy == "greedy":
         tokens, logp = greedy_search(
             step, state, batch_size=b, start=vocab.start, stop=vocab.stop, max_steps=max_steps,

@@ -107,12 +107,18 @@ class Attention(nn.Module):
         """[B, k, F] -> [B, k, A]. Independent of the state: computed once per unit."""
         return self.key_to_hidden(features)
 
-    def forward(self, query: Tensor, keys: Tensor) -> Tensor:
-        """Weights ``alpha`` [B, R, k] (softmax over k) for queries [B, R, H], keys [B, k, A]."""
-        projected = self.query_to_hidden(query)
-        b, r, a = projected.shape
+    def forward(self, query: Tensor, keys: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Weights ``alpha`` [B, R, k] (softmax over k) for queries [B, R, H], keys [B, k, A].
+
+        ``rows`` (int64 [N], optional): indices into the flattened [B * R] rows; only those are
+        computed and the other rows' weights are 0.
+        """
         linear = self.output[0]
         assert isinstance(linear, nn.Linear)
+        if rows is not None:
+            return self._rows(query, keys, rows, linear)
+        projected = self.query_to_hidden(query)
+        b, r, a = projected.shape
         # The [B, R, k, A] intermediate of beam search (50 rows x 15 exemplars per unit) is large:
         # without gradients it is built a few units at a time so that it stays in cache.
         chunk = (
@@ -123,6 +129,21 @@ class Attention(nn.Module):
             hidden = projected[lo : lo + chunk].unsqueeze(2) + keys[lo : lo + chunk].unsqueeze(1)
             scores.append(F.linear(torch.tanh(hidden), linear.weight, linear.bias).squeeze(-1))
         return torch.softmax(torch.cat(scores) if len(scores) > 1 else scores[0], dim=-1)
+
+    def _rows(self, query: Tensor, keys: Tensor, rows: Tensor, linear: nn.Linear) -> Tensor:
+        b, r, _ = query.shape
+        k, a = keys.shape[1], keys.shape[2]
+        projected = self.query_to_hidden(query.reshape(b * r, -1)[rows])  # [N, A]
+        unit = torch.div(rows, r, rounding_mode="floor")
+        n = rows.shape[0]
+        chunk = n if torch.is_grad_enabled() else max(1, _ATTENTION_CHUNK // (k * a))
+        scores = []
+        for lo in range(0, n, chunk):
+            hidden = keys.index_select(0, unit[lo : lo + chunk])  # [n, k, A], a fresh tensor
+            hidden = hidden.add_(projected[lo : lo + chunk].unsqueeze(1)).tanh_()
+            scores.append(F.linear(hidden, linear.weight, linear.bias).squeeze(-1))
+        alpha = torch.softmax(torch.cat(scores) if len(scores) > 1 else scores[0], dim=-1)
+        return alpha.new_zeros(b * r, k).index_copy_(0, rows, alpha).reshape(b, r, k)
 
 
 class Decoder(nn.Module):
@@ -155,23 +176,47 @@ class Decoder(nn.Module):
         return self.init_h(mean).unsqueeze(1), self.init_c(mean).unsqueeze(1)
 
     def step(
-        self, tokens: Tensor, h: Tensor, c: Tensor, features: Tensor, keys: Tensor
+        self,
+        tokens: Tensor,
+        h: Tensor,
+        c: Tensor,
+        features: Tensor,
+        keys: Tensor,
+        active: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One decoding step for R rows per unit.
 
         tokens: int64 [B, R] (the previous token), h, c: [B, R, H], features: [B, k, F],
         keys: ``attend.project_keys(features)`` [B, k, A].
         Returns ``(log p(next token) [B, R, V], h [B, R, H], c [B, R, H], alpha [B, R, k])``.
+
+        ``active`` (bool [B, R], optional): the rows to compute. The attention, the feature gate,
+        the LSTM cell and the output layer run on those rows only; the other rows get
+        log-probs 0, attention weights 0 and keep their ``h``, ``c``. Decoding passes the rows whose
+        beam has not emitted ``<stop>``: a finished beam's next log-probs are overridden by the
+        search, so computing them is wasted work (most beams of a trained model finish early).
         """
         b, r = tokens.shape
-        alpha = self.attend(h, keys)
-        attended = torch.bmm(alpha, features)  # [B, R, F]
-        gated = self.feature_gate(h) * attended
-        inputs = torch.cat([self.embedding(tokens), gated], dim=-1)
-        h2, c2 = self.lstm(inputs.reshape(b * r, -1), (h.reshape(b * r, -1), c.reshape(b * r, -1)))
-        logits = self.output(h2)
-        logp = F.log_softmax(logits, dim=-1).reshape(b, r, -1)
-        return logp, h2.reshape(b, r, -1), c2.reshape(b, r, -1), alpha
+        rows = None
+        if active is not None and not bool(active.all()):
+            rows = active.reshape(-1).nonzero().squeeze(1)
+        alpha = self.attend(h, keys, rows)
+        attended = torch.bmm(alpha, features)  # [B, R, F]; inactive rows are 0
+        h_flat, c_flat = h.reshape(b * r, -1), c.reshape(b * r, -1)
+        if rows is None:
+            h_in, c_in, tok, att = h_flat, c_flat, tokens.reshape(-1), attended.reshape(b * r, -1)
+        else:
+            h_in, c_in = h_flat[rows], c_flat[rows]
+            tok, att = tokens.reshape(-1)[rows], attended.reshape(b * r, -1)[rows]
+        gated = self.feature_gate(h_in) * att
+        inputs = torch.cat([self.embedding(tok), gated], dim=-1)
+        h2, c2 = self.lstm(inputs, (h_in, c_in))
+        logp = F.log_softmax(self.output(h2), dim=-1)
+        if rows is not None:
+            logp = logp.new_zeros(b * r, logp.shape[-1]).index_copy_(0, rows, logp)
+            h2 = h_flat.index_copy(0, rows, h2)
+            c2 = c_flat.index_copy(0, rows, c2)
+        return logp.reshape(b, r, -1), h2.reshape(b, r, -1), c2.reshape(b, r, -1), alpha
 
     def forward(self, features: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher forcing: ``(log-probs [B, T, V], alpha [B, T, k])`` with ``T = L - 1``.
