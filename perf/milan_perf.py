@@ -41,6 +41,7 @@ machines). ``python -m perf.milan_perf --help`` for options.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -93,8 +94,10 @@ def released_workload(
     )
 
 
+@functools.cache
 def synthetic_data(cache_dir: str | None = None):
-    """``(encoder, training data, held-out data, cache)`` of the synthetic workload."""
+    """``(encoder, training data, held-out data, cache)`` of the synthetic workload (loaded
+    once: decoding and training timings share it)."""
     from bench.cache import Cache
     from methods.milan import MilanConfig, default_train_keys, make_encoder, training_data
 
