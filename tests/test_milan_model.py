@@ -21,9 +21,11 @@ from methods.milan import checkpoint as ck
 from methods.milan.decoding import (
     Beams,
     beam_search,
+    choose,
     decode,
     decoder_step,
     greedy_search,
+    has_words,
     lm_logprob,
     rerank,
     rerank_scores,
@@ -628,6 +630,51 @@ def test_reranking_changes_the_winner_when_the_lm_says_so() -> None:
     )
     assert rerank(beams, lm, temperature=0.2, start=vocab.start, stop=stop).tolist() == [1]
     assert rerank(beams, lm, temperature=0.0, start=vocab.start, stop=stop).tolist() == [0]
+
+
+def test_choose_passes_over_empty_beams_unless_all_are_empty() -> None:
+    vocab = Vocab(("red", "dog"))
+    red, stop, unk = vocab.id("red"), vocab.stop, vocab.unk
+    tokens = torch.tensor(
+        [
+            [[stop, stop], [unk, stop], [red, stop]],  # empty, no word, a word
+            [[stop, stop], [unk, stop], [stop, stop]],  # nothing has a word
+        ]
+    )
+    scores = torch.tensor([[0.0, -1.0, -2.0], [-3.0, -1.0, -2.0]])
+    words = len(vocab.tokens)
+    assert has_words(tokens, stop=stop, words=words).tolist() == [
+        [False, False, True],
+        [False, False, False],
+    ]
+    assert choose(scores, tokens, stop=stop, words=words).tolist() == [2, 1]
+    assert choose(scores, tokens, stop=stop, words=None).tolist() == [0, 1]
+
+
+def test_decoding_does_not_describe_a_unit_with_the_empty_beam_that_wpmi_prefers() -> None:
+    # The decoder's output is its bias alone: <stop> first is likelier than any word but "red".
+    # The LM finds <stop> after <start> very unlikely, so -0.2 log p_LM lifts the empty beam
+    # above "red" in the rerank; the original code would describe the unit with nothing.
+    vocab = Vocab(("red", "dog"))
+    dec, lm = _tiny(vocab, feature_size=3, length=3)
+    with torch.no_grad():
+        dec.output[1].weight.zero_()
+        dec.output[1].bias.fill_(-20.0)
+        dec.output[1].bias[[vocab.id("red"), vocab.id("dog"), vocab.stop]] = torch.tensor(
+            [0.0, -6.0, -1.0]
+        )
+        for p in lm.parameters():
+            p.zero_()
+        lm.output[0].bias.fill_(-20.0)
+        lm.output[0].bias[[vocab.id("red"), vocab.id("dog"), vocab.stop]] = torch.tensor(
+            [4.0, 4.0, -40.0]
+        )
+    features = torch.randn(1, 2, 3)
+    kept = decode(dec, features, vocab, lm=lm, strategy="rerank", beam_size=6, allow_empty=True)
+    assert kept[0].tokens == ()
+    chosen = decode(dec, features, vocab, lm=lm, strategy="rerank", beam_size=6)
+    assert chosen[0].tokens and chosen[0].text
+    assert chosen[0].score < kept[0].score  # it passed over the empty beam's higher wPMI
 
 
 @pytest.mark.parametrize("strategy", ["rerank", "beam", "greedy"])

@@ -68,6 +68,9 @@ class MilanConfig:
     beam_size: int = 50
     #: lambda of the weighted PMI, ``log p(d|E) - temperature * log p(d)``.
     temperature: float = 0.2
+    #: Let a beam with no words win (the original code does; the empty description then
+    #: becomes an error). False: the best beam that has a word (README, deviations).
+    allow_empty: bool = False
     #: "train", a released key ("base", "cls", ...), or a path (released .pth or our directory).
     model: str = "train"
     #: MILANNOTATIONS keys or groupings to train on (comma-separated). "auto": for a synthetic
@@ -444,6 +447,7 @@ class Milan(Method):
                 strategy=cfg.strategy,
                 beam_size=cfg.beam_size,
                 temperature=cfg.temperature,
+                allow_empty=cfg.allow_empty,
                 progress=ctx.progress,
             )
             for index, d in zip(indices, decoded, strict=True):

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from bench.errors import ConfigError
 from bench.progress import progress_bar
-from methods.milan.model import flush_denormals
+from methods.milan.model import content_mask, flush_denormals
 
 if TYPE_CHECKING:
     from methods.milan.model import Decoder, LanguageModel
@@ -269,12 +269,40 @@ def rerank(
     start: int,
     stop: int,
     token_map: Tensor | None = None,
+    words: int | None = None,
 ) -> Tensor:
-    """int64 [B]: the index of the best beam of each unit after reranking (first on ties)."""
+    """int64 [B]: the index of the best beam of each unit after reranking (first on ties).
+
+    ``words``: see :func:`choose` (None: an empty beam may win, as in the original code).
+    """
     scores, _ = rerank_scores(
         beams, lm, temperature=temperature, start=start, stop=stop, token_map=token_map
     )
-    return scores.argmax(dim=1)
+    return choose(scores, beams.tokens, stop=stop, words=words)
+
+
+def has_words(tokens: Tensor, *, stop: int, words: int) -> Tensor:
+    """bool [...]: whether each sequence int64 [..., T] holds a word (an id below ``words``, the
+    number of non-special tokens) before its first ``stop``."""
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    found = (flat < words) & content_mask(flat, stop=stop)
+    return found.any(dim=1).reshape(tokens.shape[:-1])
+
+
+def choose(scores: Tensor, tokens: Tensor, *, stop: int, words: int | None) -> Tensor:
+    """int64 [B]: the best of each unit's W beams by ``scores`` [B, W] (first on ties).
+
+    With ``words`` (the vocabulary's number of non-special tokens), beams without a word are
+    passed over unless all of a unit's beams are empty: weighted PMI rewards sequences the
+    language model finds unlikely, and ``<stop>`` right after ``<start>`` is one it never saw,
+    so the empty beam can win the rerank (the original code lets it; see the README).
+    """
+    best = scores.argmax(dim=1)
+    if words is None:
+        return best
+    ok = has_words(tokens, stop=stop, words=words)
+    among = scores.masked_fill(~ok, float("-inf")).argmax(dim=1)
+    return torch.where(ok.any(dim=1), among, best)
 
 
 def _cut(tokens: Tensor, stop: int) -> tuple[int, ...]:
@@ -298,12 +326,15 @@ def decode(
     max_steps: int | None = None,
     batch_size: int = 64,
     lm_token_map: Tensor | None = None,
+    allow_empty: bool = False,
     progress: bool = False,
 ) -> list[Decoded]:
     """Describe N units from their exemplar features [N, k, F], ``batch_size`` units at a time.
 
     ``max_steps`` defaults to the decoder's ``length`` (15). Models are used in eval mode
-    (dropout off) and their previous mode is restored afterwards.
+    (dropout off) and their previous mode is restored afterwards. Beam strategies keep the best
+    beam that has a word; ``allow_empty=True`` keeps the best beam even when it is empty, as the
+    original code does (:func:`choose`).
     """
     if strategy not in STRATEGIES:
         raise ConfigError(
@@ -343,6 +374,7 @@ def decode(
                         temperature=temperature,
                         max_steps=steps,
                         lm_token_map=lm_token_map,
+                        allow_empty=allow_empty,
                     )
                 )
                 bar.update(chunk.shape[0])
@@ -363,6 +395,7 @@ def _decode_batch(
     temperature: float,
     max_steps: int,
     lm_token_map: Tensor | None,
+    allow_empty: bool,
 ) -> list[Decoded]:
     b = features.shape[0]
     step, state = decoder_step(decoder, features, stop=vocab.stop)
@@ -376,12 +409,14 @@ def _decode_batch(
         step, state, batch_size=b, start=vocab.start, stop=vocab.stop, beam_size=beam_size,
         max_steps=max_steps, device=features.device,
     )  # fmt: skip
+    words = None if allow_empty else len(vocab.tokens)
     if strategy == "beam":
+        best = choose(beams.logp, beams.tokens, stop=vocab.stop, words=words)
         return [
             _decoded(
-                beams.tokens[i, 0], vocab, float(beams.logp[i, 0]), None, float(beams.logp[i, 0])
+                beams.tokens[i, j], vocab, float(beams.logp[i, j]), None, float(beams.logp[i, j])
             )
-            for i in range(b)
+            for i, j in enumerate(best.tolist())
         ]
     assert lm is not None
     scores, lm_lp = rerank_scores(
@@ -392,7 +427,7 @@ def _decode_batch(
         stop=vocab.stop,
         token_map=lm_token_map,
     )
-    best = scores.argmax(dim=1)
+    best = choose(scores, beams.tokens, stop=vocab.stop, words=words)
     result = []
     for i in range(b):
         j = int(best[i])

@@ -363,6 +363,7 @@ class MilanModel:
         beam_size: int | None = None,
         temperature: float | None = None,
         batch_size: int = 64,
+        allow_empty: bool = False,
         progress: bool = False,
     ) -> list[Decoded]:
         """Descriptions of N units from exemplar features [N, k, F] (defaults: ``decoding``)."""
@@ -378,6 +379,7 @@ class MilanModel:
             temperature=self.decoding.temperature if temperature is None else temperature,
             batch_size=batch_size,
             lm_token_map=self.lm_token_map,
+            allow_empty=allow_empty,
             progress=progress,
         )
 
