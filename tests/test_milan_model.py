@@ -740,6 +740,10 @@ def test_decoder_step_leaves_inactive_rows_alone() -> None:
     torch.testing.assert_close(c2_a[active], c2[active])
     assert torch.equal(logp_a[~active], torch.zeros_like(logp[~active]))
     assert torch.equal(h2_a[~active], h[~active]) and torch.equal(c2_a[~active], c[~active])
+    with torch.no_grad():
+        none = dec.step(tokens, h, c, features, keys, torch.zeros_like(active))
+    assert torch.equal(none[0], torch.zeros_like(logp))
+    assert torch.equal(none[1], h) and torch.equal(none[2], c)
 
 
 def test_beam_scores_are_the_decoders_sequence_logprobs() -> None:

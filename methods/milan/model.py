@@ -200,6 +200,9 @@ class Decoder(nn.Module):
         rows = None
         if active is not None and not bool(active.all()):
             rows = active.reshape(-1).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                logp = h.new_zeros(b, r, self.config.vocab_size)
+                return logp, h, c, h.new_zeros(b, r, features.shape[1])
         alpha = self.attend(h, keys, rows)
         attended = torch.bmm(alpha, features)  # [B, R, F]; inactive rows are 0
         h_flat, c_flat = h.reshape(b * r, -1), c.reshape(b * r, -1)
