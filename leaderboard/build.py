@@ -23,20 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from bench.schema import (
-    SCHEMA_VERSION,
+from bench.errors import UsageError
+from bench.results import (
     SUITES_DIR,
     Estimate,
     MethodInfo,
     MetricSummary,
     SuiteResult,
-    UnitRef,
     UnitResult,
-    UsageError,
-    dumps,
     load_suite_results,
     read_exemplar,
 )
+from bench.schema import SCHEMA_VERSION, UnitRef, dumps
 from leaderboard.html import esc, fmt, fmt_interval, fmt_seconds, page
 from leaderboard.svg import CostPoint, Row, cost_plot, interval_plot
 

@@ -26,19 +26,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.errors import ConfigError, UsageError
-from bench.schema import (
+from bench.results import (
     Ceiling,
     ClassResult,
-    Description,
     Estimate,
     MethodInfo,
     MethodScore,
     MetricSummary,
     RunIdentity,
     SuiteResult,
-    UnitRef,
     UnitResult,
 )
+from bench.schema import Description, UnitRef
 
 if TYPE_CHECKING:
     from bench.cache import Cache

@@ -402,7 +402,7 @@ def save(model: MilanModel, directory: str | os.PathLike[str]) -> Path:
     per file, the JSON last so that a directory with a JSON has its weights."""
     from safetensors.torch import save_file
 
-    from bench.schema import atomic_write_text
+    from bench.schema import atomic_write
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -425,7 +425,7 @@ def save(model: MilanModel, directory: str | os.PathLike[str]) -> Path:
         "encoder": _jsonable(model.encoder_config),
         "source": model.source,
     }
-    atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    atomic_write(directory / CONFIG_FILE, json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return directory
 
 
