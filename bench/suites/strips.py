@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
-from bench.schema import UnitRef
+from bench.schema import UnitRef, atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -194,7 +194,5 @@ class RunExemplars:
                 for j, index in enumerate(ex.units.tolist()):
                     data = strip_png(ex.images[j], ex.masks[j])
                     dest = self.path(UnitRef(layer=layer, index=int(index)))
-                    tmp = dest.with_name(f".{dest.name}.tmp")
-                    tmp.write_bytes(data)
-                    tmp.replace(dest)
+                    atomic_write(dest, data, fsync=False)
                     bar.update(1)
