@@ -1,7 +1,7 @@
 """Build the static leaderboard site from suite result files.
 
 ``build(result_paths, out_dir)`` reads ``<run_dir>/suites/<suite>.json`` files (see
-:class:`bench.schema.SuiteResult`) and writes a self-contained site: ``index.html`` (per suite a
+:class:`bench.results.SuiteResult`) and writes a self-contained site: ``index.html`` (per suite a
 sortable table of methods by metric with intervals and significance groups, the ceiling beside
 them, per-layer and per-class breakdowns, inline SVG plots, a unit index, and the provenance),
 one page per unit under ``units/``, the exemplar strips under ``exemplars/`` and a

@@ -1,7 +1,7 @@
 """Exemplar strips: a unit's top probe images with the regions where it fires outlined.
 
 One PNG per unit, ``<run_dir>/exemplars/<layer>-<index>.png``, shared by every suite of the run
-and referenced from each :class:`~bench.schema.UnitResult` as ``../exemplars/<file>`` (relative
+and referenced from each :class:`~bench.results.UnitResult` as ``../exemplars/<file>`` (relative
 to ``<run_dir>/suites/<suite>.json``). The images and masks are MILAN's exemplars
 (:func:`bench.exemplars.compute_exemplars`: the top images by spatial max, masks above the
 unit's 0.99 quantile), computed from the run's recorded evidence: strips are drawn only when
