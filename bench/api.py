@@ -24,7 +24,7 @@ from bench.schema import (
     Description,
     UnitRef,
     append_descriptions,
-    atomic_write_text,
+    atomic_write,
     dumps,
     read_descriptions,
     read_json,
@@ -231,7 +231,7 @@ def describe_cached(
     if all(d.ok for d in out):
 
         def write(tmp: Path) -> None:
-            atomic_write_text(tmp / "units.jsonl", "".join(dumps(d.to_json()) + "\n" for d in out))
+            atomic_write(tmp / "units.jsonl", "".join(dumps(d.to_json()) + "\n" for d in out))
 
         ctx.cache.store(DESCRIBE_STAGE, key, parts, write)
     return out, False
@@ -411,7 +411,7 @@ def _run_method(
     done = {d.unit: d for d in existing if d.ok and d.unit in wanted}
     if len(done) != len(existing):
         # Drop failed (to retry) and foreign or duplicated lines by rewriting the file whole.
-        atomic_write_text(path, "".join(dumps(d.to_json()) + "\n" for d in done.values()))
+        atomic_write(path, "".join(dumps(d.to_json()) + "\n" for d in done.values()))
     todo = [u for u in units if u not in done]
     stage = state["stages"].setdefault(f"method:{method.name}", {})
     stage.update({"status": "running", "method": method.identity()})

@@ -564,7 +564,7 @@ def rebuild_imagenet_images(
 
     from bench.exemplars import target_view
     from bench.probes.imagefolder import ImageFolderProbe
-    from bench.schema import write_json
+    from bench.schema import atomic_path, write_json
     from bench.targets import Preprocessing
 
     directory = Path(layer_dir)
@@ -595,9 +595,8 @@ def rebuild_imagenet_images(
     flat = ids.reshape(-1)
     order = np.argsort(flat, kind="stable")
     uniq, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
-    tmp = directory / f".images.npy.tmp-{os.getpid()}"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(units, k, 3, h, w))
-    try:
+    with atomic_path(directory / "images.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(units, k, 3, h, w))
         slots = out.reshape(units * k, 3, h, w)
         step = 64
         with progress_bar(
@@ -610,9 +609,6 @@ def rebuild_imagenet_images(
                 bar.update(len(views))
         out.flush()
         del slots, out
-        os.replace(tmp, directory / "images.npy")
-    finally:
-        tmp.unlink(missing_ok=True)
     write_json(directory / "images.json", _marker(h, resize) | {"source": probe.identity()})
     log.info("Rebuilt %s from %s", directory / "images.npy", imagenet_val)
     return directory / "images.npy"

@@ -1,1 +1,4 @@
-"""The static leaderboard: a pure function of result files (imports only bench.schema)."""
+"""The static leaderboard: a pure function of result files.
+
+It imports only ``bench.results``, ``bench.schema`` and ``bench.errors`` from the harness.
+"""

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench.schema import DataError, UsageError
+from bench.errors import DataError, UsageError
 from leaderboard.build import build
 
 

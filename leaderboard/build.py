@@ -1,7 +1,7 @@
 """Build the static leaderboard site from suite result files.
 
 ``build(result_paths, out_dir)`` reads ``<run_dir>/suites/<suite>.json`` files (see
-:class:`bench.schema.SuiteResult`) and writes a self-contained site: ``index.html`` (per suite a
+:class:`bench.results.SuiteResult`) and writes a self-contained site: ``index.html`` (per suite a
 sortable table of methods by metric with intervals and significance groups, the ceiling beside
 them, per-layer and per-class breakdowns, inline SVG plots, a unit index, and the provenance),
 one page per unit under ``units/``, the exemplar strips under ``exemplars/`` and a
@@ -23,20 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from bench.schema import (
-    SCHEMA_VERSION,
+from bench.errors import UsageError
+from bench.results import (
     SUITES_DIR,
     Estimate,
     MethodInfo,
     MetricSummary,
     SuiteResult,
-    UnitRef,
     UnitResult,
-    UsageError,
-    dumps,
     load_suite_results,
     read_exemplar,
 )
+from bench.schema import SCHEMA_VERSION, UnitRef, atomic_write, dumps
 from leaderboard.html import esc, fmt, fmt_interval, fmt_seconds, page
 from leaderboard.svg import CostPoint, Row, cost_plot, interval_plot
 
@@ -839,16 +837,12 @@ def render(loaded: Sequence[tuple[Path, SuiteResult]]) -> dict[str, bytes]:
     return dict(sorted(files.items()))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically unless it already holds ``data`` (unchanged pages keep their
+    modification time)."""
     if path.is_file() and path.read_bytes() == data:
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def _previous_files(out_dir: Path) -> list[str]:
@@ -881,7 +875,7 @@ def _write_site(out_dir: Path, files: dict[str, bytes]) -> None:
     for rel, data in files.items():
         if rel == MANIFEST:
             continue
-        _atomic_write_bytes(out_dir / rel, data)
+        _write_if_changed(out_dir / rel, data)
     for rel in stale:
         p = out_dir / rel
         if p.is_file() and not p.is_symlink():
@@ -892,7 +886,7 @@ def _write_site(out_dir: Path, files: dict[str, bytes]) -> None:
             d.rmdir()
     # The manifest last: a build killed half-way leaves the previous manifest, whose files
     # are still cleaned up by the next build.
-    _atomic_write_bytes(out_dir / MANIFEST, files[MANIFEST])
+    _write_if_changed(out_dir / MANIFEST, files[MANIFEST])
 
 
 def build(result_paths: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.api import RunConfig, run
-from bench.schema import SuiteResult, read_suite_result
+from bench.results import SuiteResult, read_suite_result
 from bench.scoring import ScoreOptions, score_run
 
 METRICS = ("bertscore", "sentence-cosine")

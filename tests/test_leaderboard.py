@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from bench.errors import DataError, UsageError
-from bench.schema import (
-    SCHEMA_VERSION,
+from bench.results import (
     Ceiling,
     ClassMatch,
     ClassResult,
@@ -31,15 +30,13 @@ from bench.schema import (
     MetricSummary,
     RunIdentity,
     SuiteResult,
-    UnitRef,
     UnitResult,
-    dumps,
     read_run_identity,
     read_suite_result,
     suite_result_path,
-    write_json,
     write_suite_result,
 )
+from bench.schema import SCHEMA_VERSION, UnitRef, dumps, write_json
 from leaderboard.build import MANIFEST, build, safe_name
 from leaderboard.html import json_for_script
 

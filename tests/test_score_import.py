@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from bench.errors import DataError, DownloadError, UnknownNameError, UsageError
-from bench.schema import UnitRef, read_suite_result
+from bench.results import read_suite_result
+from bench.schema import UnitRef
 from bench.scoring import ScoreOptions, score_labels
 
 OPTIONS = ScoreOptions(n_resamples=1000, device="cpu")

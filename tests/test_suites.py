@@ -17,15 +17,8 @@ import pytest
 
 from bench.api import RunConfig, run
 from bench.errors import ConfigError, UnknownNameError, UsageError
-from bench.schema import (
-    PNG_SIGNATURE,
-    Description,
-    SuiteResult,
-    UnitRef,
-    dumps,
-    read_suite_result,
-    write_json,
-)
+from bench.results import PNG_SIGNATURE, SuiteResult, read_suite_result
+from bench.schema import Description, UnitRef, dumps, write_json
 from bench.scoring import ScoreOptions, score_run, suite_names
 from bench.suites.base import MetricValues, summarise
 from bench.suites.cifar_auroc import auprc_per_class, auroc_per_class

@@ -13,7 +13,7 @@ the statistics and the result file, a suite writes ``_score``):
 ==================  ===========================================================================
 
 :func:`bench.scoring.score_run` scores a run directory with them and writes
-``<run_dir>/suites/<suite>.json`` (:class:`bench.schema.SuiteResult`);
+``<run_dir>/suites/<suite>.json`` (:class:`bench.results.SuiteResult`);
 :func:`bench.scoring.score_labels` scores labels imported from another tool's file.
 
 Suites are registered lazily in ``bench.registry.SUITES`` by :func:`register_builtin_suites`.

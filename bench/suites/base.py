@@ -6,7 +6,7 @@ only fits some targets). :meth:`Suite.score` is the final template method: it ca
 for per-item values, then computes, for every metric, each method's mean with a seeded 95%
 bootstrap interval over items (units, or classes), the same per layer, significance groups
 against the best method (paired bootstrap on the items every method was scored on), the
-ceiling where the suite has one, and assembles the :class:`~bench.schema.SuiteResult` the
+ceiling where the suite has one, and assembles the :class:`~bench.results.SuiteResult` the
 leaderboard reads.
 
 What a suite sees is a :class:`SuiteContext`: the run's identity, the target, every method's
@@ -26,19 +26,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.errors import ConfigError, UsageError
-from bench.schema import (
+from bench.results import (
     Ceiling,
     ClassResult,
-    Description,
     Estimate,
     MethodInfo,
     MethodScore,
     MetricSummary,
     RunIdentity,
     SuiteResult,
-    UnitRef,
     UnitResult,
 )
+from bench.schema import Description, UnitRef
 
 if TYPE_CHECKING:
     from bench.cache import Cache
@@ -476,7 +475,7 @@ def summarise(
     layer_of: dict[Hashable, str],
     options: ScoreOptions,
 ) -> MetricSummary:
-    """One metric's :class:`~bench.schema.MetricSummary`: means, intervals, groups, ceiling."""
+    """One metric's :class:`~bench.results.MetricSummary`: means, intervals, groups, ceiling."""
     from metrics.stats import significance_groups
 
     settings = {**mv.settings, "bootstrap": options.bootstrap_settings()}

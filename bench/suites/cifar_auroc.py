@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import DataError, UsageError
-from bench.schema import ClassMatch, ClassResult, UnitRef
+from bench.results import ClassMatch, ClassResult
+from bench.schema import UnitRef
 from bench.suites.base import (
     MetricValues,
     Suite,

@@ -18,21 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, UnknownNameError, UsageError
-from bench.schema import (
-    SCHEMA_VERSION,
-    Description,
+from bench.results import (
     MethodCost,
     MethodInfo,
     MethodKind,
     RunIdentity,
+    read_run_identity,
+    suite_result_path,
+    write_suite_result,
+)
+from bench.schema import (
+    SCHEMA_VERSION,
+    Description,
     UnitRef,
     dumps,
     read_descriptions,
     read_json,
-    read_run_identity,
-    suite_result_path,
     write_json,
-    write_suite_result,
 )
 from bench.suites import get_suite, suite_names
 from bench.suites.base import (

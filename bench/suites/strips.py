@@ -1,7 +1,7 @@
 """Exemplar strips: a unit's top probe images with the regions where it fires outlined.
 
 One PNG per unit, ``<run_dir>/exemplars/<layer>-<index>.png``, shared by every suite of the run
-and referenced from each :class:`~bench.schema.UnitResult` as ``../exemplars/<file>`` (relative
+and referenced from each :class:`~bench.results.UnitResult` as ``../exemplars/<file>`` (relative
 to ``<run_dir>/suites/<suite>.json``). The images and masks are MILAN's exemplars
 (:func:`bench.exemplars.compute_exemplars`: the top images by spatial max, masks above the
 unit's 0.99 quantile), computed from the run's recorded evidence: strips are drawn only when
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
-from bench.schema import UnitRef
+from bench.schema import UnitRef, atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -194,7 +194,5 @@ class RunExemplars:
                 for j, index in enumerate(ex.units.tolist()):
                     data = strip_png(ex.images[j], ex.masks[j])
                     dest = self.path(UnitRef(layer=layer, index=int(index)))
-                    tmp = dest.with_name(f".{dest.name}.tmp")
-                    tmp.write_bytes(data)
-                    tmp.replace(dest)
+                    atomic_write(dest, data, fsync=False)
                     bar.update(1)

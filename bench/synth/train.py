@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -420,19 +418,6 @@ def state_dict_arrays(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these files ship with the package
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def train_target(
     name: str, *, seed: int | None = None, out_dir: Path | None = None, progress: bool = False
 ) -> Path:
@@ -444,7 +429,7 @@ def train_target(
     from safetensors.torch import save
 
     from bench.cache import sha256_bytes
-    from bench.schema import dumps
+    from bench.schema import atomic_write, dumps
     from bench.synth.evaluate import evaluate_model
     from bench.targets import Preprocessing
 
@@ -495,8 +480,8 @@ def train_target(
         "weights": rec.weights_file,
         "weights_sha256": sha,
     }
-    _atomic_write(out / rec.weights_file, data)
-    _atomic_write(out / rec.card_file, (dumps(card, indent=2) + "\n").encode())
+    atomic_write(out / rec.weights_file, data)
+    atomic_write(out / rec.card_file, dumps(card, indent=2) + "\n")
     log.info("wrote %s (sha256 %s)", out / rec.weights_file, sha[:12])
     return out / rec.weights_file
 

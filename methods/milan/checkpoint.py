@@ -402,7 +402,7 @@ def save(model: MilanModel, directory: str | os.PathLike[str]) -> Path:
     per file, the JSON last so that a directory with a JSON has its weights."""
     from safetensors.torch import save_file
 
-    from bench.schema import atomic_write_text
+    from bench.schema import atomic_path, atomic_write
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -411,9 +411,8 @@ def save(model: MilanModel, directory: str | os.PathLike[str]) -> Path:
         tensors.update(
             {f"lm.{k}": v.detach().cpu().contiguous() for k, v in model.lm.state_dict().items()}
         )
-    tmp = directory / f".{WEIGHTS_FILE}.{os.getpid()}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, directory / WEIGHTS_FILE)
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -425,7 +424,7 @@ def save(model: MilanModel, directory: str | os.PathLike[str]) -> Path:
         "encoder": _jsonable(model.encoder_config),
         "source": model.source,
     }
-    atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    atomic_write(directory / CONFIG_FILE, json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return directory
 
 

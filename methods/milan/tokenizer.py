@@ -499,9 +499,9 @@ class Vocab:
         return cls(tuple(obj["tokens"]), lowercase=bool(obj.get("lowercase", True)))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        from bench.schema import atomic_write_text
+        from bench.schema import atomic_write
 
-        atomic_write_text(path, json.dumps(self.to_json(), ensure_ascii=False, indent=1) + "\n")
+        atomic_write(path, json.dumps(self.to_json(), ensure_ascii=False, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocab:
