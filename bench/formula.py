@@ -270,18 +270,16 @@ def rename(f: Formula, names: Mapping[str, str] | Callable[[str], str]) -> Formu
     A name missing from a mapping raises :class:`~bench.errors.UnknownNameError`; a function's
     own errors propagate.
     """
-    if isinstance(names, Mapping):
-        table = names
 
-        def lookup(name: str) -> str:
-            try:
-                return table[name]
-            except KeyError:
-                raise UnknownNameError(
-                    "concept", name, (str(k) for k in table), where=f"in formula {_short(str(f))}"
-                ) from None
-    else:
-        lookup = names
+    def lookup(name: str) -> str:
+        if not isinstance(names, Mapping):
+            return names(name)
+        try:
+            return names[name]
+        except KeyError:
+            raise UnknownNameError(
+                "concept", name, (str(k) for k in names), where=f"in formula {_short(str(f))}"
+            ) from None
 
     def walk(g: Formula) -> Formula:
         if isinstance(g, Leaf):
