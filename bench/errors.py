@@ -54,6 +54,11 @@ class RequirementError(UsageError):
     """A method needs evidence or components that this run does not provide."""
 
 
+class FormulaError(UsageError, ValueError):
+    """A logical formula (:mod:`bench.formula`) that cannot be read: bad text or JSON tree, or
+    nested too deeply. Also a ``ValueError``, as parse errors of the label importers were."""
+
+
 class DataError(BenchError):
     """Input data is missing or malformed (a CSV without its columns, a broken image, ...)."""
 

@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import DataError, UnknownNameError, UsageError
+from bench.errors import DataError, FormulaError, UnknownNameError, UsageError
+from bench.formula import parse_compexp, to_json
 from bench.schema import Description, UnitRef
 
 __all__ = [
@@ -255,81 +256,17 @@ def _strip_formula_suffix(name: str) -> str:
     return name
 
 
-_TOKEN = re.compile(r"\(|\)|[^\s()]+")
-_KEYWORDS = frozenset({"AND", "OR", "NOT"})
-
-
 def parse_compexp_formula(
     text: str, *, clean: Callable[[str], str] = _strip_formula_suffix
 ) -> list[Any]:
     """The JSON tree (``["leaf", name]``, ``["not", F]``, ``["and"|"or", F, G]``) of a formula as
     compexp writes it: ``((water OR river) AND (NOT blue-c))``.
 
-    Names are runs of words between operators and parentheses (``pool table``); ``clean`` maps
-    each (default: drop a ``-s``/``-c``/``-t`` suffix). NOT binds tighter than AND, AND tighter
-    than OR, both left-associative, as compexp's own parser reads them. Raises ``ValueError``.
+    Read by :func:`bench.formula.parse_compexp`: names are runs of words between operators and
+    parentheses (``pool table``); ``clean`` maps each (default: drop a ``-s``/``-c``/``-t``
+    suffix). Raises :class:`~bench.errors.FormulaError` (a ``ValueError``).
     """
-    tokens = _TOKEN.findall(text)
-    pos = 0
-
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> str:
-        nonlocal pos
-        tok = tokens[pos]
-        pos += 1
-        return tok
-
-    def where() -> str:
-        tok = peek()
-        return "the end" if tok is None else f"{tok!r} (token {pos + 1})"
-
-    def parse_or() -> list[Any]:
-        left = parse_and()
-        while peek() == "OR":
-            take()
-            left = ["or", left, parse_and()]
-        return left
-
-    def parse_and() -> list[Any]:
-        left = parse_not()
-        while peek() == "AND":
-            take()
-            left = ["and", left, parse_not()]
-        return left
-
-    def parse_not() -> list[Any]:
-        if peek() == "NOT":
-            take()
-            return ["not", parse_not()]
-        return parse_atom()
-
-    def parse_atom() -> list[Any]:
-        tok = peek()
-        if tok == "(":
-            take()
-            inner = parse_or()
-            if peek() != ")":
-                raise ValueError(f"expected ')' at {where()}")
-            take()
-            return inner
-        words = []
-        while (t := peek()) is not None and t not in ("(", ")") and t not in _KEYWORDS:
-            words.append(take())
-        if not words:
-            raise ValueError(f"expected a concept name or '(' at {where()}")
-        name = clean(" ".join(words))
-        if not name:
-            raise ValueError(f"expected a non-empty concept name before {where()}")
-        return ["leaf", name]
-
-    if not tokens:
-        raise ValueError("expected a formula, got an empty label")
-    tree = parse_or()
-    if pos != len(tokens):
-        raise ValueError(f"unexpected {where()} after a complete formula")
-    return tree
+    return to_json(parse_compexp(text, clean=clean))
 
 
 def milan_normalise_formula(text: str) -> str:
@@ -577,8 +514,6 @@ def _netdissect(table: _Table, layer: str | None, fmt: str) -> list[Description]
 
 
 def _compexp(table: _Table, layer: str | None) -> list[Description]:
-    from methods.compexp.formula import from_json
-
     inferred = _layer_from_name(table.path, r"tally_(.+)\.csv")
     layer_name = _require_layer(table, "compexp", layer, inferred)
     out = _Collector(table)
@@ -593,15 +528,14 @@ def _compexp(table: _Table, layer: str | None) -> list[Description]:
         status: dict[str, Any] = _status(raw, row, "label")
         if raw:
             try:
-                tree = parse_compexp_formula(raw)
-            except ValueError as e:
+                formula = parse_compexp(raw, clean=_strip_formula_suffix)
+            except FormulaError as e:
                 raise row.fail(
                     f"expected a compexp formula in column 'label' such as "
-                    f"'((water OR river) AND (NOT blue-c))', got {raw!r}: {e}."
+                    f"'((water OR river) AND (NOT blue-c))', got {raw!r}: {e}"
                 ) from None
-            formula = from_json(tree)
             label = formula.render()
-            extras["formula"] = tree
+            extras["formula"] = to_json(formula)
             extras["length"] = formula.length
             extras["plain"] = milan_normalise_formula(raw)
         if row.has("category"):

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 
 from bench.errors import UsageError
-from bench.synth import concepts as C
-from bench.synth.recipes import RECIPES
-from methods.compexp.formula import (
+from bench.formula import (
     And,
     Formula,
     Leaf,
@@ -27,6 +25,8 @@ from methods.compexp.formula import (
     parse,
     to_json,
 )
+from bench.synth import concepts as C
+from bench.synth.recipes import RECIPES
 
 a, b, c, d = Leaf("a"), Leaf("b"), Leaf("c"), Leaf("d")
 water, river, blue = Leaf("water"), Leaf("river"), Leaf("blue")

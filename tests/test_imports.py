@@ -121,7 +121,7 @@ COMPEXP_HEADER = (
 
 
 def test_compexp_tally(tmp_path: Path) -> None:
-    from methods.compexp.formula import And, Leaf, Not, Or, from_json, parse
+    from bench.formula import And, Leaf, Not, Or, from_json, parse
 
     rows = [
         "0,object,((water OR river) AND (NOT blue-c)),0.12,4,,0.0,,0.0,0.0,0.0,0.0,0.0,"

@@ -13,6 +13,7 @@ from bench.cache import Cache
 from bench.cli import main
 from bench.errors import ConfigError, RequirementError
 from bench.evidence import NETDISSECT_QUANTILE
+from bench.formula import equivalent, from_json, parse
 from bench.record import record_cached
 from bench.registry import METHODS, PROBES
 from bench.schema import UnitRef, read_descriptions
@@ -22,7 +23,6 @@ from bench.targets import load_target
 from bench.testing import tiny_evidence
 from methods.base import MethodContext
 from methods.compexp import CompExp, CompExpAnalysis
-from methods.compexp.formula import equivalent, from_json, parse
 from methods.netdissect import NetDissect
 
 

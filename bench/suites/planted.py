@@ -8,7 +8,7 @@ units. Per planted unit and method:
 * ``recovered`` (0/1): the label names the planted concept. A formula label (CompExp style: an
   upper-case ``AND``/``OR``/``NOT``, or a formula tree in the description's extras) must be
   *logically equivalent* to the planted formula (truth table,
-  :func:`methods.compexp.formula.equivalent`), its leaves read as the world's concept words. Any
+  :func:`bench.formula.equivalent`), its leaves read as the world's concept words. Any
   other label must name *every concept word* of the planted formula, read with the synthetic
   world's phrase parser (:func:`bench.synth.text.parse_phrase`: plurals, synonyms and Broden
   suffixes count, "discs" is a circle, "stripy" striped); extra words are allowed. So
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.errors import BenchError, UsageError
+from bench.formula import Formula, equivalent, from_json, json_leaves, parse, rename
 from bench.schema import Description, UnitRef
 from bench.suites.base import (
     MetricValues,
@@ -92,52 +93,43 @@ def _world_concept(word: str) -> str | None:
     return None
 
 
-def _map_leaves(tree: Any) -> list | None:
-    """A formula tree with every leaf read as a world concept; ``None`` if one is not."""
-    op = tree[0]
-    if op == "leaf":
-        name = _world_concept(str(tree[1]))
-        return None if name is None else ["leaf", name]
-    parts = [_map_leaves(sub) for sub in tree[1:]]
-    if any(p is None for p in parts):
-        return None
-    return [op, *parts]
-
-
-def _label_formula(d: Description) -> list | None:
-    """The formula tree of a formula label, or ``None`` for a free-text label."""
-    from methods.compexp.formula import parse, to_json
-
+def _label_formula(d: Description) -> Formula | None:
+    """The formula of a formula label (its JSON tree in the extras, else its text), or ``None``
+    for a free-text label. A malformed tree raises :class:`~bench.errors.FormulaError`."""
     tree = d.extras.get("formula") if isinstance(d.extras, dict) else None
     if isinstance(tree, list) and tree:
-        return tree
+        return from_json(tree)
     if _KEYWORD.search(d.label):
         try:
-            return to_json(parse(d.label))
+            return parse(d.label)
         except BenchError:
             return None
     return None
 
 
 def names_concept(d: Description, formula: list) -> tuple[bool, str]:
-    """Whether description ``d`` names the planted ``formula``, and by which rule."""
-    from bench.synth.concepts import formula_leaves
+    """Whether description ``d`` names the planted ``formula`` (a JSON tree), and by which
+    rule."""
     from bench.synth.text import parse_phrase
 
-    tree = _label_formula(d)
-    if tree is not None:
-        from methods.compexp.formula import equivalent, from_json
-
-        mapped = _map_leaves(tree)
-        if mapped is None:
+    planted = from_json(formula)
+    try:
+        found = _label_formula(d)
+    except BenchError as e:
+        return False, f"formula not comparable ({e})"
+    if found is not None:
+        world = {name: _world_concept(name) for name in set(found.leaves())}
+        concepts = {name: c for name, c in world.items() if c is not None}
+        if len(concepts) < len(world):
             return False, "formula with a leaf that is not a concept of the world"
+        mapped = rename(found, concepts)
         try:
-            return equivalent(from_json(mapped), from_json(formula)), "equivalent formula"
+            return equivalent(mapped, planted), "equivalent formula"
         except BenchError as e:
             return False, f"formula not comparable ({e})"
     _, phrase_tree = parse_phrase(d.label)
-    named = set(formula_leaves(phrase_tree)) if phrase_tree is not None else set()
-    wanted = set(formula_leaves(formula))
+    named = set(json_leaves(phrase_tree)) if phrase_tree is not None else set()
+    wanted = set(planted.leaves())
     return wanted <= named, "every concept word"
 
 

@@ -4,14 +4,15 @@ Every concept has a stable label number (1.., 0 is "unlabelled" as in Broden), a
 ("red"), the name as Broden spells it (colours end in ``-c``, scenes in ``-s``) and a category.
 Clean names are unique across categories, so a formula leaf is just a clean name.
 
-Formulas are JSON-able trees, the form target cards and CompExp use::
+Formulas are JSON-able trees (:mod:`bench.formula`'s form, which target cards and CompExp use)::
 
     ["leaf", "red"]
     ["not", F]
     ["and", F, G]        # also n-ary: ["and", F, G, H]
     ["or", F, G]
 
-and render as ``"red AND circle"``, ``"(grass OR sand) AND NOT striped"``.
+and render as ``"red AND circle"``, ``"(grass OR sand) AND NOT striped"``; the functions at the
+end of this module read and evaluate them with :mod:`bench.formula`.
 """
 
 from __future__ import annotations
@@ -112,93 +113,39 @@ def by_number(num: int) -> Concept:
 
 
 # --- formulas ---------------------------------------------------------------------------------
+# The world's formulas are JSON trees (bench.formula's form, n-ary as target cards store them)
+# whose leaves are clean catalogue names; bench.formula parses, renders and evaluates them.
 
-Formula = list  # JSON tree, see the module docstring
-
-_TOKEN = re.compile(r"\(|\)|[A-Za-z][A-Za-z_\-]*")
+FormulaTree = list  # JSON tree, see the module docstring
 
 
-def parse_formula(text: str) -> Formula:
-    """``"red AND (circle OR square)"`` -> formula tree. NOT binds tighter than AND, AND than OR.
+def parse_formula(text: str) -> FormulaTree:
+    """``"red AND (circle OR square)"`` -> n-ary formula tree (``bench.formula``'s syntax).
 
-    Leaves must be catalogue names; operators are upper-case words.
+    Leaves must be catalogue names (Broden raw names such as ``red-c`` are read as clean ones).
     """
-    tokens = _TOKEN.findall(text)
-    pos = 0
+    from bench.formula import parse, rename, to_json
 
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> str:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise UsageError(f"Expected more of the formula {text!r}, got its end.")
-        pos += 1
-        return tokens[pos - 1]
-
-    def parse_or() -> Formula:
-        parts = [parse_and()]
-        while peek() == "OR":
-            take()
-            parts.append(parse_and())
-        return parts[0] if len(parts) == 1 else ["or", *parts]
-
-    def parse_and() -> Formula:
-        parts = [parse_not()]
-        while peek() == "AND":
-            take()
-            parts.append(parse_not())
-        return parts[0] if len(parts) == 1 else ["and", *parts]
-
-    def parse_not() -> Formula:
-        if peek() == "NOT":
-            take()
-            return ["not", parse_not()]
-        tok = take()
-        if tok == "(":
-            inner = parse_or()
-            if take() != ")":
-                raise UsageError(f"Expected ')' in formula {text!r}.")
-            return inner
-        if tok in ("AND", "OR", ")"):
-            raise UsageError(f"Expected a concept name in formula {text!r}, got {tok!r}.")
-        return ["leaf", concept(tok).name]
-
-    tree = parse_or()
-    if pos != len(tokens):
-        raise UsageError(f"Expected the end of formula {text!r}, got {tokens[pos]!r}.")
-    return tree
+    return to_json(rename(parse(text), lambda name: concept(name).name), nary=True)
 
 
-def format_formula(tree: Sequence[Any], *, _top: bool = True) -> str:
+def format_formula(tree: Sequence[Any]) -> str:
     """Formula tree -> text, parenthesised only where needed (``"(grass OR sand) AND red"``)."""
-    op = tree[0]
-    if op == "leaf":
-        return str(tree[1])
-    if op == "not":
-        inner = format_formula(tree[1], _top=False)
-        return f"NOT {inner}"
-    if op in ("and", "or"):
-        parts = []
-        for sub in tree[1:]:
-            s = format_formula(sub, _top=False)
-            if sub[0] in ("and", "or") and sub[0] != op:
-                s = f"({s})"
-            parts.append(s)
-        return f" {op.upper()} ".join(parts)
-    raise UsageError(f"Expected a formula operator leaf/not/and/or, got {op!r}.")
+    from bench.formula import from_json
+
+    return from_json(tree).render()
 
 
 def formula_leaves(tree: Sequence[Any]) -> list[str]:
     """Clean names of the leaves, in order, without repeats."""
-    if tree[0] == "leaf":
-        return [str(tree[1])]
-    out: list[str] = []
-    for sub in tree[1:]:
-        for leaf in formula_leaves(sub):
-            if leaf not in out:
-                out.append(leaf)
-    return out
+    from bench.formula import json_leaves
+
+    return list(dict.fromkeys(json_leaves(tree)))
+
+
+def _label_of(name: str) -> tuple[str, int]:
+    c = concept(name)
+    return c.category, c.number
 
 
 def formula_mask(tree: Sequence[Any], labels: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -207,23 +154,6 @@ def formula_mask(tree: Sequence[Any], labels: Mapping[str, np.ndarray]) -> np.nd
     ``labels``: category -> int label numbers, all of one shape (``[H, W]``, ``[N, H, W]``...).
     Image-level categories may be given broadcastable (``[N, 1, 1]``). Returns bool, that shape.
     """
-    import numpy as np
+    from bench.formula import evaluate_labels, from_json
 
-    op = tree[0]
-    if op == "leaf":
-        c = concept(str(tree[1]))
-        if c.category not in labels:
-            raise UsageError(
-                f"Formula leaf {c.name!r} needs category {c.category!r}; "
-                f"got labels for {sorted(labels)}."
-            )
-        return np.asarray(labels[c.category]) == c.number
-    if op == "not":
-        return ~formula_mask(tree[1], labels)
-    if op in ("and", "or"):
-        masks = [formula_mask(sub, labels) for sub in tree[1:]]
-        out = masks[0]
-        for m in masks[1:]:
-            out = (out & m) if op == "and" else (out | m)
-        return out
-    raise UsageError(f"Expected a formula operator leaf/not/and/or, got {op!r}.")
+    return evaluate_labels(from_json(tree), labels, _label_of)

@@ -94,7 +94,7 @@ def _downsample(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.rint(frac * 255).astype(np.uint8)
 
 
-def balance_groups(formula: C.Formula, labels: dict[str, np.ndarray]) -> np.ndarray:
+def balance_groups(formula: C.FormulaTree, labels: dict[str, np.ndarray]) -> np.ndarray:
     """int [N, S, S]: the balance group of each pixel where ``formula`` holds, 0 elsewhere.
 
     A group is the (disjunct of an OR, object colour, shape, pattern) of the pixel: a planted

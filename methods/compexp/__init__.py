@@ -66,7 +66,7 @@ class CompExp(Method):
         self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
     ) -> list[Description]:
         from bench.dissect import SignatureAlgebra, concept_table_cached, tallies_by_layer
-        from methods.compexp.formula import from_json
+        from bench.formula import from_json
         from methods.compexp.search import BeamSearch, tree_to_names
 
         cfg = self.config
