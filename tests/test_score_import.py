@@ -15,7 +15,7 @@ import pytest
 
 from bench.errors import DataError, DownloadError, UnknownNameError, UsageError
 from bench.schema import UnitRef, read_suite_result
-from bench.scoring import ScoreOptions, score_labels
+from bench.suites.scoring import ScoreOptions, score_labels
 
 OPTIONS = ScoreOptions(n_resamples=1000, device="cpu")
 

@@ -202,7 +202,7 @@ class SuiteContext:
 
     @property
     def device(self) -> str:
-        from bench.api import resolve_device
+        from bench.environment import resolve_device
 
         return resolve_device(self.options.device)
 
@@ -218,6 +218,7 @@ class SuiteContext:
                 device=self.device,
                 download=True,
                 progress=self.options.progress,
+                cache=self.cache,
             )
         return self._target
 

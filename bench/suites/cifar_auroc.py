@@ -16,7 +16,7 @@ and method:
   checks AUROC fails), averaged over the tied units.
 
 Means and intervals are over classes (one value per class), per dataset. Synthetic targets have
-no CIFAR: the synthetic world's held-out concept classes (``bench.probes.synthetic``) stand in,
+no CIFAR: the synthetic world's held-out concept classes (``bench.synth.probes``) stand in,
 and the result says so. Activations come from a plain forward pass with a scoped hook, batched,
 cached per (target, probe, layer).
 """
@@ -260,16 +260,14 @@ class CifarAurocSuite(Suite):
 
     def _probes(self, ctx: SuiteContext) -> list[tuple[str, ProbeSet]]:
         if ctx.target.synthetic:
-            from bench.probes.synthetic import SyntheticHeldoutProbe
+            from bench.synth.probes import SyntheticHeldoutProbe
 
             return [(HELDOUT, SyntheticHeldoutProbe(n_images=self.config.heldout_images))]
         from bench.probes.cifar import CifarProbe
 
         root = self.config.root
         if root is None:
-            from bench.cache import default_cache_dir
-
-            root = str(default_cache_dir() / "datasets")
+            root = str(ctx.cache.datasets_dir())
         return [
             (
                 ds,
