@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument(
+        "--cache-dir",
+        dest="global_cache_dir",
+        metavar="DIR",
+        help="cache directory for every command (stage caches, datasets, exports, downloaded "
+        "models; default: $BENCH_CACHE_DIR or ~/.cache/neuron-bench); a command's own "
+        "--cache-dir wins",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser(
@@ -324,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "global_cache_dir", None) and not getattr(args, "cache_dir", None):
+        args.cache_dir = args.global_cache_dir
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "score":

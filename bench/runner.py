@@ -20,15 +20,13 @@ from bench.environment import provenance, resolve_device
 from bench.errors import ConfigError, UsageError
 from bench.registry import METHODS
 from bench.schema import (
-    SCHEMA_VERSION,
     Description,
+    RunState,
     UnitRef,
     append_descriptions,
     atomic_write_text,
     dumps,
     read_descriptions,
-    read_json,
-    write_json,
 )
 
 if TYPE_CHECKING:
@@ -274,28 +272,23 @@ def run(config: RunConfig) -> RunResult:
         Path(config.out) if config.out else Path("results") / f"{target.name}-{probe_name}-{run_id}"
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = _load_state(run_dir, run_id)
-    state.update(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "run_id": run_id,
-            "config": resolved,
-            "provenance": {
-                **provenance(),
-                "target": target.identity(),
-                "probe": probe.identity(),
-                **(
-                    {"components": {k: _identity(c) for k, c in sorted(components.items())}}
-                    if components
-                    else {}
-                ),
-                "cache_dir": str(cache.root),
-            },
-        }
-    )
-    state.setdefault("stages", {})
-    state["status"] = "running"
-    write_json(run_dir / "run.json", state)
+    state = RunState.open(run_dir, run_id)
+    if state.stages:
+        log.info("resuming run %s in %s", run_id, run_dir)
+    state.config = resolved
+    state.provenance = {
+        **provenance(),
+        "target": target.identity(),
+        "probe": probe.identity(),
+        **(
+            {"components": {k: _identity(c) for k, c in sorted(components.items())}}
+            if components
+            else {}
+        ),
+        "cache_dir": str(cache.root),
+    }
+    state.status = "running"
+    state.save(run_dir)
     log.info("run directory: %s", run_dir)
 
     from bench.evidence import QuantileSpec
@@ -315,13 +308,13 @@ def run(config: RunConfig) -> RunResult:
         store_maps=req["maps"],
     )
     record_hit = evidence.cached
-    state["stages"]["record"] = {
+    state.stages["record"] = {
         "status": "done",
         "key": evidence.key,
         "cached": record_hit,
         "seconds": round(time.perf_counter() - t_rec, 3),
     }
-    write_json(run_dir / "run.json", state)
+    state.save(run_dir)
 
     layer_sizes = {l: evidence.layer(l).num_units for l in layers}
     units = parse_units(config.units, layer_sizes)
@@ -339,12 +332,12 @@ def run(config: RunConfig) -> RunResult:
             components={k: components[k] for k in sorted(method.requires.components)},
         )
         summaries.append(_run_method(method, units, evidence, ctx, run_dir, state))
-        write_json(run_dir / "run.json", state)
+        state.save(run_dir)
 
-    state["status"] = "complete"
-    state["summary"] = {s.name: {"ok": s.ok, "error": s.error} for s in summaries}
-    state["seconds"] = round(time.perf_counter() - t0, 3)
-    write_json(run_dir / "run.json", state)
+    state.status = "complete"
+    state.summary = {s.name: {"ok": s.ok, "error": s.error} for s in summaries}
+    state.seconds = round(time.perf_counter() - t0, 3)
+    state.save(run_dir)
     return RunResult(run_dir=run_dir, methods=tuple(summaries), record_cached=record_hit)
 
 
@@ -354,7 +347,7 @@ def _run_method(
     evidence: Evidence,
     ctx: MethodContext,
     run_dir: Path,
-    state: dict[str, Any],
+    state: RunState,
 ) -> MethodSummary:
     from bench.progress import progress_bar
 
@@ -369,7 +362,7 @@ def _run_method(
         # Drop failed (to retry) and foreign or duplicated lines by rewriting the file whole.
         atomic_write_text(path, "".join(dumps(d.to_json()) + "\n" for d in done.values()))
     todo = [u for u in units if u not in done]
-    stage = state["stages"].setdefault(f"method:{method.name}", {})
+    stage = state.stages.setdefault(f"method:{method.name}", {})
     stage.update({"status": "running", "method": method.identity()})
     if done:
         log.info("%s: resuming, %d of %d units already done", method.name, len(done), len(units))
@@ -451,22 +444,3 @@ def _run_id(
     return sha256_bytes(
         dumps({"config": parts, "target": target_identity, "probe": probe_identity}).encode()
     )[:12]
-
-
-def _load_state(run_dir: Path, run_id: str) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.exists():
-        return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    try:
-        state = read_json(path)
-    except (OSError, ValueError) as e:
-        raise UsageError(
-            f"{path} is not readable JSON ({e}); delete it or choose another --out."
-        ) from e
-    if state.get("run_id") not in (None, run_id):
-        raise UsageError(
-            f"{run_dir} holds run {state.get('run_id')} with a different configuration; "
-            "choose another --out, or delete that directory."
-        )
-    log.info("resuming run %s in %s", run_id, run_dir)
-    return state

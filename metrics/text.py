@@ -564,8 +564,9 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every row of ``a [Na, D]`` with every row of ``b [Nb, D]``."""
-    return _unit_rows(a) @ _unit_rows(b).T
+    """Cosine similarity of every row of ``a [Na, D]`` with every row of ``b [Nb, D]``, clipped to
+    [-1, 1] (rounding can put the cosine of identical texts a hair above 1)."""
+    return np.clip(_unit_rows(a) @ _unit_rows(b).T, -1.0, 1.0)
 
 
 def text_cosine(
@@ -589,7 +590,7 @@ def text_cosine(
     ref = _unit_rows(emb[len(candidates) :])
     sizes = [len(rs) for rs in refs]
     owner = np.repeat(np.arange(len(refs)), sizes)
-    per_pair = np.einsum("ij,ij->i", cand[owner], ref)
+    per_pair = np.clip(np.einsum("ij,ij->i", cand[owner], ref), -1.0, 1.0)
     return reduce_references(per_pair, sizes, reduce)
 
 

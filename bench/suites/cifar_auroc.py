@@ -308,6 +308,8 @@ class CifarAurocSuite(Suite):
         self, ctx: SuiteContext, class_texts: Sequence[str], labels: Sequence[str]
     ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
         """Cosine matrices ``[classes, labels]`` by encoder, averaged later (the ensemble)."""
+        import numpy as np
+
         from bench.suites.text import embed, encoder_for, identity
 
         kinds = ["sentence"] if ctx.options.offline else ["clip", "sentence"]
@@ -319,7 +321,7 @@ class CifarAurocSuite(Suite):
             emb = embed(enc, texts, progress=ctx.options.progress)
             c = emb[[index[t] for t in class_texts]]
             lab = emb[[index[t] for t in labels]] if labels else emb[:0]
-            sims[kind] = c @ lab.T
+            sims[kind] = np.clip(c @ lab.T, -1.0, 1.0)
             encoders[kind] = identity(enc)
         notes = []
         if ctx.options.offline:
