@@ -1,522 +1,64 @@
-"""Programmatic entry points: :func:`run` (the whole pipeline) and :func:`describe_cached`.
+"""Programmatic entry points, one per ``bench`` command that does work:
 
-A run directory holds ``run.json`` (schema version, resolved config, provenance, stage status) and
-one ``<method>/units.jsonl`` per method. Runs resume: the recording stage is served from the cache,
-units already in ``units.jsonl`` are skipped, and nothing is written twice.
+* :func:`run`: describe units of a target with methods (the describe stage, :mod:`bench.runner`);
+* :func:`score_run` and :func:`score_labels`: score a run directory, or a label file of another
+  tool, with the suites (:mod:`bench.suites.scoring`);
+* :func:`build_leaderboard`: the static site from suite results (:mod:`leaderboard.build`);
+* :func:`milan_train` and :func:`milan_evaluate`: MILAN's training and generalisation
+  experiments (``bench milan``; the code lives with the method, reached through a lazy string so
+  the core never imports ``methods``).
+
+Everything else is an implementation module; import the names here.
 """
 
 from __future__ import annotations
 
-import logging
-import platform
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bench.cache import Cache
-from bench.errors import ConfigError, UsageError
-from bench.registry import METHODS, PROBES
-from bench.schema import (
-    SCHEMA_VERSION,
-    Description,
-    UnitRef,
-    append_descriptions,
-    atomic_write,
-    dumps,
-    read_descriptions,
-    read_json,
-    write_json,
+from bench.registry import import_string
+from bench.runner import (
+    DEFAULT_PROBE,
+    DEFAULT_TARGET,
+    MethodSummary,
+    RunConfig,
+    RunResult,
+    describe_cached,
+    parse_units,
+    resolve_probe_name,
+    run,
 )
-
-if TYPE_CHECKING:
-    from bench.evidence import Evidence
-    from methods.base import Method, MethodContext
-
-log = logging.getLogger(__name__)
-
-DEFAULT_TARGET = "synth.resnet"
-DEFAULT_PROBE = "synthetic"
-DESCRIBE_STAGE = "describe"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RunConfig:
-    """What ``bench run`` was asked to do. ``None`` fields take the documented defaults."""
-
-    methods: tuple[str, ...] | None = None  # default: every registered method
-    target: str = DEFAULT_TARGET
-    weights: str | None = None
-    layers: tuple[str, ...] | None = None  # default: the target's layers
-    probe: str | None = None  # default: "synthetic" for synthetic targets, else "broden"
-    probe_root: str | None = None
-    download: bool = False
-    units: str | None = None  # e.g. "0-9,15" or "layer4:0-9"; default: every unit
-    device: str = "auto"
-    seed: int = 0
-    batch_size: int = 64
-    method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Options of the probe set's factory as text, e.g. {"categories": "object,part"}.
-    probe_options: dict[str, str] = field(default_factory=dict)
-    # Component backends by kind, e.g. {"captioner": "blip"}; default: synthetic ones for
-    # synthetic targets, the papers' otherwise (bench.components.default_backends).
-    components: dict[str, str] = field(default_factory=dict)
-    # Options of each component's backend, e.g. {"language_model": {"model": "llama3"}}.
-    component_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    out: str | None = None  # run directory; default results/<target>-<probe>-<hash>
-    cache_dir: str | None = None  # stage caches; datasets follow $BENCH_CACHE_DIR (the CLI sets it)
-    progress: bool = False
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class MethodSummary:
-    name: str
-    ok: int
-    error: int
-    computed: int
-    resumed: int
-    seconds: float
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RunResult:
-    run_dir: Path
-    methods: tuple[MethodSummary, ...]
-    record_cached: bool
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if any(m.error for m in self.methods) else 0
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"Device '{device}' was requested but CUDA is not available; use --device cpu."
-            )
-    elif device not in ("cpu", "mps"):
-        raise UsageError(f"Expected --device auto, cpu, cuda, cuda:N or mps; got '{device}'.")
-    return device
-
-
-def parse_units(spec: str | None, layer_sizes: dict[str, int]) -> list[UnitRef]:
-    """Units to describe: every unit, or ``spec`` such as ``"0-9,15"`` or ``"layer4:0-9,fc:3"``.
-
-    An item without a layer applies to every layer. Indices are 0-based; ranges are inclusive.
-    """
-    if not spec:
-        return [UnitRef(layer=l, index=i) for l, n in layer_sizes.items() for i in range(n)]
-    chosen: dict[str, set[int]] = {l: set() for l in layer_sizes}
-    for raw in spec.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        layer, sep, rng = item.rpartition(":")
-        layers = [layer] if sep else list(layer_sizes)
-        for l in layers:
-            if l not in layer_sizes:
-                from bench.errors import UnknownNameError
-
-                raise UnknownNameError("layer in --units", l, layer_sizes)
-        try:
-            lo, _, hi = rng.partition("-")
-            start, stop = int(lo), int(hi) if hi else int(lo)
-        except ValueError as e:
-            raise UsageError(
-                f"Expected --units items like '5', '0-9' or 'layer4:0-9'; got '{item}'."
-            ) from e
-        if start < 0 or stop < start:
-            raise UsageError(f"Expected a range start <= stop, both >= 0; got '{item}'.")
-        for l in layers:
-            if stop >= layer_sizes[l]:
-                raise UsageError(
-                    f"Layer '{l}' has {layer_sizes[l]} units (0-{layer_sizes[l] - 1}); "
-                    f"--units asked for '{item}'."
-                )
-            chosen[l].update(range(start, stop + 1))
-    return [UnitRef(layer=l, index=i) for l in layer_sizes for i in sorted(chosen[l])]
-
-
-def method_classes(names: Sequence[str] | None) -> list[type[Method]]:
-    names = list(names) if names else METHODS.names()
-    if len(set(names)) != len(names):
-        raise UsageError(f"Expected distinct method names, got {names}.")
-    return [METHODS.get(n) for n in names]
-
-
-def build_method(cls: type[Method], overrides: dict[str, Any] | None) -> Method:
-    try:
-        return cls(**(overrides or {}))
-    except ConfigError as e:
-        raise ConfigError(f"--config for method '{cls.name}': {e}") from e
-
-
-def provenance() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in (
-        "neuron-bench",
-        "torch",
-        "torchvision",
-        "numpy",
-        "safetensors",
-        "transformers",
-        "diffusers",
-        "open_clip_torch",
-        "sentence-transformers",
-        "bert-score",
-    ):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions}
-
-
-def chunks(units: Sequence[UnitRef], size: int) -> Iterator[list[UnitRef]]:
-    """Consecutive chunks of at most ``size`` units, never mixing layers."""
-    current: list[UnitRef] = []
-    for u in units:
-        if current and (len(current) >= size or current[-1].layer != u.layer):
-            yield current
-            current = []
-        current.append(u)
-    if current:
-        yield current
-
-
-# --- describing with a cache --------------------------------------------------------------------
-
-
-def describe_key_parts(
-    method: Method, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
-) -> dict[str, Any]:
-    return {
-        "method": method.identity(),
-        "evidence": evidence.key,
-        "units": [str(u) for u in units],
-        "seed": ctx.seed,
-        "components": {k: _identity(v) for k, v in sorted(ctx.components.items())},
-    }
-
-
-def _identity(component: Any) -> Any:
-    ident = getattr(component, "identity", None)
-    return ident() if callable(ident) else type(component).__qualname__
-
-
-def describe_cached(
-    method: Method, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
-) -> tuple[list[Description], bool]:
-    """``(descriptions, cache_hit)``. Chunks with failed units are not cached (they are retried)."""
-    parts = describe_key_parts(method, units, evidence, ctx)
-    key = ctx.cache.key(DESCRIBE_STAGE, parts)
-    hit = ctx.cache.load(DESCRIBE_STAGE, key)
-    if hit is not None:
-        return read_descriptions(hit / "units.jsonl"), True
-    out = method.describe(units, evidence, ctx)
-    if all(d.ok for d in out):
-
-        def write(tmp: Path) -> None:
-            atomic_write(tmp / "units.jsonl", "".join(dumps(d.to_json()) + "\n" for d in out))
-
-        ctx.cache.store(DESCRIBE_STAGE, key, parts, write)
-    return out, False
-
-
-# --- the run ------------------------------------------------------------------------------------
-
-
-def resolve_probe_name(config: RunConfig, target_family: str) -> str:
-    if config.probe:
-        return config.probe
-    return DEFAULT_PROBE if target_family == "synthetic" else "broden"
-
-
-def load_probe(
-    name: str, root: str | None, download: bool, options: dict[str, Any] | None = None
-) -> Any:
-    """The probe set ``name``; ``options`` (``--probe-option``, as text) are checked against what
-    its factory accepts, parsed, and passed to it as keyword arguments."""
-    from bench.probes import parse_probe_options
-
-    factory = PROBES.get(name)
-    kwargs = parse_probe_options(name, options or {})
-    return factory(Path(root).expanduser() if root else None, download=download, **kwargs)
-
-
-def run(config: RunConfig) -> RunResult:
-    """Run every method of ``config`` on one target and probe; write the run directory."""
-    from bench.record import record_cached
-    from bench.targets import load_target
-    from methods.base import MethodContext
-
-    t0 = time.perf_counter()
-    classes = method_classes(config.methods)  # unknown names fail before anything loads
-    methods = [build_method(c, config.method_config.get(c.name)) for c in classes]
-    unknown_cfg = sorted(set(config.method_config) - {m.name for m in methods})
-    if unknown_cfg:
-        raise UsageError(
-            f"--config names method(s) {unknown_cfg} that are not in this run "
-            f"({', '.join(m.name for m in methods)})."
-        )
-    device = resolve_device(config.device)
-    cache = Cache(config.cache_dir)
-
-    target = load_target(
-        config.target,
-        weights=config.weights,
-        device=device,
-        download=True,
-        progress=config.progress,
-    )
-    layers = target.resolve_layers(list(config.layers) if config.layers else None)
-    probe_name = resolve_probe_name(config, target.spec.family)
-    probe = load_probe(probe_name, config.probe_root, config.download, config.probe_options)
-
-    components, component_names = _build_components(config, methods, target, device)
-    req = _union_requirements(methods)
-    resolved = {
-        "methods": [m.identity() for m in methods],
-        "target": config.target,
-        "weights": config.weights,
-        "layers": layers,
-        "probe": probe_name,
-        "probe_root": config.probe_root,
-        "probe_options": dict(config.probe_options),
-        "units": config.units,
-        **(
-            {"components": component_names, "component_options": config.component_options}
-            if component_names
-            else {}
-        ),
-        "device": device,
-        "seed": config.seed,
-        "batch_size": config.batch_size,
-        "record": {
-            "k": req["k"],
-            "topk_by": req["topk_by"],
-            "quantiles": req["quantiles"],
-            **({"maps": True} if req["maps"] else {}),
-        },
-    }
-    run_id = _run_id(resolved, target.identity(), probe.identity())
-    run_dir = (
-        Path(config.out) if config.out else Path("results") / f"{target.name}-{probe_name}-{run_id}"
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = _load_state(run_dir, run_id)
-    state.update(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "run_id": run_id,
-            "config": resolved,
-            "provenance": {
-                **provenance(),
-                "target": target.identity(),
-                "probe": probe.identity(),
-                **(
-                    {"components": {k: _identity(c) for k, c in sorted(components.items())}}
-                    if components
-                    else {}
-                ),
-                "cache_dir": str(cache.root),
-            },
-        }
-    )
-    state.setdefault("stages", {})
-    state["status"] = "running"
-    write_json(run_dir / "run.json", state)
-    log.info("run directory: %s", run_dir)
-
-    from bench.evidence import QuantileSpec
-
-    t_rec = time.perf_counter()
-    evidence = record_cached(
-        cache,
-        target,
-        probe,
-        layers,
-        k=req["k"],
-        topk_by=tuple(req["topk_by"]),
-        quantiles=tuple(QuantileSpec.parse(q) for q in req["quantiles"]),
-        batch_size=config.batch_size,
-        device=device,
-        progress=config.progress,
-        store_maps=req["maps"],
-    )
-    record_hit = evidence.cached
-    state["stages"]["record"] = {
-        "status": "done",
-        "key": evidence.key,
-        "cached": record_hit,
-        "seconds": round(time.perf_counter() - t_rec, 3),
-    }
-    write_json(run_dir / "run.json", state)
-
-    layer_sizes = {l: evidence.layer(l).num_units for l in layers}
-    units = parse_units(config.units, layer_sizes)
-    summaries = []
-    for method in methods:
-        ctx = MethodContext(
-            cache=cache,
-            device=device,
-            seed=config.seed,
-            workdir=run_dir,
-            target=target,
-            progress=config.progress,
-            # Only what the method declares: every component in a context is part of its
-            # describe cache key.
-            components={k: components[k] for k in sorted(method.requires.components)},
-        )
-        summaries.append(_run_method(method, units, evidence, ctx, run_dir, state))
-        write_json(run_dir / "run.json", state)
-
-    state["status"] = "complete"
-    state["summary"] = {s.name: {"ok": s.ok, "error": s.error} for s in summaries}
-    state["seconds"] = round(time.perf_counter() - t0, 3)
-    write_json(run_dir / "run.json", state)
-    return RunResult(run_dir=run_dir, methods=tuple(summaries), record_cached=record_hit)
-
-
-def _run_method(
-    method: Method,
-    units: list[UnitRef],
-    evidence: Evidence,
-    ctx: MethodContext,
-    run_dir: Path,
-    state: dict[str, Any],
-) -> MethodSummary:
-    from bench.progress import progress_bar
-
-    t0 = time.perf_counter()
-    mdir = run_dir / method.name
-    mdir.mkdir(parents=True, exist_ok=True)
-    path = mdir / "units.jsonl"
-    existing = read_descriptions(path, repair=True)
-    wanted = set(units)
-    done = {d.unit: d for d in existing if d.ok and d.unit in wanted}
-    if len(done) != len(existing):
-        # Drop failed (to retry) and foreign or duplicated lines by rewriting the file whole.
-        atomic_write(path, "".join(dumps(d.to_json()) + "\n" for d in done.values()))
-    todo = [u for u in units if u not in done]
-    stage = state["stages"].setdefault(f"method:{method.name}", {})
-    stage.update({"status": "running", "method": method.identity()})
-    if done:
-        log.info("%s: resuming, %d of %d units already done", method.name, len(done), len(units))
-    if todo:
-        method.fit(ctx)
-    computed = 0
-    with progress_bar(total=len(todo), desc=method.name, enabled=ctx.progress) as bar:
-        for chunk in chunks(todo, method.chunk_size):
-            out, hit = describe_cached(method, chunk, evidence, ctx)
-            if not hit:
-                computed += len(chunk)
-            append_descriptions(path, out)
-            for d in out:
-                done[d.unit] = d
-            bar.update(len(chunk))
-    final = [done[u] for u in units]
-    n_err = sum(not d.ok for d in final)
-    stage.update(
-        {
-            "status": "done",
-            "ok": len(final) - n_err,
-            "error": n_err,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-    )
-    if n_err:
-        log.warning("%s: %d of %d units failed; see %s", method.name, n_err, len(final), path)
-    return MethodSummary(
-        name=method.name,
-        ok=len(final) - n_err,
-        error=n_err,
-        computed=computed,
-        resumed=len(units) - len(todo),
-        seconds=time.perf_counter() - t0,
-    )
-
-
-def _build_components(
-    config: RunConfig, methods: Sequence[Method], target: Any, device: str
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """The components the run's methods declare, built from the configured backend names."""
-    needed = sorted({k for m in methods for k in m.requires.components})
-    stray = sorted((set(config.components) | set(config.component_options)) - set(needed))
-    if stray:
-        raise UsageError(
-            f"--component/--component-option name {stray}, which no method of this run uses "
-            f"(they use {needed or 'none'})."
-        )
-    if not needed:
-        return {}, {}
-    from bench.components import build_components, default_backends
-
-    names = {
-        **default_backends(needed, synthetic=target.spec.family == "synthetic"),
-        **config.components,
-    }
-    return build_components(names, config.component_options, device=device), names
-
-
-def _union_requirements(methods: Sequence[Method]) -> dict[str, Any]:
-    from bench.evidence import MILAN_QUANTILE, NETDISSECT_QUANTILE
-
-    k = max([15] + [m.requires.k for m in methods])
-    topk_by = sorted({"max"} | {b for m in methods for b in m.requires.topk_by})
-    quantiles = sorted(
-        {MILAN_QUANTILE.key, NETDISSECT_QUANTILE.key}
-        | {q.key for m in methods for q in m.requires.quantiles}
-    )
-    maps = any("maps" in m.requires.evidence for m in methods)
-    return {"k": k, "topk_by": topk_by, "quantiles": quantiles, "maps": maps}
-
-
-def _run_id(
-    resolved: dict[str, Any], target_identity: dict[str, Any], probe_identity: dict[str, Any]
-) -> str:
-    from bench.cache import sha256_bytes
-
-    parts = {k: v for k, v in resolved.items() if k != "batch_size"}
-    return sha256_bytes(
-        dumps({"config": parts, "target": target_identity, "probe": probe_identity}).encode()
-    )[:12]
-
-
-def _load_state(run_dir: Path, run_id: str) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.exists():
-        return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    try:
-        state = read_json(path)
-    except (OSError, ValueError) as e:
-        raise UsageError(
-            f"{path} is not readable JSON ({e}); delete it or choose another --out."
-        ) from e
-    if state.get("run_id") not in (None, run_id):
-        raise UsageError(
-            f"{run_dir} holds run {state.get('run_id')} with a different configuration; "
-            "choose another --out, or delete that directory."
-        )
-    log.info("resuming run %s in %s", run_id, run_dir)
-    return state
-
-
-# --- MILAN training and generalisation experiments (``bench milan``) ---------------------------
+from bench.suites.base import ScoreOptions
+from bench.suites.scoring import ScoreReport, score_labels, score_run
+
+__all__ = [
+    "DEFAULT_PROBE",
+    "DEFAULT_TARGET",
+    "MethodSummary",
+    "RunConfig",
+    "RunResult",
+    "ScoreOptions",
+    "ScoreReport",
+    "build_leaderboard",
+    "describe_cached",
+    "milan_evaluate",
+    "milan_train",
+    "parse_units",
+    "resolve_probe_name",
+    "run",
+    "score_labels",
+    "score_run",
+]
+
+_MILAN_EXPERIMENTS = "methods.milan.experiments"
+
+
+def build_leaderboard(results: Sequence[str | Path], out: str | Path) -> Path:
+    """Build the static leaderboard site from result files or directories; its index page."""
+    from leaderboard.build import build
+
+    return Path(build(list(results), out))
 
 
 def milan_train(
@@ -531,20 +73,19 @@ def milan_train(
     progress: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Train MILAN on MILANNOTATIONS ``keys`` minus ``hold_out`` (cached by the content hash of
-    the training data and the config); the model goes to ``out`` when given."""
-    from methods.base import make_config
-    from methods.milan import MilanConfig, train_on_keys
-
-    return train_on_keys(
-        keys,
-        out,
-        cache=Cache(cache_dir),
-        config=make_config(MilanConfig, config),
-        hold_out_keys=hold_out,
+    the training data and the config, under ``cache_dir``); the model goes to ``out`` if given."""
+    train = import_string(f"{_MILAN_EXPERIMENTS}:train")
+    result: tuple[Path, dict[str, Any]] = train(
+        keys=keys,
+        hold_out=hold_out,
+        out=out,
+        config=config,
         seed=seed,
-        device=resolve_device(device),
+        device=device,
+        cache_dir=cache_dir,
         progress=progress,
     )
+    return result
 
 
 def milan_evaluate(
@@ -557,19 +98,16 @@ def milan_evaluate(
     cache_dir: str | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run one of MILAN's generalisation experiments: train on each split's train units, score
-    corpus BLEU on its test units (wPMI and the captioning ablation)."""
-    from bench import milannotations as M
-    from methods.base import make_config
-    from methods.milan import MilanConfig, evaluate_split
-
-    cfg = make_config(MilanConfig, config)
-    cache = Cache(cache_dir)
-    key_list = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
-    splits = M.split(experiment, key_list, seed=seed, root=cfg.annotations_root, cache=cache)
-    return [
-        evaluate_split(
-            s, cache=cache, config=cfg, seed=seed, device=resolve_device(device), progress=progress
-        )
-        for s in splits
-    ]
+    """One of MILAN's generalisation experiments: train on each split's train units, score corpus
+    BLEU on its test units (wPMI and the captioning ablation)."""
+    evaluate = import_string(f"{_MILAN_EXPERIMENTS}:evaluate")
+    rows: list[dict[str, Any]] = evaluate(
+        experiment=experiment,
+        keys=keys,
+        config=config,
+        seed=seed,
+        device=device,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    return rows

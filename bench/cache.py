@@ -30,8 +30,16 @@ MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
 
 
+#: The one environment variable that moves the cache (the CLI's --cache-dir wins over it).
+ENV_CACHE_DIR = "BENCH_CACHE_DIR"
+
+
 def default_cache_dir() -> Path:
-    env = os.environ.get("BENCH_CACHE_DIR")
+    """``$BENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/neuron-bench``, else ``~/.cache/neuron-bench``.
+
+    The only place that reads the environment for the cache: everything else receives a
+    :class:`Cache` and asks it for its directories."""
+    env = os.environ.get(ENV_CACHE_DIR)
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -75,6 +83,15 @@ class Cache:
 
     def key(self, stage: str, parts: Mapping[str, Any]) -> str:
         return content_key(stage, parts)
+
+    def datasets_dir(self) -> Path:
+        """Where datasets are fetched and looked for without an explicit root
+        (``<root>/datasets``): Broden, CIFAR, MILANNOTATIONS."""
+        return self.root / "datasets"
+
+    def models_dir(self) -> Path:
+        """Where downloaded model weights go (``<root>/models``)."""
+        return self.root / "models"
 
     def entry_dir(self, stage: str, key: str) -> Path:
         if not stage.replace("-", "").replace("_", "").replace(".", "").isalnum():

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.errors import BenchError, UsageError
+from bench.options import parse_fields, parse_owned_fields
 
 log = logging.getLogger("bench")
 
@@ -25,50 +26,14 @@ def _csv(value: str) -> tuple[str, ...]:
     return items
 
 
-def _json_or_text(raw: str) -> Any:
-    """A command-line VALUE: parsed as JSON when it is JSON, else the text itself."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
-
-
-def _fields(items: Sequence[str], flag: str) -> dict[str, Any]:
-    """``["beam_size=10", "strategy=beam"]`` -> ``{"beam_size": 10, "strategy": "beam"}``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"Expected {flag} FIELD=VALUE, got '{item}'.")
-        out[key.strip()] = _json_or_text(raw)
-    return out
-
-
-def _owned_fields(items: Sequence[str], flag: str, owner: str) -> dict[str, dict[str, Any]]:
-    """``["milan.beam_size=10", "depictions.label=thing"]`` -> per-owner fields."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, _, _ = item.partition("=")
-        name, dot, _ = key.partition(".")
-        if not dot or not name.strip():
-            raise UsageError(f"Expected {flag} {owner}.FIELD=VALUE, got '{item}'.")
-        rest = item[len(name) + 1 :]
-        try:
-            fields = _fields([rest], flag)
-        except UsageError:
-            raise UsageError(f"Expected {flag} {owner}.FIELD=VALUE, got '{item}'.") from None
-        out.setdefault(name.strip(), {}).update(fields)
-    return out
-
-
 def _config_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``--config METHOD.FIELD=VALUE`` items -> per-method overrides (VALUE parsed as JSON)."""
-    return _owned_fields(items, "--config", "METHOD")
+    return parse_owned_fields(items, "--config", "METHOD")
 
 
 def _suite_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``--suite-option SUITE.FIELD=VALUE`` items -> per-suite config fields."""
-    return _owned_fields(items, "--suite-option", "SUITE")
+    return parse_owned_fields(items, "--suite-option", "SUITE")
 
 
 def _add_scoring_args(p: argparse.ArgumentParser) -> None:
@@ -104,7 +69,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
 
 
 def _score_options(args: argparse.Namespace, *, download: bool) -> Any:
-    from bench.scoring import ScoreOptions
+    from bench.api import ScoreOptions
 
     return ScoreOptions(
         text=args.text_models,
@@ -128,19 +93,7 @@ def _print_report(report: Any) -> None:
 def _probe_options(items: Sequence[str]) -> dict[str, str]:
     """``["categories=object,part", "max_images=100"]`` -> ``{"categories": "object,part", ...}``
     (values stay text: the probe set's factory says how to parse them)."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"Expected --probe-option KEY=VALUE, got '{item}'.")
-        if key in out:
-            raise UsageError(
-                f"--probe-option {key} is given twice; give it once (lists are "
-                f"comma-separated: {key}=a,b)."
-            )
-        out[key] = value.strip()
-    return out
+    return parse_fields(items, "--probe-option", text=True, shape="KEY=VALUE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument(
+        "--cache-dir",
+        dest="global_cache_dir",
+        metavar="DIR",
+        help="cache directory for every command (stage caches, datasets, exports, downloaded "
+        "models; default: $BENCH_CACHE_DIR or ~/.cache/neuron-bench); a command's own "
+        "--cache-dir wins",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser(
@@ -371,11 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if getattr(args, "cache_dir", None):
-        # Datasets fetched or exported on the way (Broden, the synthetic probe) live there too.
-        import os
-
-        os.environ["BENCH_CACHE_DIR"] = args.cache_dir
+    if getattr(args, "global_cache_dir", None) and not getattr(args, "cache_dir", None):
+        args.cache_dir = args.global_cache_dir
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "score":
@@ -427,7 +385,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     score_options = None if args.no_suites else _score_options(args, download=args.download)
     if suite_config:
         # Suite names and fields are checked before anything runs.
-        from bench.scoring import get_suite
+        from bench.suites import get_suite
 
         for name, fields in suite_config.items():
             get_suite(name)(**fields)
@@ -449,29 +407,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{m.name:<24} {m.ok:>6} {m.error:>6} {m.computed:>8} {m.resumed:>7} {m.seconds:>8.2f}"
         )
     if score_options is not None:
-        from bench.scoring import score_run
+        from bench.api import score_run
 
         report = score_run(
             result.run_dir, args.suites, options=score_options, suite_config=suite_config
         )
         _print_report(report)
     if args.leaderboard:
-        from leaderboard.build import build
+        from bench.api import build_leaderboard
 
-        print(f"leaderboard: {build([result.run_dir], args.leaderboard)}")
+        print(f"leaderboard: {build_leaderboard([result.run_dir], args.leaderboard)}")
     print(f"total: {time.perf_counter() - t0:.1f} s")
     return result.exit_code
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from leaderboard.build import build
+    from bench.api import build_leaderboard
 
-    print(f"leaderboard: {build(args.results, args.out)}")
+    print(f"leaderboard: {build_leaderboard(args.results, args.out)}")
     return 0
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from bench.scoring import score_labels, score_run
+    from bench.api import score_labels, score_run
 
     suite_config = _suite_options(args.suite_option)
     if args.annotations:
@@ -517,7 +475,7 @@ def _cmd_list(what: str) -> int:
             spec = TARGETS.get(name)
             print(f"{name:<24} {spec.family:<12} {spec.description}")
     elif what == "suites":
-        from bench.scoring import get_suite, suite_names
+        from bench.suites import get_suite, suite_names
 
         for name in suite_names():
             cls = get_suite(name)
@@ -550,9 +508,10 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from bench.cache import Cache
     from bench.datasets import DATASETS, default_dest, fetch_dataset
 
-    dest = Path(args.dest).expanduser() if args.dest else default_dest()
+    dest = Path(args.dest).expanduser() if args.dest else default_dest(Cache(args.cache_dir))
     if args.data_command == "fetch":
         print(fetch_dataset(args.name, dest, progress=sys.stderr.isatty()))
         return 0
@@ -584,7 +543,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_milan(args: argparse.Namespace) -> int:
     from bench import api
 
-    fields = _fields(args.config, "--config")
+    fields = parse_fields(args.config, "--config")
     if args.root:
         fields["annotations_root"] = args.root
     if args.download:
@@ -597,6 +556,7 @@ def _cmd_milan(args: argparse.Namespace) -> int:
             config=fields,
             seed=args.seed,
             device=args.device,
+            cache_dir=args.cache_dir,
             progress=sys.stderr.isatty(),
         )
         print(json.dumps(info, indent=2, sort_keys=True))
@@ -610,6 +570,7 @@ def _cmd_milan(args: argparse.Namespace) -> int:
         config=fields,
         seed=args.seed,
         device=args.device,
+        cache_dir=args.cache_dir,
         progress=sys.stderr.isatty(),
     )
     print(f"{'split':<64} {'train':>6} {'test':>5} {'BLEU wPMI':>9} {'BLEU p(d|E)':>11}")

@@ -11,8 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.errors import UnknownNameError
+
+if TYPE_CHECKING:
+    from bench.cache import Cache
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -115,11 +119,11 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
-def default_dest() -> Path:
+def default_dest(cache: Cache | None = None) -> Path:
     """The cache's ``datasets`` directory, where the probe sets look without ``--probe-root``."""
-    from bench.cache import default_cache_dir
+    from bench.cache import Cache
 
-    return default_cache_dir() / "datasets"
+    return (cache if cache is not None else Cache()).datasets_dir()
 
 
 def get_dataset(name: str) -> Dataset:
@@ -131,9 +135,15 @@ def get_dataset(name: str) -> Dataset:
         ) from None
 
 
-def fetch_dataset(name: str, dest: str | Path | None = None, *, progress: bool = False) -> Path:
-    """Download and unpack ``name`` into ``dest`` (default: :func:`default_dest`) unless it is
-    there already; return the directory to pass as ``--probe-root``."""
+def fetch_dataset(
+    name: str,
+    dest: str | Path | None = None,
+    *,
+    progress: bool = False,
+    cache: Cache | None = None,
+) -> Path:
+    """Download and unpack ``name`` into ``dest`` (default: :func:`default_dest` of ``cache``)
+    unless it is there already; return the directory to pass as ``--probe-root``."""
     dataset = get_dataset(name)
-    root = Path(dest).expanduser() if dest is not None else default_dest()
+    root = Path(dest).expanduser() if dest is not None else default_dest(cache)
     return dataset.fetch(root, progress)

@@ -9,13 +9,13 @@ Layout of one key (reference/formats.md; the real zips and the synthetic export 
     <key dir>/<layer>/units.npy    optional int [units]: the unit of each row
 
 Keys are ``<model>/<dataset>``: the seven real ones (:data:`REAL_KEYS`), downloaded on request
-from ``http://milan.csail.mit.edu/data/<model>-<dataset>.zip``, and one synthetic key per
-synthetic target, ``<target>/synthetic``, written by
-:func:`bench.synth.annotators.synthetic_milannotations`. A key's directory is named with ``/``
-replaced by ``-`` (``alexnet-imagenet``); the original's nested ``alexnet/imagenet`` is found
-too. Groupings (:func:`groupings`) name sets of keys as the paper does (``base``, ``cls``,
-``gen``, ``imagenet``, ``places365``, ``alexnet``, ``resnet152``, ``biggan``,
-``not-<model>-<dataset>``) plus ``synthetic`` and ``not-<target>-synthetic``.
+from ``http://milan.csail.mit.edu/data/<model>-<dataset>.zip``, and generated keys from
+registered sources (:class:`KeySource`; the synthetic world's ``<target>/synthetic``). A key's
+directory is named with ``/`` replaced by ``-`` (``alexnet-imagenet``); the original's nested
+``alexnet/imagenet`` is found too. Groupings (:func:`groupings`) name sets of keys as the paper
+does (``base``, ``cls``, ``gen``, ``imagenet``, ``places365``, ``alexnet``, ``resnet152``,
+``biggan``, ``not-<model>-<dataset>``) plus, per source, its dataset (``synthetic``) and
+``not-<model>-<dataset>``.
 
 Where the data lives: ``root`` when given, else ``$MILAN_DATA_DIR``, else the cache's
 ``datasets/milannotations``. Synthetic keys without a ``root`` come from the cached synthetic
@@ -34,19 +34,20 @@ masks, with ``images.json`` saying how it was made.
 Loading keeps units with at least ``annotation_count`` (3) descriptions and truncates extras,
 as the original does; arrays are memory-mapped, so a unit's images are read when it is used.
 
-:func:`split` gives the paper's generalisation splits (reference 1.8) on real or synthetic keys.
+Keys that are generated rather than downloaded come from a :class:`KeySource` registered in
+``bench.registry.MILANNOTATIONS_SOURCES`` (the synthetic world registers one for its targets); this
+module knows nothing of where they come from. The generalisation splits (reference 1.8) live with
+the method, in :mod:`methods.milan.splits`.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
-import itertools
 import logging
 import os
 import re
-import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -90,14 +91,6 @@ BASE_KEYS: tuple[str, ...] = REAL_KEYS[:6]
 _NO_IMAGES = re.compile(r".*(net|vgg|dino).*imagenet.*")
 SYNTHETIC_DATASET = "synthetic"
 
-EXPERIMENTS: tuple[str, ...] = (
-    "within",
-    "across-network",
-    "across-dataset",
-    "across-task",
-    "across-arch",
-    "leave-one-out",
-)
 #: Share of units held out by the ``within`` experiment (and MILAN's validation split).
 HOLDOUT = 0.1
 
@@ -142,31 +135,79 @@ def _real_info(key: str, base_url: str | None = None) -> KeyInfo:
     )
 
 
-def synthetic_targets() -> tuple[str, ...]:
-    """Names of the synthetic targets (one synthetic key each)."""
-    from bench.synth.recipes import RECIPES  # one target per recipe; no file is read
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeySource:
+    """Keys ``<model>/<dataset>`` that are generated, not downloaded (registered by name of their
+    dataset in ``bench.registry.MILANNOTATIONS_SOURCES``).
 
-    return tuple(RECIPES)
+    ``models``: the models with a key; ``root(cache, progress)``: a directory holding every key's
+    directory, generated on first use (content-hashed in ``cache``); ``facets(model)``: what the
+    generalisation splits pair keys by (``{"arch": ..., "task": ...}``); ``origin``: how the keys
+    are made, for messages.
+    """
+
+    dataset: str
+    models: Callable[[], tuple[str, ...]]
+    root: Callable[..., Path]
+    facets: Callable[[str], Mapping[str, str]]
+    origin: str
+
+
+def key_sources() -> dict[str, KeySource]:
+    """Dataset name -> its registered :class:`KeySource`."""
+    from bench.registry import MILANNOTATIONS_SOURCES
+
+    return {name: MILANNOTATIONS_SOURCES.get(name) for name in MILANNOTATIONS_SOURCES.names()}
+
+
+def generated_keys(dataset: str | None = None) -> tuple[str, ...]:
+    """Keys of every registered source (or of the one for ``dataset``)."""
+    return tuple(
+        f"{m}/{src.dataset}"
+        for name, src in key_sources().items()
+        if dataset is None or name == dataset
+        for m in src.models()
+    )
+
+
+def synthetic_targets() -> tuple[str, ...]:
+    """Models with a key of the ``synthetic`` source (the synthetic targets), if registered."""
+    src = key_sources().get(SYNTHETIC_DATASET)
+    return src.models() if src is not None else ()
 
 
 def synthetic_keys() -> tuple[str, ...]:
-    return tuple(f"{t}/{SYNTHETIC_DATASET}" for t in synthetic_targets())
+    return generated_keys(SYNTHETIC_DATASET)
+
+
+def key_source(key: str) -> KeySource:
+    """The source of a generated key (UnknownNameError for any other key)."""
+    _, _, dataset = key.partition("/")
+    src = key_sources().get(dataset)
+    if src is None or key not in generated_keys(dataset):
+        raise _unknown_key(key)
+    return src
+
+
+def key_facets(key: str) -> Mapping[str, str]:
+    """What the generalisation splits pair a generated key by (its model's facets)."""
+    return key_source(key).facets(key.split("/")[0])
 
 
 def all_keys() -> tuple[str, ...]:
-    """Every key: the real ones, then the synthetic ones."""
-    return REAL_KEYS + synthetic_keys()
+    """Every key: the real ones, then the generated ones."""
+    return REAL_KEYS + generated_keys()
 
 
 def key_info(key: str, *, base_url: str | None = None) -> KeyInfo:
     """The :class:`KeyInfo` of a single key (not a grouping)."""
     if key in REAL_KEYS:
         return _real_info(key, base_url)
-    if key in synthetic_keys():
+    if key in generated_keys():
         return KeyInfo(
             key=key,
             model=key.split("/")[0],
-            dataset=SYNTHETIC_DATASET,
+            dataset=key.split("/")[1],
             synthetic=True,
             ships_images=True,
             url=None,
@@ -187,10 +228,11 @@ def groupings() -> dict[str, tuple[str, ...]]:
         out[model] = tuple(k for k in BASE_KEYS if k.startswith(f"{model}/"))
     for key in BASE_KEYS:
         out[f"not-{key.replace('/', '-')}"] = tuple(k for k in BASE_KEYS if k != key)
-    synth = synthetic_keys()
-    out[SYNTHETIC_DATASET] = synth
-    for key in synth:
-        out[f"not-{key.replace('/', '-')}"] = tuple(k for k in synth if k != key)
+    for dataset in key_sources():
+        generated = generated_keys(dataset)
+        out[dataset] = generated
+        for key in generated:
+            out[f"not-{key.replace('/', '-')}"] = tuple(k for k in generated if k != key)
     return out
 
 
@@ -232,28 +274,31 @@ def resolve_keys(names: str | Sequence[str]) -> tuple[str, ...]:
 # --- where the data is ----------------------------------------------------------------------------
 
 
-def default_root() -> Path:
-    """``$MILAN_DATA_DIR`` if set, else the cache's ``datasets/milannotations``."""
+def default_root(cache: Cache | None = None) -> Path:
+    """``$MILAN_DATA_DIR`` if set (the original's variable), else the cache's
+    ``datasets/milannotations``."""
     env = os.environ.get(ENV_DATA_DIR)
     if env:
         return Path(env).expanduser()
-    from bench.cache import default_cache_dir
+    from bench.cache import Cache
 
-    return default_cache_dir() / "datasets" / "milannotations"
+    return (cache if cache is not None else Cache()).datasets_dir() / "milannotations"
 
 
 def _has_annotations(path: Path) -> bool:
     return (path / ANNOTATIONS_FILE).is_file()
 
 
-def locate(key: str, root: str | os.PathLike[str] | None = None) -> Path | None:
+def locate(
+    key: str, root: str | os.PathLike[str] | None = None, *, cache: Cache | None = None
+) -> Path | None:
     """The directory holding ``annotations.csv`` of ``key`` under ``root``, or ``None``.
 
     Looks at ``<root>/<model>-<dataset>``, a single folder inside it (a zip with a top-level
     folder), and the original's nested ``<root>/<model>/<dataset>``.
     """
     info = key_info(key)
-    base = Path(root).expanduser() if root is not None else default_root()
+    base = Path(root).expanduser() if root is not None else default_root(cache)
     direct = base / info.dirname
     for candidate in (direct, base / info.model / info.dataset):
         if _has_annotations(candidate):
@@ -272,6 +317,7 @@ def fetch(
     base_url: str | None = None,
     timeout: float = 10.0,
     progress: bool = False,
+    cache: Cache | None = None,
 ) -> Path:
     """Download and unpack a real key into ``root`` unless it is there; return its directory.
 
@@ -283,11 +329,8 @@ def fetch(
 
     info = key_info(key, base_url=base_url)
     if info.synthetic or info.url is None:
-        raise UsageError(
-            f"'{key}' is a synthetic key: it is generated, not downloaded "
-            "(bench.synth.annotators.synthetic_milannotations)."
-        )
-    base = Path(root).expanduser() if root is not None else default_root()
+        raise UsageError(f"'{key}' is a generated key ({key_source(key).origin}), not downloaded.")
+    base = Path(root).expanduser() if root is not None else default_root(cache)
     found = locate(key, base)
     if found is not None:
         return found
@@ -321,19 +364,18 @@ def _key_dir(
 ) -> Path:
     info = key_info(key)
     if info.synthetic:
+        src = key_source(key)
         if root is None:
-            from bench.synth.annotators import synthetic_milannotations
-
-            root = synthetic_milannotations(cache, progress=progress)
+            root = src.root(cache, progress=progress)
         found = locate(key, root)
         if found is None:
             raise DataError(
-                f"Expected the synthetic MILANNOTATIONS key '{key}' in {root} (a directory "
-                f"{info.dirname}/ with {ANNOTATIONS_FILE}), found nothing. Create it with "
-                "bench.synth.annotators.synthetic_milannotations(), or load without root."
+                f"Expected the generated MILANNOTATIONS key '{key}' in {root} (a directory "
+                f"{info.dirname}/ with {ANNOTATIONS_FILE}), found nothing. It is made by "
+                f"{src.origin}; load without root to generate it into the cache."
             )
         return found
-    base = root if root is not None else default_root()
+    base = root if root is not None else default_root(cache)
     found = locate(key, base)
     if found is not None:
         return found
@@ -842,23 +884,20 @@ def load(
     """
     keys = resolve_keys(key)
     base = Path(root).expanduser() if root is not None else None
-    synth_root = base
-    if base is None and any(key_info(k).synthetic for k in keys):
-        from bench.synth.annotators import synthetic_milannotations
-
-        synth_root = synthetic_milannotations(cache, progress=progress)
     entries: list[_Entry] = []
     for k in keys:
         key_dir = _key_dir(
             k,
-            synth_root if key_info(k).synthetic else base,
+            base,
             download=download,
             base_url=base_url,
             timeout=timeout,
             cache=cache,
             progress=progress,
         )
-        imagenet_val = imagenet_val_dir(imagenet_root, base if base is not None else default_root())
+        imagenet_val = imagenet_val_dir(
+            imagenet_root, base if base is not None else default_root(cache)
+        )
         entries.extend(
             _load_key(
                 k,
@@ -870,247 +909,3 @@ def load(
             )
         )
     return Milannotations(entries, keys=keys, text_only=not images)
-
-
-# --- generalisation splits (reference 1.8) --------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Split:
-    """Train on ``train_keys``, test on ``test_keys``. For ``within`` both are the same key and
-    ``train_units`` / ``test_units`` say which units go where (``None``: every unit)."""
-
-    experiment: str
-    name: str
-    train_keys: tuple[str, ...]
-    test_keys: tuple[str, ...]
-    train_units: tuple[UnitId, ...] | None = None
-    test_units: tuple[UnitId, ...] | None = None
-
-
-def holdout_units(
-    units: Iterable[UnitId], *, fraction: float = HOLDOUT, seed: int = 0, salt: str = ""
-) -> tuple[tuple[UnitId, ...], tuple[UnitId, ...]]:
-    """``(kept, held out)``: a seeded random ``fraction`` of ``units`` held out (split by unit).
-
-    Independent of the input order (units are sorted first); ``salt`` (a key name) gives each
-    key its own draw. At least one unit is held out when there are two or more.
-    """
-    import numpy as np
-
-    if not 0.0 < fraction < 1.0:
-        raise UsageError(f"Expected a held-out fraction in (0, 1), got {fraction}.")
-    ordered = sorted(set(units))
-    n = len(ordered)
-    n_test = min(n - 1, max(1, round(fraction * n))) if n >= 2 else 0
-    rng = np.random.default_rng([int(seed), zlib.crc32(salt.encode())])
-    test_idx = set(rng.permutation(n)[:n_test].tolist())
-    kept = tuple(u for i, u in enumerate(ordered) if i not in test_idx)
-    held = tuple(u for i, u in enumerate(ordered) if i in test_idx)
-    return kept, held
-
-
-def _pairs(
-    groups: Sequence[Sequence[tuple[str, Sequence[str]]]],
-    universe: Sequence[str],
-    *,
-    both: bool = True,
-) -> list[tuple[str, tuple[str, ...], str, tuple[str, ...]]]:
-    """Ordered (train side, test side) pairs of named key sets within each group, restricted
-    to ``universe``; with ``both=False`` only from each group's first side."""
-    out = []
-    for sides in groups:
-        kept = [(n, tuple(k for k in ks if k in universe)) for n, ks in sides]
-        kept = [(n, ks) for n, ks in kept if ks]
-        for (a, ka), (b, kb) in itertools.permutations(kept, 2):
-            if (not both and (a, ka) != kept[0]) or set(ka) & set(kb):
-                continue
-            out.append((a, ka, b, kb))
-    return out
-
-
-def _real_groups(experiment: str) -> tuple[list[list[tuple[str, Sequence[str]]]], bool]:
-    g = groupings()
-    if experiment == "across-network":
-        return [[("alexnet", g["alexnet"]), ("resnet152", g["resnet152"])]], True
-    if experiment == "across-dataset":
-        return [[("imagenet", g["imagenet"]), ("places365", g["places365"])]], True
-    if experiment == "across-task":
-        return [[("cls", g["cls"]), ("gen", g["gen"])]], True
-    # across-arch: convolutional networks (base) -> the vision transformer, one direction.
-    return [[("base", g["base"]), ("dino_vits8/imagenet", ("dino_vits8/imagenet",))]], False
-
-
-def _synthetic_groups(
-    experiment: str, universe: Sequence[str]
-) -> list[list[tuple[str, Sequence[str]]]]:
-    """Groups of named key sets of the synthetic analogues (see :func:`split`); splits pair
-    sets of the same group."""
-    from bench.synth.recipes import recipe
-
-    info = {k: recipe(k.split("/")[0]) for k in universe}
-    archs = sorted({r.arch for r in info.values()})
-    tasks = sorted({r.task for r in info.values()})
-
-    def keys_of(arch: str | None, task: str | None) -> list[str]:
-        return [
-            k
-            for k, r in info.items()
-            if (arch is None or r.arch == arch) and (task is None or r.task == task)
-        ]
-
-    if experiment == "across-network":  # same task, another network
-        return [[(f"{t}:{a}", keys_of(a, t)) for a in archs] for t in tasks]
-    if experiment == "across-dataset":  # same architecture, trained on another labelling
-        return [[(f"{a}:{t}", keys_of(a, t)) for t in tasks] for a in archs]
-    # across-task: every target of one task -> every target of another
-    return [[(t, keys_of(None, t)) for t in tasks]]
-
-
-def split(
-    experiment: str,
-    keys: str | Sequence[str] | None = None,
-    *,
-    seed: int = 0,
-    holdout: float = HOLDOUT,
-    units: Milannotations | Mapping[str, Iterable[UnitId | tuple[str, int]]] | None = None,
-    root: str | os.PathLike[str] | None = None,
-    cache: Cache | None = None,
-) -> list[Split]:
-    """The train/test splits of one of MILAN's generalisation experiments (reference 1.8).
-
-    ``keys`` (keys or groupings) is the pool the experiment draws on; all real or all synthetic.
-    Default: the real keys (``base`` for ``within`` and ``leave-one-out``, as the paper).
-
-    Real keys, as the paper: ``within`` each key, a seeded random ``holdout`` (10%) of its
-    units held out; ``across-network`` alexnet <-> resnet152; ``across-dataset`` imagenet <->
-    places365; ``across-task`` cls <-> gen; ``across-arch`` base -> dino_vits8/imagenet (one
-    direction); ``leave-one-out`` not-X -> X for each base key.
-
-    Synthetic keys, the analogues (from each target's recipe: architecture and task):
-    ``across-network`` one network -> another trained on the same task (synth.resnet <->
-    synth.convnet); ``across-dataset`` one architecture trained on one labelling of the world
-    -> the same architecture trained on another, as AlexNet on ImageNet vs Places365
-    (synth.resnet <-> synth.resnet_scenes); ``across-task`` the object-classifying targets <->
-    the scene-classifying ones (synth.resnet, synth.convnet <-> synth.resnet_scenes; with three
-    targets it overlaps ``across-dataset``); ``across-arch`` every other architecture -> one
-    architecture, each held out in turn (residual nets -> the plain conv net and back: the world
-    has no transformer); ``leave-one-out`` and ``within`` as for real keys.
-
-    ``within`` needs each key's units: from ``units`` (a dataset, or key -> units), else the
-    annotations are read (text only) from ``root`` / ``cache`` as :func:`load` does.
-    """
-    if experiment not in EXPERIMENTS:
-        raise UnknownNameError("generalisation experiment", experiment, EXPERIMENTS)
-    if keys is None:
-        pool = BASE_KEYS if experiment in ("within", "leave-one-out") else REAL_KEYS
-    else:
-        pool = resolve_keys(keys)
-    synthetic = {key_info(k).synthetic for k in pool}
-    if len(synthetic) != 1:
-        raise UsageError(
-            f"Expected only real or only synthetic keys for '{experiment}', got both: "
-            f"{', '.join(pool)}."
-        )
-    is_synth = synthetic.pop()
-    out: list[Split] = []
-    if experiment == "within":
-        per_key = _units_by_key(pool, units, root=root, cache=cache)
-        for k in pool:
-            train, test = holdout_units(per_key[k], fraction=holdout, seed=seed, salt=k)
-            out.append(
-                Split(
-                    experiment=experiment,
-                    name=f"within {k}",
-                    train_keys=(k,),
-                    test_keys=(k,),
-                    train_units=train,
-                    test_units=test,
-                )
-            )
-        return out
-    if experiment == "leave-one-out":
-        candidates = [k for k in pool if is_synth or k in BASE_KEYS]
-        for k in candidates:
-            rest = tuple(c for c in candidates if c != k)
-            if rest:
-                out.append(
-                    Split(
-                        experiment=experiment,
-                        name=f"not-{k.replace('/', '-')} -> {k}",
-                        train_keys=rest,
-                        test_keys=(k,),
-                    )
-                )
-        return out
-    if is_synth and experiment == "across-arch":
-        from bench.synth.recipes import recipe
-
-        archs = {k: recipe(k.split("/")[0]).arch for k in pool}
-        for arch in sorted(set(archs.values())):
-            held = tuple(k for k in pool if archs[k] == arch)
-            rest = tuple(k for k in pool if archs[k] != arch)
-            if rest and held:
-                out.append(
-                    Split(
-                        experiment=experiment,
-                        name=f"not {arch} -> {arch}",
-                        train_keys=rest,
-                        test_keys=held,
-                    )
-                )
-        return out
-    if is_synth:
-        pairs = _pairs(_synthetic_groups(experiment, pool), pool)
-    else:
-        groups, both = _real_groups(experiment)
-        pairs = _pairs(groups, pool, both=both)
-    for a, ka, b, kb in pairs:
-        out.append(Split(experiment=experiment, name=f"{a} -> {b}", train_keys=ka, test_keys=kb))
-    return out
-
-
-def _units_by_key(
-    pool: Sequence[str],
-    units: Milannotations | Mapping[str, Iterable[UnitId | tuple[str, int]]] | None,
-    *,
-    root: str | os.PathLike[str] | None,
-    cache: Cache | None,
-) -> dict[str, list[UnitId]]:
-    out: dict[str, list[UnitId]] = {k: [] for k in pool}
-    if units is None:
-        units = load(list(pool), root, images=False, cache=cache)
-    if isinstance(units, Milannotations):
-        for u in units.units:
-            if u.key in out:
-                out[u.key].append(u)
-    else:
-        for k, items in units.items():
-            if k not in out:
-                continue
-            for item in items:
-                if isinstance(item, UnitId):
-                    out[k].append(item)
-                else:
-                    layer, unit = item
-                    out[k].append(UnitId(key=k, layer=str(layer), unit=int(unit)))
-    empty = [k for k, v in out.items() if not v]
-    if empty:
-        raise UsageError(
-            f"Expected units for every key of the 'within' split; none were given for "
-            f"{', '.join(empty)}."
-        )
-    return out
-
-
-def load_split(
-    s: Split, root: str | os.PathLike[str] | None = None, **options: Any
-) -> tuple[Milannotations, Milannotations]:
-    """``(train, test)`` datasets of a :class:`Split` (``options`` go to :func:`load`)."""
-    train = load(list(s.train_keys), root, **options)
-    test = train if s.test_keys == s.train_keys else load(list(s.test_keys), root, **options)
-    if s.train_units is not None:
-        train = train.subset(s.train_units)
-    if s.test_units is not None:
-        test = test.subset(s.test_units)
-    return train, test

@@ -44,11 +44,13 @@ class Registry(Generic[T]):
         *,
         check: Callable[[str, Any], None] | None = None,
         entry_point_group: str | None = None,
-        populate: str | None = None,
+        populate: str | tuple[str, ...] | None = None,
     ):
         self.kind = kind
-        # "module:function" that registers the built-in entries, called on first lookup.
-        self._populate = populate
+        # "module:function"(s) that register the built-in entries, called on first lookup.
+        self._populate: tuple[str, ...] = (
+            (populate,) if isinstance(populate, str) else tuple(populate or ())
+        )
         self._check = check
         self._group = entry_point_group
         self._entries: dict[str, Any] = {}
@@ -117,9 +119,10 @@ class Registry(Generic[T]):
         return len(self.names())
 
     def _discover(self) -> None:
-        if self._populate is not None:
-            populate, self._populate = self._populate, None
-            import_string(populate)()
+        if self._populate:
+            populate, self._populate = self._populate, ()
+            for fn in populate:
+                import_string(fn)()
         if self._discovered:
             return
         self._discovered = True
@@ -160,10 +163,22 @@ def _check_method(name: str, obj: Any) -> None:
 
 
 METHODS: Registry[Any] = Registry("method", check=_check_method, entry_point_group="bench.methods")
+# The synthetic world (bench.synth) registers its own targets, probe sets and MILANNOTATIONS keys
+# through these populate strings, as a plug-in would: bench.targets, bench.probes and
+# bench.milannotations know nothing of it.
+_SYNTH = "bench.synth.registration"
 #: name -> bench.targets.TargetSpec
-TARGETS: Registry[Any] = Registry("target", populate="bench.targets:register_builtin_targets")
-#: name -> factory(root: Path | None, *, download: bool, **options) -> bench.probes.base.ProbeSet
-PROBES: Registry[Any] = Registry("probe", populate="bench.probes:register_builtin_probes")
+TARGETS: Registry[Any] = Registry(
+    "target", populate=("bench.targets:register_builtin_targets", f"{_SYNTH}:register_targets")
+)
+#: name -> factory(root: Path | None, *, download: bool, cache: Cache, **options) -> ProbeSet
+PROBES: Registry[Any] = Registry(
+    "probe", populate=("bench.probes:register_builtin_probes", f"{_SYNTH}:register_probes")
+)
+#: dataset name -> bench.milannotations.KeySource (keys that are generated, not downloaded)
+MILANNOTATIONS_SOURCES: Registry[Any] = Registry(
+    "MILANNOTATIONS key source", populate=(f"{_SYNTH}:register_milannotations",)
+)
 SUITES: Registry[Any] = Registry("suite", populate="bench.suites:register_builtin_suites")
 METRICS: Registry[Any] = Registry("metric")
 

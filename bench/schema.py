@@ -13,13 +13,13 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.errors import DataError
+from bench.errors import DataError, UsageError
 
 SCHEMA_VERSION = 1
 
@@ -114,6 +114,108 @@ class Description:
             error=d.get("error"),
             seconds=d.get("seconds"),
         )
+
+
+# --- run.json -------------------------------------------------------------------------------
+
+RUN_FILE = "run.json"
+RunKind = Literal["run", "import"]
+RUN_STATUSES: tuple[str, ...] = ("running", "complete", "failed")
+
+
+@dataclass(kw_only=True)
+class RunState:
+    """What ``run.json`` holds; written by :meth:`save` only, read by :meth:`open`.
+
+    ``kind``: ``"run"`` (``bench run``) or ``"import"`` (labels of another tool scored by
+    ``bench score``); ``config``: the resolved configuration (its hash is ``run_id``);
+    ``provenance``: python, platform, package versions, target and probe identities;
+    ``stages``: per stage (``record``, ``method:<name>``) its status, timing and counts;
+    ``status``: ``running``, ``complete`` or ``failed`` (with ``error``).
+    """
+
+    run_id: str
+    kind: RunKind = "run"
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    status: str = "running"
+    created: str | None = None
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    seconds: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.status not in RUN_STATUSES:
+            raise ValueError(f"Expected a run status in {RUN_STATUSES}, got {self.status!r}")
+        out: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "status": self.status,
+            "config": self.config,
+            "provenance": self.provenance,
+        }
+        if self.kind != "run":
+            out["kind"] = self.kind
+        optional = {
+            "created": self.created,
+            "stages": self.stages if self.kind == "run" else None,
+            "summary": self.summary,
+            "seconds": self.seconds,
+            "error": self.error,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RunState:
+        return cls(
+            run_id=str(d.get("run_id")),
+            kind="import" if d.get("kind") == "import" else "run",
+            config=dict(d.get("config") or {}),
+            provenance=dict(d.get("provenance") or {}),
+            status=str(d.get("status") or "running"),
+            created=d.get("created"),
+            stages={k: dict(v) for k, v in (d.get("stages") or {}).items()},
+            summary=d.get("summary"),
+            seconds=d.get("seconds"),
+            error=d.get("error"),
+        )
+
+    @classmethod
+    def open(
+        cls, run_dir: str | os.PathLike[str], run_id: str, *, kind: RunKind = "run"
+    ) -> RunState:
+        """The state of ``run_dir`` for run ``run_id``: the one there (resuming), or a new one.
+
+        A directory that holds another run (another configuration) is refused with a
+        :class:`UsageError` saying what to do; so is an unreadable ``run.json``."""
+        import time
+
+        path = Path(run_dir) / RUN_FILE
+        if not path.exists():
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            return cls(run_id=run_id, kind=kind, created=created if kind == "run" else None)
+        try:
+            state = cls.from_json(read_json(path))
+        except (OSError, ValueError, AttributeError) as e:
+            raise UsageError(
+                f"{path} is not readable JSON ({e}); delete it or choose another --out."
+            ) from e
+        if state.run_id not in ("None", run_id):
+            raise UsageError(
+                f"{run_dir} holds run {state.run_id} with a different configuration; "
+                "choose another --out, or delete that directory."
+            )
+        state.run_id = run_id
+        state.kind = kind
+        return state
+
+    def save(self, run_dir: str | os.PathLike[str]) -> Path:
+        """Write ``run.json`` atomically; returns its path."""
+        path = Path(run_dir) / RUN_FILE
+        write_json(path, self.to_json())
+        return path
 
 
 # --- JSON -----------------------------------------------------------------------------------

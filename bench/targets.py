@@ -8,6 +8,7 @@ plus what the recorder needs). Specs are registered in ``bench.registry.TARGETS`
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from bench.errors import (
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+    from bench.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,10 @@ class Preprocessing:
 class TargetSpec:
     """Everything needed to build a target, without building it.
 
-    ``family`` selects the loader ("torchvision", "places365", "synthetic", "checkpoint").
+    ``family`` selects the built-in loader ("torchvision", "places365", "checkpoint"); a family
+    registered from elsewhere names its own ``loader`` ("module:function" taking
+    ``(spec, local weights path or None, download, progress)`` and returning
+    ``(model, weights sha256, class names or None)``; not part of the target's identity).
     ``weights`` is the family's weights identifier (a torchvision enum name such as
     ``"ResNet50_Weights.IMAGENET1K_V1"``, a URL, or a packaged file name); ``weights_sha256`` pins
     the content where it is known. ``token_prefix``: leading tokens (CLS) dropped before a
@@ -98,6 +104,7 @@ class TargetSpec:
     token_prefix: int = 0
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    loader: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -332,25 +339,13 @@ def places365_specs() -> list[TargetSpec]:
 
 
 def register_builtin_targets() -> None:
-    """Register the torchvision, Places365 and synthetic targets in ``bench.registry.TARGETS``.
+    """Register the torchvision and Places365 targets in ``bench.registry.TARGETS``.
 
     Called by the registry on its first lookup; calling it again is harmless.
     """
     from bench.registry import TARGETS
 
-    specs = torchvision_specs() + places365_specs()
-    try:
-        from bench.synth.targets import synthetic_target_specs
-    except ImportError as e:
-        if isinstance(e, ModuleNotFoundError) and e.name in ("bench.synth", "bench.synth.targets"):
-            log.debug("No synthetic targets: %s", e)
-        else:
-            log.warning(
-                "Synthetic targets unavailable: bench.synth.targets failed to import (%s).", e
-            )
-    else:
-        specs += list(synthetic_target_specs())
-    for spec in specs:
+    for spec in torchvision_specs() + places365_specs():
         if spec.name not in TARGETS:
             TARGETS.register(spec.name, spec)
 
@@ -371,13 +366,15 @@ def load_target(
     device: str = "cpu",
     download: bool = True,
     progress: bool = False,
+    cache: Cache | None = None,
 ) -> Target:
     """Build a target and load its weights.
 
     ``weights``: a local file (a torch checkpoint read with ``weights_only=True``: a state dict or
     a dict holding one under ``"state_dict"``/``"model"``; or ``.safetensors``) used instead of
-    the spec's source. Otherwise the file is looked up in torch hub's checkpoint directory and,
-    with ``download``, fetched there with a 10 s timeout and a checksum. Offline this fails fast
+    the spec's source. Otherwise the file is looked up in torch hub's checkpoint directory and the
+    cache's models directory and, with ``download``, fetched into the latter with a 10 s timeout
+    and a checksum. Offline this fails fast
     with :class:`WeightsUnavailableError` saying where the weights come from and where to put them.
     """
     from bench.registry import TARGETS
@@ -390,18 +387,23 @@ def load_target(
         raise UsageError(
             f"Expected a target name or a TargetSpec, got {type(name_or_spec).__name__}."
         )
-    loaders = {
+    loaders: dict[str, Any] = {
         "torchvision": _load_torchvision,
         "places365": _load_places365,
         "checkpoint": _load_checkpoint,
-        "synthetic": _load_synthetic,
     }
-    if spec.family not in loaders:
+    if spec.loader is not None:
+        from bench.registry import import_string
+
+        loader = import_string(spec.loader)
+    elif spec.family in loaders:
+        loader = functools.partial(loaders[spec.family], cache=cache)
+    else:
         raise UnknownNameError("target family", spec.family, loaders)
     local = Path(weights).expanduser() if weights is not None else None
     if local is not None and not local.is_file():
         raise UsageError(f"Expected a weights file at {local} (--weights), found nothing there.")
-    model, sha, class_names = loaders[spec.family](spec, local, download, progress)
+    model, sha, class_names = loader(spec, local, download, progress)
     if class_names is not None and len(class_names) != spec.num_classes:
         raise DataError(
             f"Target '{spec.name}' has {spec.num_classes} classes but its class names "
@@ -537,17 +539,39 @@ def _file_name(url: str) -> str:
     return Path(urllib.parse.urlsplit(url).path).name
 
 
-def _remote_weights(spec: TargetSpec, download: bool, progress: bool) -> tuple[Path, str]:
-    """Path and sha256 of the spec's weights in torch hub's checkpoint dir, fetched if missing."""
+def _download_dest(url: str, cache: Cache | None) -> Path:
+    """Where a downloaded file of ``url`` is: torch hub's checkpoint dir when the file is already
+    there (shared with torchvision and other tools; only read), else the cache's models dir."""
     import torch
 
+    from bench.cache import Cache
+
+    name = _file_name(url)
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if hub.is_file():
+        return hub
+    return (cache if cache is not None else Cache()).models_dir() / name
+
+
+def _hub_alternative(dest: Path) -> str:
+    import torch
+
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / dest.name
+    return "" if hub == dest else f" (or in torch hub's checkpoint dir, {hub})"
+
+
+def _remote_weights(
+    spec: TargetSpec, download: bool, progress: bool, cache: Cache | None = None
+) -> tuple[Path, str]:
+    """Path and sha256 of the spec's weights (torch hub's checkpoint dir if they are there, else
+    the cache's models dir), fetched if missing."""
     from bench.download import ensure_file
 
     if not spec.weights_url:
         raise WeightsUnavailableError(
             f"Target '{spec.name}' names no weights URL; pass --weights PATH to a weights file."
         )
-    dest = Path(torch.hub.get_dir()) / "checkpoints" / _file_name(spec.weights_url)
+    dest = _download_dest(spec.weights_url, cache)
     expected = spec.weights_sha256 or _hash_prefix_from_name(dest.name)
     what = f"the weights {spec.weights or dest.name} of target '{spec.name}'"
     try:
@@ -565,32 +589,40 @@ def _remote_weights(spec: TargetSpec, download: bool, progress: bool) -> tuple[P
         raise WeightsUnavailableError(
             f"The weights {spec.weights or dest.name} of target '{spec.name}' are unavailable: "
             f"{reason}. They come from {spec.weights_url}. To supply them, put the file at "
-            f"{dest}, or pass --weights PATH to use a local file."
+            f"{dest}{_hub_alternative(dest)}, or pass --weights PATH to use a local file."
         ) from e
 
 
 def _weights_state(
-    spec: TargetSpec, local: Path | None, download: bool, progress: bool
+    spec: TargetSpec, local: Path | None, download: bool, progress: bool, cache: Cache | None
 ) -> tuple[dict[str, torch.Tensor], str, str]:
     from bench.cache import sha256_file
 
     if local is not None:
         return load_state_dict_file(local), sha256_file(local), str(local)
-    path, sha = _remote_weights(spec, download, progress)
+    path, sha = _remote_weights(spec, download, progress, cache)
     return load_state_dict_file(path), sha, str(path)
 
 
 def _load_torchvision(
-    spec: TargetSpec, local: Path | None, download: bool, progress: bool
+    spec: TargetSpec,
+    local: Path | None,
+    download: bool,
+    progress: bool,
+    cache: Cache | None = None,
 ) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
     model = build_architecture(spec)
-    state, sha, source = _weights_state(spec, local, download, progress)
+    state, sha, source = _weights_state(spec, local, download, progress, cache)
     apply_state_dict(model, state, source=source, arch=spec.arch)
     return model, sha, torchvision_class_names(spec)
 
 
 def _load_checkpoint(
-    spec: TargetSpec, local: Path | None, download: bool, progress: bool
+    spec: TargetSpec,
+    local: Path | None,
+    download: bool,
+    progress: bool,
+    cache: Cache | None = None,
 ) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
     """A torchvision architecture with a user's weights (``spec.weights`` or ``--weights``)."""
     if local is None:
@@ -600,33 +632,36 @@ def _load_checkpoint(
             raise UsageError(f"Target '{spec.name}' needs a weights file: pass --weights PATH.")
     names = spec.options.get("class_names")
     return (
-        *_load_torchvision(spec, local, download, progress)[:2],
+        *_load_torchvision(spec, local, download, progress, cache)[:2],
         tuple(names) if names else None,
     )
 
 
 def _load_places365(
-    spec: TargetSpec, local: Path | None, download: bool, progress: bool
+    spec: TargetSpec,
+    local: Path | None,
+    download: bool,
+    progress: bool,
+    cache: Cache | None = None,
 ) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
     model = build_architecture(spec)
-    state, sha, source = _weights_state(spec, local, download, progress)
+    state, sha, source = _weights_state(spec, local, download, progress, cache)
     apply_state_dict(model, state, source=source, arch=spec.arch)
-    return model, sha, places365_class_names(download=download, progress=progress)
+    return model, sha, places365_class_names(download=download, progress=progress, cache=cache)
 
 
 def places365_class_names(
-    *, download: bool = True, progress: bool = False
+    *, download: bool = True, progress: bool = False, cache: Cache | None = None
 ) -> tuple[str, ...] | None:
     """The 365 scene names (``/a/airfield 0`` -> ``airfield``; ``_`` and ``/`` become spaces).
 
-    The list is fetched on request into torch hub's checkpoint dir. When it cannot be had the
+    The list is fetched on request into the cache's models dir (or read from torch hub's
+    checkpoint dir when it is there). When it cannot be had the
     target still loads, without class names, and a warning says how to supply the list.
     """
-    import torch
-
     from bench.download import ensure_file
 
-    dest = Path(torch.hub.get_dir()) / "checkpoints" / _file_name(PLACES365_CATEGORIES_URL)
+    dest = _download_dest(PLACES365_CATEGORIES_URL, cache)
     try:
         path, _ = ensure_file(
             PLACES365_CATEGORIES_URL,
@@ -662,22 +697,3 @@ def parse_places365_categories(path: Path) -> tuple[str, ...]:
             )
         names.append(parts[0][3:].replace("_", " ").replace("/", " "))
     return tuple(names)
-
-
-def _load_synthetic(
-    spec: TargetSpec, local: Path | None, download: bool, progress: bool
-) -> tuple[torch.nn.Module, str, tuple[str, ...] | None]:
-    try:
-        from bench.synth.targets import load_synthetic_model
-    except ImportError as e:
-        raise UsageError(
-            f"Synthetic target '{spec.name}' needs bench.synth.targets, which "
-            f"cannot be imported ({e})."
-        ) from e
-    model, sha, names = load_synthetic_model(spec)
-    if local is not None:
-        from bench.cache import sha256_file
-
-        apply_state_dict(model, load_state_dict_file(local), source=str(local), arch=spec.arch)
-        sha = sha256_file(local)
-    return model, sha, tuple(names) if names is not None else None

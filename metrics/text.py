@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from bench.environment import resolve_device
 from bench.errors import (
     BenchError,
     ConfigError,
@@ -177,14 +178,6 @@ def _hub_revision(repo_id: str) -> str | None:
         return Path(snapshot_download(repo_id, local_files_only=True)).name
     except Exception:  # not cached, not a hub id, or no huggingface_hub: no revision to report
         return None
-
-
-def _resolve_device(device: str | None) -> str:
-    if device is not None:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # --- references ---------------------------------------------------------------------------------
@@ -452,7 +445,7 @@ def bertscore(
     if s.lowercase_strip:
         cands = [_milan_normalise(c) for c in cands]
         refs = [[_milan_normalise(r) for r in rs] for rs in refs]
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     settings = s.to_json() | {
         "metric": "bertscore-f1",
         "model_revision": None if s.preset == "offline" else _hub_revision(s.model_type),
@@ -571,8 +564,9 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every row of ``a [Na, D]`` with every row of ``b [Nb, D]``."""
-    return _unit_rows(a) @ _unit_rows(b).T
+    """Cosine similarity of every row of ``a [Na, D]`` with every row of ``b [Nb, D]``, clipped to
+    [-1, 1] (rounding can put the cosine of identical texts a hair above 1)."""
+    return np.clip(_unit_rows(a) @ _unit_rows(b).T, -1.0, 1.0)
 
 
 def text_cosine(
@@ -596,7 +590,7 @@ def text_cosine(
     ref = _unit_rows(emb[len(candidates) :])
     sizes = [len(rs) for rs in refs]
     owner = np.repeat(np.arange(len(refs)), sizes)
-    per_pair = np.einsum("ij,ij->i", cand[owner], ref)
+    per_pair = np.clip(np.einsum("ij,ij->i", cand[owner], ref), -1.0, 1.0)
     return reduce_references(per_pair, sizes, reduce)
 
 
@@ -636,7 +630,7 @@ def load_sentence_encoder(
     from sentence_transformers import SentenceTransformer
 
     hub_id = SENTENCE_PRESETS[preset]
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if hub_id is None:
         path = offline_model_path()
         info = offline_model_identity() | {"preset": preset}
@@ -744,7 +738,7 @@ def load_clip_text_encoder(device: str | None = None) -> OpenClipTextEncoder:
     """OpenAI CLIP ViT-B/16 through open_clip (QuickGELU, as trained), loaded once per device."""
     import open_clip
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     try:
         model = open_clip.create_model(
             CLIP_MODEL, pretrained=CLIP_PRETRAINED, device=dev, weights_only=True

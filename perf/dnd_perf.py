@@ -75,9 +75,9 @@ def cpu_batching(args: argparse.Namespace) -> int:
 
     from bench.cache import Cache
     from bench.components.testing import tiny_components
-    from bench.probes.synthetic import synthetic_probe
     from bench.record import record_cached
     from bench.schema import UnitRef
+    from bench.synth.probes import synthetic_probe
     from bench.targets import load_target
     from methods.base import MethodContext
     from methods.dnd import DnD
@@ -134,9 +134,9 @@ def planted(args: argparse.Namespace) -> int:
     from bench.cache import Cache
     from bench.components import build_components, default_backends
     from bench.components.synthetic import names_formula
-    from bench.probes.synthetic import synthetic_probe
     from bench.record import record_cached
     from bench.schema import UnitRef
+    from bench.synth.probes import synthetic_probe
     from bench.synth.recipes import RECIPES
     from bench.synth.targets import load_card
     from bench.targets import load_target

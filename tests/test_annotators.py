@@ -138,7 +138,7 @@ def _read(root: Path, target: str) -> dict[tuple[str, int], list[str]]:
 @pytest.fixture(scope="module")
 def probe():
     """The default synthetic probe (2000 images): the one the embedded default run uses."""
-    from bench.probes.synthetic import synthetic_probe
+    from bench.synth.probes import synthetic_probe
 
     return synthetic_probe(Cache().root)
 
@@ -243,7 +243,7 @@ def test_high_noise_is_mostly_generic(careful: Path, probe) -> None:
 
 
 def test_same_seed_same_files(tmp_path: Path) -> None:
-    from bench.probes.synthetic import synthetic_probe
+    from bench.synth.probes import synthetic_probe
 
     def export(root: Path, seed: int) -> Path:
         cache = Cache(root)

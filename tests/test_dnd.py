@@ -246,8 +246,8 @@ def test_planted_units_of_the_synthetic_world_get_their_concepts(tmp_path: Path)
     import torch
 
     from bench.components.synthetic import names_formula
-    from bench.probes.synthetic import synthetic_probe
     from bench.record import record_cached
+    from bench.synth.probes import synthetic_probe
     from bench.synth.targets import load_card
     from bench.targets import load_target
 

@@ -21,7 +21,7 @@ import pytest
 
 from bench.api import RunConfig, run
 from bench.results import SuiteResult, read_suite_result
-from bench.scoring import ScoreOptions, score_run
+from bench.suites.scoring import ScoreOptions, score_run
 
 METRICS = ("bertscore", "sentence-cosine")
 

@@ -15,6 +15,7 @@ from torchvision.transforms import functional as TF
 
 from bench import milannotations as M
 from bench.errors import DataError, DownloadError, UnknownNameError, UsageError
+from methods.milan import splits as S
 
 K = 3
 SIZE = 16
@@ -317,7 +318,7 @@ def test_download_refuses_archives_that_escape(tmp_path: Path, serve_bytes) -> N
 def test_download_needs_a_reachable_host(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="MILANNOTATIONS alexnet/places365"):
         M.fetch("alexnet/places365", tmp_path, base_url="http://127.0.0.1:9", timeout=2)
-    with pytest.raises(UsageError, match="synthetic key"):
+    with pytest.raises(UsageError, match="generated key"):
         M.fetch("synth.resnet/synthetic", tmp_path)
 
 
@@ -333,7 +334,7 @@ def test_within_split_is_disjoint_seeded_and_by_unit() -> None:
         "alexnet/imagenet": _units("alexnet/imagenet", 200),
         "biggan/imagenet": _units("biggan/imagenet", 31),
     }
-    splits = M.split("within", ["alexnet/imagenet", "biggan/imagenet"], seed=3, units=units)
+    splits = S.split("within", ["alexnet/imagenet", "biggan/imagenet"], seed=3, units=units)
     assert [s.name for s in splits] == ["within alexnet/imagenet", "within biggan/imagenet"]
     for s in splits:
         (key,) = s.train_keys
@@ -342,22 +343,22 @@ def test_within_split_is_disjoint_seeded_and_by_unit() -> None:
         assert not train & test
         assert train | test == set(units[key])
         assert len(test) == round(0.1 * len(units[key]))
-    again = M.split(
+    again = S.split(
         "within",
         ["alexnet/imagenet", "biggan/imagenet"],
         seed=3,
         units={k: list(reversed(v)) for k, v in units.items()},
     )
     assert again == splits  # seeded, and independent of the order units come in
-    other = M.split("within", ["alexnet/imagenet"], seed=4, units=units)
+    other = S.split("within", ["alexnet/imagenet"], seed=4, units=units)
     assert set(other[0].test_units) != set(splits[0].test_units)
-    kept, held = M.holdout_units(units["biggan/imagenet"], fraction=0.5, seed=0, salt="x")
+    kept, held = S.holdout_units(units["biggan/imagenet"], fraction=0.5, seed=0, salt="x")
     assert len(held) == 16 and not set(kept) & set(held)
 
 
 def test_real_splits_follow_the_paper() -> None:
     def pairs(name: str, keys=None) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-        return [(s.train_keys, s.test_keys) for s in M.split(name, keys)]
+        return [(s.train_keys, s.test_keys) for s in S.split(name, keys)]
 
     g = M.groupings()
     assert pairs("across-network") == [
@@ -378,9 +379,9 @@ def test_real_splits_follow_the_paper() -> None:
         (("resnet152/places365",), ("alexnet/imagenet",)),
     ]
     with pytest.raises(UnknownNameError, match="across-network"):
-        M.split("across-networks")
+        S.split("across-networks")
     with pytest.raises(UsageError, match="only real or only synthetic"):
-        M.split("leave-one-out", ["base", "synthetic"])
+        S.split("leave-one-out", ["base", "synthetic"])
 
 
 def test_synthetic_splits_are_the_documented_analogues() -> None:
@@ -388,7 +389,7 @@ def test_synthetic_splits_are_the_documented_analogues() -> None:
 
     def pairs(name: str) -> set[tuple[tuple[str, ...], tuple[str, ...]]]:
         out = set()
-        for sp in M.split(name, "synthetic"):
+        for sp in S.split(name, "synthetic"):
             assert not set(sp.train_keys) & set(sp.test_keys)
             out.add((tuple(sorted(sp.train_keys)), tuple(sorted(sp.test_keys))))
         return out
@@ -400,6 +401,6 @@ def test_synthetic_splits_are_the_documented_analogues() -> None:
     assert pairs("leave-one-out") == {
         (tuple(sorted(set((r, c, s)) - {k})), (k,)) for k in (r, c, s)
     }
-    within = M.split("within", "synthetic", units={k: _units(k, 50) for k in (r, c, s)})
+    within = S.split("within", "synthetic", units={k: _units(k, 50) for k in (r, c, s)})
     assert [sp.test_keys for sp in within] == [(r,), (c,), (s,)]
     assert all(len(sp.test_units) == 5 for sp in within)

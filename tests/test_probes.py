@@ -771,15 +771,16 @@ def test_probe_options_are_parsed_per_probe_set(broden: Path) -> None:
 
 
 def test_load_probe_passes_options(broden: Path) -> None:
-    from bench.api import RunConfig, load_probe
+    from bench.api import RunConfig
+    from bench.probes import load_probe
 
     assert RunConfig().probe_options == {}
-    probe = load_probe("broden", str(broden), False, {"categories": "material,object"})
+    probe = load_probe("broden", str(broden), options={"categories": "material,object"})
     assert probe.categories() == ["material", "object"]
-    probe = load_probe("broden", str(broden), False, {"max_images": "2"})
+    probe = load_probe("broden", str(broden), options={"max_images": "2"})
     assert len(probe) == 2 and probe.categories() == list(BRODEN_DEFAULT_CATEGORIES)
     with pytest.raises(UsageError, match="index_file"):
-        load_probe("broden", str(broden), False, {"colour": "red"})
+        load_probe("broden", str(broden), options={"colour": "red"})
 
 
 def test_cli_probe_option_parsing() -> None:
@@ -812,10 +813,10 @@ def test_cli_probe_option_parsing() -> None:
 
 def test_synthetic_factories_are_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[object, dict[str, object]]] = []
-    fake = types.ModuleType("bench.probes.synthetic")
+    fake = types.ModuleType("bench.synth.probes")
     fake.synthetic_probe = lambda root, **kw: calls.append((root, kw)) or "probe"  # type: ignore[attr-defined]
     fake.synthetic_heldout_probe = lambda root, **kw: "heldout"  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "bench.probes.synthetic", fake)
+    monkeypatch.setitem(sys.modules, "bench.synth.probes", fake)
     assert PROBES.get("synthetic")(None, download=False, seed=3) == "probe"
-    assert calls == [(None, {"download": False, "seed": 3})]
+    assert calls == [(None, {"download": False, "cache": None, "seed": 3})]
     assert PROBES.get("synthetic-heldout")(None) == "heldout"

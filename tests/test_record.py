@@ -728,7 +728,7 @@ def test_cached_approximation_is_refined_when_budget_allows(tmp_path, probe):
 def test_record_matches_brute_force_on_the_synthetic_world():
     """The real path: a shipped synthetic target on the synthetic Broden export, read back by the
     Broden loader, recorded in batches that do not divide the probe."""
-    from bench.probes.synthetic import synthetic_probe
+    from bench.synth.probes import synthetic_probe
     from bench.targets import load_target
 
     target = load_target("synth.resnet")

@@ -16,7 +16,7 @@ import pytest
 from bench.errors import DataError, DownloadError, UnknownNameError, UsageError
 from bench.results import read_suite_result
 from bench.schema import UnitRef
-from bench.scoring import ScoreOptions, score_labels
+from bench.suites.scoring import ScoreOptions, score_labels
 
 OPTIONS = ScoreOptions(n_resamples=1000, device="cpu")
 

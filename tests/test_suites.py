@@ -19,10 +19,10 @@ from bench.api import RunConfig, run
 from bench.errors import ConfigError, UnknownNameError, UsageError
 from bench.results import PNG_SIGNATURE, SuiteResult, read_suite_result
 from bench.schema import Description, UnitRef, dumps, write_json
-from bench.scoring import ScoreOptions, score_run, suite_names
 from bench.suites.base import MetricValues, summarise
 from bench.suites.cifar_auroc import auprc_per_class, auroc_per_class
 from bench.suites.planted import concept_phrase, names_concept
+from bench.suites.scoring import ScoreOptions, score_run, suite_names
 from bench.suites.strips import outline, strip_file, strip_png
 from metrics.classification import auroc, average_precision
 
@@ -188,7 +188,7 @@ def test_planted_units_come_from_the_card_and_recovery_follows_the_labels(scored
 def test_cifar_auroc_equals_a_hand_computation(scored) -> None:
     import torch
 
-    from bench.probes.synthetic import SyntheticHeldoutProbe
+    from bench.synth.probes import SyntheticHeldoutProbe
     from bench.targets import load_target
     from metrics.text import load_sentence_encoder
 

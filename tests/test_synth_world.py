@@ -365,7 +365,7 @@ def test_broden_export_loads_with_the_broden_loader(tmp_path):
 def test_synthetic_probe_is_cached_and_uses_the_broden_loader(tmp_path):
     pytest.importorskip("bench.probes.broden", reason="the Broden loader is not merged")
     from bench.cache import Cache
-    from bench.probes.synthetic import synthetic_probe
+    from bench.synth.probes import synthetic_probe
 
     p1 = synthetic_probe(tmp_path, n_images=12, seed=3)
     entries = Cache(tmp_path).entries("synth-broden")
@@ -375,7 +375,7 @@ def test_synthetic_probe_is_cached_and_uses_the_broden_loader(tmp_path):
     assert (entries[0].path / "index.csv").stat().st_mtime_ns == mtime  # a hit, not a rewrite
     assert p1.identity() == p2.identity() and len(p2) == 12
     assert p2.fixed_geometry and p2.has_segmentations
-    from bench.probes.synthetic import PROBE_COLOR_WEIGHTS
+    from bench.synth.probes import PROBE_COLOR_WEIGHTS
 
     first = W.render(W.generate(1, seed=3, color_weights=PROBE_COLOR_WEIGHTS)[0])
     assert np.array_equal(p2.segmentation(0).pixel["object"][0], first.labels["object"])
@@ -397,7 +397,7 @@ def test_heldout_images_show_their_class_and_no_other():
 
 
 def test_heldout_probe():
-    from bench.probes.synthetic import synthetic_heldout_probe
+    from bench.synth.probes import synthetic_heldout_probe
 
     probe = synthetic_heldout_probe(n_images=20, seed=5)
     assert len(probe) == 20 and probe.fixed_geometry and not probe.has_segmentations
@@ -412,7 +412,7 @@ def test_heldout_probe():
 
 
 def test_colour_weights_make_colours_rare_and_leave_the_default_alone():
-    from bench.probes.synthetic import PROBE_COLOR_WEIGHTS
+    from bench.synth.probes import PROBE_COLOR_WEIGHTS
 
     plain = W.generate(300, seed=5)
     weighted = W.generate(300, seed=5, color_weights=PROBE_COLOR_WEIGHTS)

@@ -326,6 +326,7 @@ def test_synthetic_targets_registered_and_loaded(monkeypatch: pytest.MonkeyPatch
         layers=("0",),
         final_layer="0",
         num_classes=2,
+        loader="bench.synth.registration:load_target",
     )
     fake = types.ModuleType("bench.synth.targets")
     fake.synthetic_target_specs = lambda: [spec]  # type: ignore[attr-defined]
@@ -337,8 +338,12 @@ def test_synthetic_targets_registered_and_loaded(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "bench.synth.targets", fake)
     registry: Registry = Registry("target")
     monkeypatch.setattr("bench.registry.TARGETS", registry)
+    from bench.synth.registration import register_targets
+
     register_builtin_targets()
+    register_targets()  # the synthetic world registers itself, as a plug-in would
     register_builtin_targets()  # idempotent
+    register_targets()
     assert registry.get("synth.fake") is spec
     assert "resnet50" in registry
     target = load_target(spec)

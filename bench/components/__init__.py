@@ -27,7 +27,6 @@ Importing this package is light: backends import torch and friends when they are
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -219,32 +218,23 @@ def build_components(
 
 def parse_component_names(items: Sequence[str]) -> dict[str, str]:
     """``["captioner=blip", "language_model=hf"]`` -> ``{"captioner": "blip", ...}``."""
-    out: dict[str, str] = {}
-    for item in items:
-        kind, sep, name = (s.strip() for s in item.partition("="))
-        if not sep or not kind or not name:
-            raise UsageError(f"Expected --component KIND=BACKEND, got '{item}'.")
+    from bench.options import parse_fields
+
+    out = parse_fields(items, "--component", text=True, shape="KIND=BACKEND")
+    for kind, name in out.items():
         _check_kind(kind)
-        if kind in out:
-            raise UsageError(f"--component {kind} is given twice; give it once.")
-        out[kind] = name
-    return out
+        if not name.strip():
+            raise UsageError(f"Expected --component KIND=BACKEND, got '{kind}='.")
+    return {k: v.strip() for k, v in out.items()}
 
 
 def parse_component_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``["language_model.base_url=http://127.0.0.1:8000/v1", "text_to_image.steps=25"]`` ->
     ``{"language_model": {"base_url": ...}, "text_to_image": {"steps": 25}}`` (values parsed as
     JSON when they are JSON, else kept as text)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        kind, dot, field = (s.strip() for s in key.partition("."))
-        if not sep or not dot or not kind or not field:
-            raise UsageError(f"Expected --component-option KIND.OPTION=VALUE, got '{item}'.")
+    from bench.options import parse_owned_fields
+
+    out = parse_owned_fields(items, "--component-option", "KIND", field="OPTION")
+    for kind in out:
         _check_kind(kind)
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw.strip()
-        out.setdefault(kind, {})[field] = value
     return out

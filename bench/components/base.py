@@ -224,15 +224,6 @@ def model_revision(model: str, revision: str | None) -> str:
     return hub_revision(model, revision)
 
 
-def resolve_device(device: str | None) -> str:
-    """``None``/``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``."""
-    if device in (None, "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def is_local(model: str) -> bool:
     """Whether ``model`` names an existing local file or directory (else: a hub id)."""
     return Path(model).expanduser().exists()

@@ -18,10 +18,10 @@ from bench.components.base import (
     ImageInput,
     is_local,
     model_revision,
-    resolve_device,
     to_pil,
     torch_dtype,
 )
+from bench.environment import resolve_device
 
 log = logging.getLogger(__name__)
 

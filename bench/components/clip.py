@@ -16,9 +16,9 @@ from bench.components.base import (
     ComponentError,
     ImageInput,
     local_revision,
-    resolve_device,
     to_pil,
 )
+from bench.environment import resolve_device
 
 DEFAULT_CLIP = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"

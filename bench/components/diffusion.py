@@ -23,9 +23,9 @@ from bench.components.base import (
     is_local,
     model_revision,
     prompt_seed,
-    resolve_device,
     torch_dtype,
 )
+from bench.environment import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from bench.components.base import (
     is_local,
     model_revision,
     render_chat,
-    resolve_device,
     torch_dtype,
 )
+from bench.environment import resolve_device
 
 log = logging.getLogger(__name__)
 

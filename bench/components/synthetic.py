@@ -35,9 +35,9 @@ from bench.components.base import (
     Prompt,
     as_messages,
     prompt_seed,
-    resolve_device,
     to_array,
 )
+from bench.environment import resolve_device
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,8 +1,10 @@
-"""Probe sets: Broden, ImageFolder (ImageNet val), CIFAR, and the synthetic world.
+"""Probe sets: Broden, ImageFolder (ImageNet val), CIFAR; others register themselves.
 
 ``bench.registry.PROBES`` maps a name to a factory
-``factory(root: Path | None, *, download: bool = False, **options) -> ProbeSet``;
-:func:`register_builtin_probes` registers the built-in ones on the registry's first lookup.
+``factory(root: Path | None, *, download: bool = False, cache: Cache | None = None, **options)
+-> ProbeSet`` (``cache``: where datasets live and exports go; a factory that stores nothing may
+leave it out); :func:`register_builtin_probes` registers the built-in ones on the registry's first
+lookup, and :func:`load_probe` builds one by name.
 
 A factory may declare the options it takes from the command line (``--probe-option KEY=VALUE``)
 in a ``probe_options`` attribute: option name -> parser ``(key, text) -> value``
@@ -12,7 +14,6 @@ and parses them; a factory without the attribute gets its named keyword paramete
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bench.errors import UsageError
 
 if TYPE_CHECKING:
+    from bench.cache import Cache
     from bench.probes.base import ProbeSet
 
 _ROOT_OPTION = "--probe-root"
@@ -30,7 +32,7 @@ OptionParser = Callable[[str, Any], Any]
 #: ``CATEGORIES``): material is left out unless asked for.
 BRODEN_DEFAULT_CATEGORIES = ("object", "part", "scene", "texture", "color")
 # Never probe options: the factory's own arguments, set by the harness.
-_RESERVED = ("root", "download", "progress")
+_RESERVED = ("root", "download", "progress", "cache")
 
 
 # --- probe options -----------------------------------------------------------------------------
@@ -103,17 +105,18 @@ def parse_probe_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]
     return {key: parsers[key](key, value) for key, value in options.items()}
 
 
-def _declare(factory: Callable[..., ProbeSet], **parsers: OptionParser) -> None:
+def declare_options(factory: Callable[..., ProbeSet], **parsers: OptionParser) -> None:
+    """Declare the ``--probe-option`` keys ``factory`` takes and how each is parsed."""
     factory.probe_options = parsers  # type: ignore[attr-defined]
 
 
 # --- factories ---------------------------------------------------------------------------------
 
 
-def _datasets_dir() -> Path:
-    from bench.cache import default_cache_dir
+def _datasets_dir(cache: Cache | None) -> Path:
+    from bench.cache import Cache
 
-    return default_cache_dir() / "datasets"
+    return (cache if cache is not None else Cache()).datasets_dir()
 
 
 def broden_probe(
@@ -121,6 +124,7 @@ def broden_probe(
     *,
     download: bool = False,
     progress: bool = False,
+    cache: Cache | None = None,
     name: str = "broden1_224",
     categories: Sequence[str] | None = None,
     **options: Any,
@@ -142,16 +146,15 @@ def broden_probe(
     if root is None:
         if name not in BRODEN_NAMES:
             raise UsageError(f"Expected a Broden name in {', '.join(BRODEN_NAMES)}, got {name!r}.")
-        found = _find_root(_datasets_dir() / name)
+        datasets = _datasets_dir(cache)
+        found = _find_root(datasets / name)
         if found is None and not download:
             raise UsageError(
                 f"The 'broden' probe set needs a Broden directory: pass {_ROOT_OPTION} DIR (the "
                 f"folder holding index.csv), or --download to fetch {name} (~1 GB) into "
-                f"{_datasets_dir()} (or fetch it first: bench data fetch {name})."
+                f"{datasets} (or fetch it first: bench data fetch {name})."
             )
-        root = (
-            found if found is not None else fetch_broden(name, _datasets_dir(), progress=progress)
-        )
+        root = found if found is not None else fetch_broden(name, datasets, progress=progress)
     if categories is None and Path(root).expanduser().is_dir():  # else BrodenProbe says why
         present = index_columns(root, options.get("index_file", "index.csv"))
         categories = [c for c in BRODEN_DEFAULT_CATEGORIES if c in present]
@@ -164,7 +167,7 @@ def broden_probe(
     return BrodenProbe(root, categories=categories, **options)
 
 
-_declare(
+declare_options(
     broden_probe,
     categories=list_option,
     index_file=str_option,
@@ -187,15 +190,24 @@ def imagenet_val_probe(
     return ImageFolderProbe(root, **options)
 
 
-_declare(imagenet_val_probe, max_images=int_option)
+declare_options(imagenet_val_probe, max_images=int_option)
 
 
 def _cifar_factory(name: str) -> Callable[..., ProbeSet]:
-    def factory(root: str | Path | None, *, download: bool = False, **options: Any) -> ProbeSet:
+    def factory(
+        root: str | Path | None,
+        *,
+        download: bool = False,
+        cache: Cache | None = None,
+        **options: Any,
+    ) -> ProbeSet:
         from bench.probes.cifar import CifarProbe
 
         return CifarProbe(
-            root if root is not None else _datasets_dir(), name=name, download=download, **options
+            root if root is not None else _datasets_dir(cache),
+            name=name,
+            download=download,
+            **options,
         )
 
     factory.__name__ = f"{name}_probe"
@@ -204,23 +216,7 @@ def _cifar_factory(name: str) -> Callable[..., ProbeSet]:
         f"{display} test images with labels (split='train' as an option); "
         "from the cache unless a root is given, fetched only on request."
     )
-    _declare(factory, split=str_option)
-    return factory
-
-
-def _lazy_factory(module: str, attr: str, doc: str) -> Callable[..., ProbeSet]:
-    """A factory that imports ``module:attr`` when first called, so a missing module only
-    fails when that probe set is used."""
-
-    def factory(root: str | Path | None, *, download: bool = False, **options: Any) -> ProbeSet:
-        try:
-            real = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise UsageError(f"Probe set factory {module}:{attr} is not available ({e}).") from e
-        return real(root, download=download, **options)
-
-    factory.__name__ = attr
-    factory.__doc__ = f"{doc} ({module}, imported when first used)."
+    declare_options(factory, split=str_option)
     return factory
 
 
@@ -228,33 +224,42 @@ def register_builtin_probes() -> None:
     """Register the built-in probe-set factories in ``bench.registry.PROBES`` (idempotent)."""
     from bench.registry import PROBES
 
-    synthetic = _lazy_factory(
-        "bench.probes.synthetic",
-        "synthetic_probe",
-        "The synthetic world's probe images with concept masks",
-    )
-    _declare(
-        synthetic,
-        n_images=int_option,
-        seed=int_option,
-        size=int_option,
-        categories=list_option,
-        max_images=int_option,
-    )
-    heldout = _lazy_factory(
-        "bench.probes.synthetic",
-        "synthetic_heldout_probe",
-        "The synthetic world's held-out labelled classes",
-    )
-    _declare(heldout, n_images=int_option, seed=int_option, size=int_option)
     factories: dict[str, Callable[..., ProbeSet]] = {
         "broden": broden_probe,
         "imagenet-val": imagenet_val_probe,
         "cifar10": _cifar_factory("cifar10"),
         "cifar100": _cifar_factory("cifar100"),
-        "synthetic": synthetic,
-        "synthetic-heldout": heldout,
     }
     for name, factory in factories.items():
         if name not in PROBES:
             PROBES.register(name, factory)
+
+
+def load_probe(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    download: bool = False,
+    options: Mapping[str, Any] | None = None,
+    cache: Cache | None = None,
+) -> ProbeSet:
+    """The probe set ``name``; ``options`` (``--probe-option``, as text) are checked against what
+    its factory accepts, parsed, and passed to it as keyword arguments. ``cache`` goes to a
+    factory that takes one (where datasets live and exports are written)."""
+    from bench.registry import PROBES
+
+    factory = PROBES.get(name)
+    kwargs = parse_probe_options(name, options or {})
+    if cache is not None and _takes_cache(factory):
+        kwargs["cache"] = cache
+    path = Path(root).expanduser() if root is not None else None
+    probe: ProbeSet = factory(path, download=download, **kwargs)
+    return probe
+
+
+def _takes_cache(factory: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return "cache" in params

@@ -423,9 +423,9 @@ def fetch_broden(
     if name not in BRODEN_NAMES:
         raise UsageError(f"Expected a Broden name in {', '.join(BRODEN_NAMES)}, got {name!r}.")
     if dest_dir is None:
-        from bench.cache import default_cache_dir
+        from bench.cache import Cache
 
-        dest_dir = default_cache_dir() / "datasets"
+        dest_dir = Cache().datasets_dir()
     dest_dir = Path(dest_dir).expanduser()
     found = _find_root(dest_dir / name)
     if found is not None:

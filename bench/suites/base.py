@@ -201,7 +201,7 @@ class SuiteContext:
 
     @property
     def device(self) -> str:
-        from bench.api import resolve_device
+        from bench.environment import resolve_device
 
         return resolve_device(self.options.device)
 
@@ -217,6 +217,7 @@ class SuiteContext:
                 device=self.device,
                 download=True,
                 progress=self.options.progress,
+                cache=self.cache,
             )
         return self._target
 

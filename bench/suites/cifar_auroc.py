@@ -16,7 +16,7 @@ and method:
   checks AUROC fails), averaged over the tied units.
 
 Means and intervals are over classes (one value per class), per dataset. Synthetic targets have
-no CIFAR: the synthetic world's held-out concept classes (``bench.probes.synthetic``) stand in,
+no CIFAR: the synthetic world's held-out concept classes (``bench.synth.probes``) stand in,
 and the result says so. Activations come from a plain forward pass with a scoped hook, batched,
 cached per (target, probe, layer).
 """
@@ -261,16 +261,14 @@ class CifarAurocSuite(Suite):
 
     def _probes(self, ctx: SuiteContext) -> list[tuple[str, ProbeSet]]:
         if ctx.target.synthetic:
-            from bench.probes.synthetic import SyntheticHeldoutProbe
+            from bench.synth.probes import SyntheticHeldoutProbe
 
             return [(HELDOUT, SyntheticHeldoutProbe(n_images=self.config.heldout_images))]
         from bench.probes.cifar import CifarProbe
 
         root = self.config.root
         if root is None:
-            from bench.cache import default_cache_dir
-
-            root = str(default_cache_dir() / "datasets")
+            root = str(ctx.cache.datasets_dir())
         return [
             (
                 ds,
@@ -311,6 +309,8 @@ class CifarAurocSuite(Suite):
         self, ctx: SuiteContext, class_texts: Sequence[str], labels: Sequence[str]
     ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
         """Cosine matrices ``[classes, labels]`` by encoder, averaged later (the ensemble)."""
+        import numpy as np
+
         from bench.suites.text import embed, encoder_for, identity
 
         kinds = ["sentence"] if ctx.options.offline else ["clip", "sentence"]
@@ -322,7 +322,7 @@ class CifarAurocSuite(Suite):
             emb = embed(enc, texts, progress=ctx.options.progress)
             c = emb[[index[t] for t in class_texts]]
             lab = emb[[index[t] for t in labels]] if labels else emb[:0]
-            sims[kind] = c @ lab.T
+            sims[kind] = np.clip(c @ lab.T, -1.0, 1.0)
             encoders[kind] = identity(enc)
         notes = []
         if ctx.options.offline:

@@ -226,6 +226,8 @@ class MilannotationsSuite(Suite):
         self, ctx: SuiteContext, annotations: dict[UnitRef, tuple[str, ...]], units: list[UnitRef]
     ) -> tuple[dict[UnitRef, float], dict[str, Any], str]:
         """Each unit's largest pairwise text cosine among its annotations."""
+        import numpy as np
+
         from bench.suites.text import embed, encoder_for, identity
 
         encoder, note = encoder_for(ctx.options, ctx.device, kind="clip")
@@ -240,7 +242,7 @@ class MilannotationsSuite(Suite):
             if n < 2:
                 out[u] = float("-inf")
                 continue
-            sims = e @ e.T
+            sims = np.clip(e @ e.T, -1.0, 1.0)  # identical annotations: 1, not 1.0000001
             out[u] = float(max(sims[i, j] for i in range(n) for j in range(i + 1, n)))
         settings = {
             "reliable": "some pair of the unit's annotations has text cosine above the threshold",

@@ -141,8 +141,8 @@ class RunExemplars:
         return self._evidence
 
     def _load_evidence(self) -> Evidence | None:
-        from bench.api import load_probe
         from bench.evidence import QuantileSpec
+        from bench.probes import load_probe
         from bench.record import STAGE, record_cached, record_key_parts
         from bench.targets import load_target
 
@@ -151,9 +151,14 @@ class RunExemplars:
         layers = list(config.get("layers") or [])
         if not layers or not config.get("target") or not config.get("probe"):
             return None
-        target = load_target(config["target"], weights=config.get("weights"), download=False)
+        target = load_target(
+            config["target"], weights=config.get("weights"), download=False, cache=self.cache
+        )
         probe = load_probe(
-            config["probe"], config.get("probe_root"), False, config.get("probe_options") or {}
+            config["probe"],
+            config.get("probe_root"),
+            options=config.get("probe_options") or {},
+            cache=self.cache,
         )
         kwargs: dict[str, Any] = {
             "k": int(rec.get("k", 15)),

@@ -662,8 +662,8 @@ def synthetic_milannotations(
     exemplar entries, so annotations at another noise level or seed cost only their CSV.
     """
     from bench.cache import Cache
-    from bench.probes.synthetic import synthetic_probe
     from bench.schema import dumps
+    from bench.synth.probes import synthetic_probe
     from bench.synth.targets import synthetic_target_specs
     from bench.targets import load_target
 

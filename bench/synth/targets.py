@@ -75,6 +75,7 @@ def synthetic_target_spec(name: str, *, directory: Path | None = None) -> Target
         class_names_source="card",
         description=rec.description,
         options=options,
+        loader="bench.synth.registration:load_target",
     )
 
 

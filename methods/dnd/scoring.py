@@ -61,7 +61,7 @@ def image_products(unit_emb: np.ndarray, candidate_embs: Sequence[np.ndarray]) -
     out = []
     for e in candidate_embs:
         e = np.asarray(e, dtype=np.float64)
-        out.append(float((u @ e.T).mean()) if len(e) and len(u) else -1.0)
+        out.append(float(np.clip(u @ e.T, -1.0, 1.0).mean()) if len(e) and len(u) else -1.0)
     return out
 
 

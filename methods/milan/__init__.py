@@ -134,7 +134,9 @@ def synthetic_encoder(name: str = SYNTHETIC_ENCODER) -> PyramidEncoder:
     )
 
 
-def build_encoder(config: dict[str, Any], *, download: bool = False) -> PyramidEncoder:
+def build_encoder(
+    config: dict[str, Any], *, download: bool = False, cache: Cache | None = None
+) -> PyramidEncoder:
     """Rebuild the encoder a model was trained with, from its saved encoder config."""
     from methods.milan.encoder import encoder_from_config
 
@@ -149,10 +151,12 @@ def build_encoder(config: dict[str, Any], *, download: bool = False) -> PyramidE
                 "milan.model=train)."
             )
         return enc
-    return encoder_from_config(config, download=download)
+    return encoder_from_config(config, download=download, cache=cache)
 
 
-def make_encoder(config: MilanConfig, *, synthetic: bool) -> PyramidEncoder:
+def make_encoder(
+    config: MilanConfig, *, synthetic: bool, cache: Cache | None = None
+) -> PyramidEncoder:
     """The frozen encoder ``config.encoder`` names; "auto" is the synthetic backbone for the
     synthetic world and ResNet-101 (ImageNet weights) otherwise."""
     from methods.milan.encoder import torchvision_pyramid
@@ -162,7 +166,7 @@ def make_encoder(config: MilanConfig, *, synthetic: bool) -> PyramidEncoder:
         name = "synthetic" if synthetic else REAL_ENCODER
     if name == "synthetic":
         return synthetic_encoder()
-    return torchvision_pyramid(name, "imagenet", download=config.download)
+    return torchvision_pyramid(name, "imagenet", download=config.download, cache=cache)
 
 
 def encode_units(
@@ -369,7 +373,7 @@ class Milan(Method):
                 if cfg.train_keys == "auto"
                 else cfg.train_keys
             )
-            encoder = make_encoder(cfg, synthetic=family == "synthetic")
+            encoder = make_encoder(cfg, synthetic=family == "synthetic", cache=ctx.cache)
             data = training_data(
                 [k.strip() for k in keys.split(",") if k.strip()],
                 ctx.cache,
@@ -397,20 +401,18 @@ class Milan(Method):
                 "cached": hit,
             }
         else:
-            model = self._load_given(cfg.model)
-            encoder = build_encoder(model.encoder_config, download=cfg.download)
+            model = self._load_given(cfg.model, ctx.cache)
+            encoder = build_encoder(model.encoder_config, download=cfg.download, cache=ctx.cache)
             self._source = {"model": cfg.model}
         self._model = model
         self._encoder = encoder
 
-    def _load_given(self, spec: str) -> MilanModel:
+    def _load_given(self, spec: str, cache: Cache) -> MilanModel:
         from methods.milan import checkpoint
 
         path = Path(spec).expanduser()
         if spec in checkpoint.RELEASED_KEYS and not path.exists():
-            from bench.cache import Cache
-
-            root = Cache().root / "datasets" / "milan-models"
+            root = cache.datasets_dir() / "milan-models"
             return checkpoint.load_released(
                 checkpoint.fetch_released(spec, root, download=self.config.download)
             )
@@ -550,7 +552,7 @@ def evaluate_split(
     device: str = "cpu",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train on a :class:`bench.milannotations.Split`'s train units, describe its test units from
+    """Train on a :class:`methods.milan.splits.Split`'s train units, describe its test units from
     their MILANNOTATIONS exemplars, and score corpus BLEU against their annotations (with wPMI
     and with the captioning ablation), as MILAN's ``experiments/generalization.py``."""
     import numpy as np
@@ -560,7 +562,7 @@ def evaluate_split(
 
     config = config or MilanConfig()
     synthetic = M.key_info(split.train_keys[0]).synthetic
-    encoder = make_encoder(config, synthetic=synthetic)
+    encoder = make_encoder(config, synthetic=synthetic, cache=cache)
     root = config.annotations_root
     if synthetic and root is None:
         from bench.synth.annotators import synthetic_milannotations
@@ -570,9 +572,9 @@ def evaluate_split(
                 cache, noise=config.annotator_noise, seed=seed, progress=progress
             )
         )
-    train, test = M.load_split(
-        split, root, download=config.download, cache=cache, progress=progress
-    )
+    from methods.milan.splits import load_split
+
+    train, test = load_split(split, root, download=config.download, cache=cache, progress=progress)
     model, _, _ = train_cached(
         train, encoder, config, cache, seed=seed, device=device, progress=progress
     )

@@ -26,6 +26,8 @@ from bench.progress import progress_bar
 if TYPE_CHECKING:
     import numpy as np
 
+    from bench.cache import Cache
+
 log = logging.getLogger(__name__)
 
 #: torchvision's ImageNet normalisation (MILAN applies it inside the encoder).
@@ -206,6 +208,7 @@ def torchvision_pyramid(
     *,
     download: bool = True,
     progress: bool = False,
+    cache: Cache | None = None,
 ) -> PyramidEncoder:
     """A torchvision classifier as MILAN's pyramid encoder.
 
@@ -224,7 +227,9 @@ def torchvision_pyramid(
         from bench.targets import load_target
 
         local = None if str(weights) == "imagenet" else Path(weights)
-        backbone = load_target(arch, weights=local, download=download, progress=progress).model
+        backbone = load_target(
+            arch, weights=local, download=download, progress=progress, cache=cache
+        ).model
         source = "imagenet" if local is None else str(local)
     config = {"arch": arch, "layers": list(PYRAMID_LAYERS[arch]), "weights": source}
     return PyramidEncoder(backbone, PYRAMID_LAYERS[arch], config=config)
@@ -236,6 +241,7 @@ def encoder_from_config(
     weights: str | Path | None = "imagenet",
     download: bool = True,
     progress: bool = False,
+    cache: Cache | None = None,
 ) -> PyramidEncoder:
     """Rebuild a torchvision pyramid from a saved encoder config.
 
@@ -249,7 +255,7 @@ def encoder_from_config(
             f"Expected an encoder config naming a torchvision architecture ('arch' or 'config'), "
             f"got {sorted(config)}."
         )
-    encoder = torchvision_pyramid(arch, weights, download=download, progress=progress)
+    encoder = torchvision_pyramid(arch, weights, download=download, progress=progress, cache=cache)
     layers = config.get("layers")
     if layers is not None and list(layers) != list(encoder.layers):
         raise ConfigError(

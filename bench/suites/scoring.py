@@ -28,13 +28,12 @@ from bench.results import (
     write_suite_result,
 )
 from bench.schema import (
-    SCHEMA_VERSION,
     Description,
+    RunState,
     UnitRef,
     dumps,
     read_descriptions,
     read_json,
-    write_json,
 )
 from bench.suites import get_suite, suite_names
 from bench.suites.base import (
@@ -295,8 +294,8 @@ def score_labels(
     ``final-layer`` defaults it to the target's final layer. Text-only suites load no weights
     and no images.
     """
-    from bench.api import provenance
     from bench.cache import sha256_bytes
+    from bench.environment import provenance
     from bench.imports import FORMATS, import_labels
 
     options = options or ScoreOptions()
@@ -354,23 +353,12 @@ def score_labels(
     run_config = {"import": source, "name": name, "target": target, "probe": None, "layers": layers}
     run_id = sha256_bytes(dumps({"import": source, "name": name, "target": target}).encode())[:12]
     out_dir = Path(out) if out is not None else Path("results") / f"{target}-import-{name}-{run_id}"
-    state = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "import",
-        "run_id": run_id,
-        "status": "complete",
-        "config": run_config,
-        "provenance": provenance(),
-    }
-    existing = out_dir / "run.json"
-    if existing.is_file():
-        previous = read_json(existing)
-        if previous.get("run_id") != run_id:
-            raise UsageError(
-                f"{out_dir} holds another run ({previous.get('run_id')}); choose another --out."
-            )
+    state = RunState.open(out_dir, run_id, kind="import")
+    state.status = "complete"
+    state.config = run_config
+    state.provenance = provenance()
     ctx = SuiteContext(
-        run=RunIdentity.from_run_state(state),
+        run=RunIdentity.from_run_state(state.to_json()),
         target=info,
         methods=with_baseline({name: method}, options),
         options=options,
@@ -379,5 +367,5 @@ def score_labels(
         weights=weights,
     )
     report = _score_suites(ctx, [suite], suite_config, out_dir)
-    write_json(existing, state)
+    state.save(out_dir)
     return report

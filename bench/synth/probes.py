@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
+    from bench.cache import Cache
+
 log = logging.getLogger(__name__)
 
 #: Default world seed of the synthetic Broden probe (distinct from the targets' training seeds
@@ -43,11 +45,12 @@ def synthetic_probe(
     n_images: int = PROBE_IMAGES,
     seed: int = PROBE_SEED,
     size: int = 64,
+    cache: Cache | None = None,
     **options: Any,
 ) -> ProbeSet:
     """The synthetic Broden set (scenes ``0..n_images-1`` of world ``seed``).
 
-    Exported on first use into the cache (stage ``synth-broden``; ``root`` overrides the cache
+    Exported on first use into ``cache`` (stage ``synth-broden``; ``root`` overrides the cache
     directory), then loaded with :class:`bench.probes.broden.BrodenProbe` (``options`` such as
     ``categories`` go to it). ``download`` is accepted for the factory signature; nothing is
     ever downloaded.
@@ -67,7 +70,7 @@ def synthetic_probe(
         "size": int(size),
         "color_weights": dict(sorted(PROBE_COLOR_WEIGHTS.items())),
     }
-    cache = Cache(root) if root is not None else Cache()
+    cache = Cache(root) if root is not None else (cache if cache is not None else Cache())
     path, hit = cache.get_or_create(
         "synth-broden",
         parts,
