@@ -64,7 +64,7 @@ class RunConfig:
     # Options of each component's backend, e.g. {"language_model": {"model": "llama3"}}.
     component_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: str | None = None  # run directory; default results/<target>-<probe>-<hash>
-    cache_dir: str | None = None  # stage caches; datasets follow $BENCH_CACHE_DIR (the CLI sets it)
+    cache_dir: str | None = None  # the one cache root: stages, datasets, exports, models
     progress: bool = False
 
 
