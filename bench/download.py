@@ -457,16 +457,17 @@ def safe_extract(archive: Path, dest: Path) -> Path:
     duplicate paths. The archive is unpacked into a fresh temporary directory beside ``dest``
     (tar members through ``tarfile``'s "data" filter where Python has it) and its top-level
     entries are then renamed into ``dest``; an entry that already exists there (a link included)
-    is an error, so nothing is written through an existing link and a refused or interrupted
-    extraction leaves nothing behind, not even directories made for ``dest``.
+    is an error, so nothing is written through an existing link, and a refused or failed
+    extraction leaves nothing behind, not even directories made for ``dest``. ``dest`` itself
+    may be a link (a datasets folder kept on another disk, say).
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
         raise DataError(f"Expected an archive at {archive}, found nothing there.")
     if os.path.lexists(dest) and not dest.is_dir():
         raise DataError(
-            f"Cannot extract {archive} into {dest}: expected a directory there, found a file. "
-            "Move it away or choose another destination."
+            f"Cannot extract {archive} into {dest}: expected a directory there, found "
+            "something else. Move it away or choose another destination."
         )
     made = [p for p in (dest, *dest.parents) if not os.path.lexists(p)]
     done = False
@@ -489,9 +490,15 @@ def safe_extract(archive: Path, dest: Path) -> Path:
                     f"Cannot extract {archive} into {dest}: {', '.join(clash)} already "
                     "exist(s) there. Remove them to extract again."
                 )
-            dest.mkdir(exist_ok=True)
-            for entry in entries:
-                os.rename(entry, dest / entry.name)
+            try:
+                dest.mkdir(exist_ok=True)
+                for entry in entries:
+                    os.rename(entry, dest / entry.name)
+            except OSError as e:  # e.g. dest is a link to another file system
+                raise DataError(
+                    f"Could not move what {archive} holds from {tmp} into {dest}: {e}. Make "
+                    f"sure {dest} is a writable directory on the same file system as its parent."
+                ) from e
             done = True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

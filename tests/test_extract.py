@@ -414,3 +414,14 @@ def test_safe_extract_rejects_a_file_as_dest(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="expected a directory"):
         safe_extract(archive, tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == b"x"
+
+
+def test_safe_extract_into_a_dest_that_is_a_link(tmp_path: Path) -> None:
+    # dest itself may be the user's link (a datasets folder on another disk); only entries
+    # below it must not be links.
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "datasets").symlink_to(real)
+    archive = make_zip(tmp_path / "a.zip", [("top/a.txt", "file", b"A")])
+    safe_extract(archive, tmp_path / "datasets")
+    assert listing(real) == {"top": "dir", "top/a.txt": GOOD_TREE["top/a.txt"]}
