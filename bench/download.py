@@ -8,11 +8,13 @@ failed and where to put the file by hand.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -24,10 +26,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from pathlib import Path, PurePosixPath
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from bench.errors import DataError, DownloadError
+from bench.errors import DataError, DownloadError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -354,159 +358,263 @@ def _write_record(record: Path, url: str, sha256: str) -> None:
 
 # --- archives -----------------------------------------------------------------------------------
 
+#: ``tarfile``'s "data" extraction filter (Python 3.11.4+, 3.10.12+); None on older Pythons, where
+#: tar members are written by :func:`_write_members` as zip members are.
+_TAR_DATA_FILTER = getattr(tarfile, "data_filter", None)
 
-def _member_path(name: str, archive: Path) -> PurePosixPath:
-    """The normalised relative path of an archive member, or DataError when it could escape."""
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """One archive member as classified before anything is written."""
+
+    name: str  # as stored in the archive
+    kind: str  # "file", "dir", "symlink", "hardlink", "device", "fifo" or "special"
+    path: tuple[str, ...] = ()  # normalised relative path, set once the name passed the checks
+    link: str = ""  # link target, for the message
+    ref: Any = None  # the ZipInfo or TarInfo
+
+
+def _refusal(archive: Path, member: str, why: str) -> UnsafeArchiveError:
+    record = _record_path(archive)
+    also = f" and {record}" if record.is_file() else ""
+    return UnsafeArchiveError(
+        f"Refusing to extract {archive}: member {member!r} {why}. Dataset archives hold only "
+        "regular files and directories at relative paths, as the official Broden, "
+        "MILANNOTATIONS and CIFAR archives do, so this one is damaged or was tampered with; "
+        f"nothing was extracted. Delete {archive}{also} and download it again from the "
+        "official source."
+    )
+
+
+_WHY = {
+    "symlink": "is a symbolic link (to {link!r})",
+    "hardlink": "is a hard link (to {link!r})",
+    "device": "is a device file",
+    "fifo": "is a FIFO (named pipe)",
+    "special": "is a special file (neither a regular file nor a directory)",
+}
+
+
+def _relative_parts(m: _Member, archive: Path) -> tuple[str, ...]:
+    """The member's path as components below the archive root; refuses anything that could leave it.
+
+    Backslashes count as separators and a leading drive letter as absolute, so names written on
+    Windows (``..\\x``, ``C:\\x``, ``\\\\server\\share``) cannot escape either.
+    """
+    name = m.name
     if not name or "\x00" in name:
-        raise DataError(
-            f"{archive}: member {name!r} has an empty or invalid name; refusing to extract it."
-        )
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise DataError(
-            f"{archive}: member {name!r} has an absolute path; expected paths "
-            "relative to the archive root. Refusing to extract this archive."
-        )
-    if ".." in p.parts:
-        raise DataError(
-            f"{archive}: member {name!r} contains '..' and would be written outside "
-            "the destination. Refusing to extract this archive."
-        )
-    parts = [q for q in p.parts if q not in ("", ".")]
-    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+        raise _refusal(archive, name, "has an empty name or one with a NUL byte")
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        raise _refusal(archive, name, "has an absolute path")
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise _refusal(archive, name, "has a '..' component and would be written outside")
+    kept = tuple(q for q in parts if q not in ("", "."))
+    if not kept and m.kind != "dir":
+        raise _refusal(archive, name, "names the archive root rather than a file in it")
+    return kept
 
 
-def _link_inside(member: PurePosixPath, target: str, *, relative_to_member: bool) -> bool:
-    """Whether a link target stays inside the archive root (pure path arithmetic)."""
-    if not target or target.startswith(("/", "\\")) or (len(target) > 1 and target[1] == ":"):
-        return False
-    base = list(member.parent.parts) if relative_to_member else []
-    for q in PurePosixPath(target.replace("\\", "/")).parts:
-        if q in ("", "."):
+def _check_members(members: list[_Member], archive: Path) -> list[_Member]:
+    """The members with their paths set, or UnsafeArchiveError for the first unsafe one.
+
+    Refused: links of either kind, device files, FIFOs and other special files, absolute paths,
+    ``..`` components, two members with one path (after normalisation), and a member below a
+    path that the archive holds as a file.
+    """
+    checked: list[_Member] = []
+    seen: dict[tuple[str, ...], str] = {}
+    for m in members:
+        if m.kind in _WHY:
+            raise _refusal(archive, m.name, _WHY[m.kind].format(link=m.link))
+        path = _relative_parts(m, archive)
+        if not path:  # "./": the root itself
             continue
-        if q == "..":
-            if not base:
-                return False
-            base.pop()
-        else:
-            base.append(q)
-    return True
-
-
-def _check_no_link_parent(
-    path: PurePosixPath, links: set[PurePosixPath], archive: Path, name: str
-) -> None:
-    # Writing through a symlink member ("link/file") lands wherever the link points.
-    for parent in list(path.parents)[:-1]:
-        if parent in links:
-            raise DataError(
-                f"{archive}: member {name!r} is written through the link "
-                f"{parent.as_posix()!r}; refusing to extract this archive."
+        if path in seen:
+            raise _refusal(
+                archive, m.name, f"has the same path as the earlier member {seen[path]!r}"
             )
+        seen[path] = m.name
+        checked.append(_Member(m.name, m.kind, path, ref=m.ref))
+    files = {m.path for m in checked if m.kind == "file"}
+    for m in checked:
+        for i in range(1, len(m.path)):
+            if m.path[:i] in files:
+                raise _refusal(
+                    archive, m.name, f"lies below {'/'.join(m.path[:i])!r}, which is a file"
+                )
+    return checked
 
 
 def safe_extract(archive: Path, dest: Path) -> Path:
     """Extract a ``.zip``, ``.tar``, ``.tar.gz``/``.tgz`` archive into ``dest``; return ``dest``.
 
-    Every member is checked before anything is written: absolute paths, ``..`` components, links
-    whose target leaves the archive, members written through a link, and device files or FIFOs are
-    refused with a :class:`DataError`. The archive is unpacked into a temporary directory beside
-    ``dest`` and each top-level entry is then renamed into ``dest``, so an interrupted extraction
-    leaves nothing half-written in ``dest``. An entry that already exists in ``dest`` is an error.
+    Every member is checked before anything is written, and an archive with any of these is
+    refused whole with :class:`UnsafeArchiveError`: symbolic or hard links, device files, FIFOs,
+    absolute paths (``/x``, ``C:\\x``, ``\\x``), ``..`` components (``/`` or ``\\`` separated),
+    duplicate paths. The archive is unpacked into a fresh temporary directory beside ``dest``
+    (tar members through ``tarfile``'s "data" filter where Python has it) and its top-level
+    entries are then renamed into ``dest``; an entry that already exists there (a link included)
+    is an error, so nothing is written through an existing link, and a refused or failed
+    extraction leaves nothing behind, not even directories made for ``dest``. ``dest`` itself
+    may be a link (a datasets folder kept on another disk, say).
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
         raise DataError(f"Expected an archive at {archive}, found nothing there.")
+    if os.path.lexists(dest) and not dest.is_dir():
+        raise DataError(
+            f"Cannot extract {archive} into {dest}: expected a directory there, found "
+            "something else. Move it away or choose another destination."
+        )
+    made = [p for p in (dest, *dest.parents) if not os.path.lexists(p)]
+    done = False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
         try:
-            if zipfile.is_zipfile(archive):
-                _extract_zip(archive, tmp)
-            elif tarfile.is_tarfile(archive):
-                _extract_tar(archive, tmp)
-            else:
+            _extract_into(archive, tmp)
+            entries = sorted(tmp.iterdir())
+            for entry in entries:
+                there = dest / entry.name
+                if there.is_symlink():
+                    raise UnsafeArchiveError(
+                        f"Cannot extract {archive} into {dest}: {there} is a symbolic link and "
+                        "extraction never writes through a link. Remove it to extract again."
+                    )
+            clash = [entry.name for entry in entries if os.path.lexists(dest / entry.name)]
+            if clash:
                 raise DataError(
-                    f"{archive} is neither a zip nor a tar archive; expected .zip, "
-                    ".tar or .tar.gz. Delete it and download it again."
+                    f"Cannot extract {archive} into {dest}: {', '.join(clash)} already "
+                    "exist(s) there. Remove them to extract again."
                 )
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-            raise DataError(
-                f"Could not extract {archive}: {e}. The archive is damaged or unsafe; "
-                "delete it and download it again."
-            ) from e
-        dest.mkdir(parents=True, exist_ok=True)
-        entries = sorted(tmp.iterdir())
-        clash = [entry.name for entry in entries if os.path.lexists(dest / entry.name)]
-        if clash:
-            raise DataError(
-                f"Cannot extract {archive} into {dest}: {', '.join(clash)} already "
-                "exist(s) there. Remove them to extract again."
-            )
-        for entry in entries:
-            os.replace(entry, dest / entry.name)
+            try:
+                dest.mkdir(exist_ok=True)
+                for entry in entries:
+                    os.rename(entry, dest / entry.name)
+            except OSError as e:  # e.g. dest is a link to another file system
+                raise DataError(
+                    f"Could not move what {archive} holds from {tmp} into {dest}: {e}. Make "
+                    f"sure {dest} is a writable directory on the same file system as its parent."
+                ) from e
+            done = True
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for p in made:  # deepest first; only the ones this call made, and only if empty
+                with contextlib.suppress(OSError):
+                    p.rmdir()
     return dest
+
+
+def _extract_into(archive: Path, out: Path) -> None:
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, out)
+        elif tarfile.is_tarfile(archive):
+            _extract_tar(archive, out)
+        else:
+            raise DataError(
+                f"{archive} is neither a zip nor a tar archive; expected .zip, "
+                ".tar or .tar.gz. Delete it and download it again."
+            )
+    except (
+        tarfile.TarError,
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        RuntimeError,  # an encrypted zip member
+        NotImplementedError,  # a zip compression method Python lacks
+    ) as e:
+        raise DataError(
+            f"Could not extract {archive}: {e}. The archive is damaged or unsafe; "
+            "delete it and download it again from the official source."
+        ) from e
+
+
+def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Member:
+    # The Unix mode sits in the high 16 bits of external_attr; zips made on Windows (or by
+    # ZipFile.writestr) leave the type bits at 0, which means a plain file or directory.
+    mode = info.external_attr >> 16
+    fmt = stat.S_IFMT(mode)
+    name = info.filename
+    if stat.S_ISLNK(mode):
+        with zf.open(info) as f:
+            target = f.read(4096).decode("utf-8", "replace")
+        return _Member(name, "symlink", link=target, ref=info)
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return _Member(name, "device", ref=info)
+    if stat.S_ISFIFO(mode):
+        return _Member(name, "fifo", ref=info)
+    if name.endswith(("/", "\\")) or stat.S_ISDIR(mode):
+        return _Member(name, "dir", ref=info)
+    if fmt and not stat.S_ISREG(mode):
+        return _Member(name, "special", ref=info)
+    return _Member(name, "file", ref=info)
 
 
 def _extract_zip(archive: Path, out: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        links: set[PurePosixPath] = set()
-        for info in infos:
-            path = _member_path(info.filename, archive)
-            _check_no_link_parent(path, links, archive, info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                target = zf.read(info).decode("utf-8", "replace")
-                if not _link_inside(path, target, relative_to_member=True):
-                    raise DataError(
-                        f"{archive}: member {info.filename!r} is a link to {target!r} "
-                        "outside the destination; refusing to extract this archive."
-                    )
-                links.add(path)
-            # No type bits (zips made on Windows, or by ZipFile.writestr) means a plain file.
-            elif stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise DataError(
-                    f"{archive}: member {info.filename!r} is a special file; expected "
-                    "regular files and directories. Refusing to extract."
-                )
-        for info in infos:
-            path = _member_path(info.filename, archive)
-            target_path = out.joinpath(*path.parts)
-            mode = info.external_attr >> 16
-            if info.is_dir():
-                target_path.mkdir(parents=True, exist_ok=True)
-                continue
-            target_path.parent.mkdir(parents=True, exist_ok=True)
-            if stat.S_ISLNK(mode):
-                os.symlink(zf.read(info).decode("utf-8"), target_path)
-                continue
-            with zf.open(info) as src, open(target_path, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
+        members = _check_members([_zip_member(zf, i) for i in zf.infolist()], archive)
+        _write_members(members, out, zf.open)
+
+
+def _tar_member(m: tarfile.TarInfo) -> _Member:
+    if m.issym():
+        return _Member(m.name, "symlink", link=m.linkname, ref=m)
+    if m.islnk():
+        return _Member(m.name, "hardlink", link=m.linkname, ref=m)
+    if m.ischr() or m.isblk():
+        return _Member(m.name, "device", ref=m)
+    if m.isfifo():
+        return _Member(m.name, "fifo", ref=m)
+    if m.isdir():
+        return _Member(m.name, "dir", ref=m)
+    if m.isfile():
+        return _Member(m.name, "file", ref=m)
+    return _Member(m.name, "special", ref=m)
 
 
 def _extract_tar(archive: Path, out: Path) -> None:
     with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        links: set[PurePosixPath] = set()
-        for m in members:
-            path = _member_path(m.name, archive)
-            _check_no_link_parent(path, links, archive, m.name)
-            if m.issym() or m.islnk():
-                inside = _link_inside(path, m.linkname, relative_to_member=m.issym())
-                if not inside:
-                    raise DataError(
-                        f"{archive}: member {m.name!r} is a link to {m.linkname!r} "
-                        "outside the destination; refusing to extract this archive."
-                    )
-                if m.issym():
-                    links.add(path)
-            elif not (m.isfile() or m.isdir()):
-                raise DataError(
-                    f"{archive}: member {m.name!r} is a device file or FIFO; expected "
-                    "regular files and directories. Refusing to extract."
-                )
-        # tarfile's own "data" filter repeats the checks (and drops unsafe permission bits).
-        tf.extractall(out, members=members, filter="data")
+        members = _check_members([_tar_member(m) for m in tf.getmembers()], archive)
+        if _TAR_DATA_FILTER is not None:
+            # The standard library's own checks on top of ours; it also drops unsafe mode bits.
+            tf.extractall(out, members=[m.ref for m in members], filter="data")
+        else:
+
+            def opener(m: tarfile.TarInfo) -> Any:
+                f = tf.extractfile(m)
+                if f is None:
+                    raise DataError(f"{archive}: cannot read member {m.name!r}.")
+                return f
+
+            _write_members(members, out, opener)
+
+
+def _write_members(members: list[_Member], out: Path, opener: Any) -> None:
+    """Write checked members under the fresh directory ``out``, never following a link.
+
+    Each directory is made component by component and must be a real directory afterwards; each
+    file is created exclusively (``O_EXCL | O_NOFOLLOW``), so no existing path is overwritten.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for m in members:
+        parents = m.path if m.kind == "dir" else m.path[:-1]
+        where = out
+        for part in parents:
+            where = where / part
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(where)
+            if not stat.S_ISDIR(os.lstat(where).st_mode):
+                raise DataError(f"{where} is not a directory; refusing to write {m.name!r}.")
+        if m.kind != "file":
+            continue
+        fd = os.open(where / m.path[-1], flags, 0o666)
+        with opener(m.ref) as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)

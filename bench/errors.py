@@ -63,6 +63,11 @@ class DataError(BenchError):
     """Input data is missing or malformed (a CSV without its columns, a broken image, ...)."""
 
 
+class UnsafeArchiveError(DataError):
+    """An archive holds a member that could be written outside its destination, or that a dataset
+    archive never holds (a link, a device file, a FIFO, a duplicate name)."""
+
+
 class DownloadError(BenchError):
     """A download failed: offline, timed out, or the content did not match its checksum."""
 
