@@ -38,7 +38,7 @@ from bench.synth.targets import (
     synthetic_target_specs,
 )
 
-DATA = Path(__file__).resolve().parent.parent / "bench" / "data" / "synth"
+DATA = Path(__file__).resolve().parents[2] / "bench" / "data" / "synth"
 PROBE_SEED = 55_555  # neither a training seed nor the cards' evaluation seed
 PROBE_IMAGES = 1000
 IOU_FRACTION = 0.5

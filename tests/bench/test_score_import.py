@@ -363,7 +363,7 @@ CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 def _cifar10(root: Path, n_per_class: int = 2) -> tuple[np.ndarray, list[int]]:
     """``cifar-10-batches-py`` with a test batch as the authors published it (Python 2 pickles)."""
-    from tests.test_probes import _py2_pickle
+    from tests.bench.test_probes import _py2_pickle
 
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)

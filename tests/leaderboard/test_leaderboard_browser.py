@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from leaderboard.build import build
-from tests.test_leaderboard import IMG_LABEL, SCRIPT_LABEL, SCRIPT_TRACE, write_results
+from tests.leaderboard.test_leaderboard import IMG_LABEL, SCRIPT_LABEL, SCRIPT_TRACE, write_results
 
 TIMEOUT = 20.0
 

@@ -1,6 +1,6 @@
 """bench.download against a local HTTP server: checksums, resume, timeouts.
 
-Archive extraction is tested in tests/test_extract.py.
+Archive extraction is tested in tests/bench/test_extract.py.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 
 from bench.schema import atomic_path, atomic_write
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _listing(directory: Path) -> list[str]:

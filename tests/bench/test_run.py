@@ -16,7 +16,7 @@ from bench.api import RunConfig, run
 from bench.cli import main
 from bench.schema import read_descriptions
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 PLUGIN = '''
 import os, time

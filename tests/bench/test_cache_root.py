@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARGS = ["--methods", "netdissect,depictions", "--layers", "layer1", "--units", "0-3"]
 PROBE = {"n_images": "120"}
 
