@@ -4,7 +4,8 @@ captioner, an LLM, a text-to-image model and an image encoder, without training.
 Per unit (see README.md for the defaults, the prompts and the deviations):
 
 1. **Attention crops** (``crops.py``): the unit's top ``num_images`` probe images by spatial-mean
-   activation; each activation map, normalised and Otsu-thresholded, gives up to 4 boxes; the
+   activation; each activation map, cast to bytes, resized bicubically and Otsu-thresholded
+   as the original (maps outside [0, 1] scaled into it first), gives up to 4 boxes; the
    crops join the unit's images, and the top ``num_images`` of originals and crops by the unit's
    activation are its exemplars.
 2. **Candidates** (``prompts.py``): the exemplars are captioned, each caption simplified by the
@@ -55,7 +56,8 @@ class DnDConfig:
     crops_per_image: int = MAX_CROPS
     crop_max_overlap: float = MAX_BOX_OVERLAP
     crop_max_image_iou: float = MAX_IMAGE_IOU
-    #: Reproduce the original's unnormalised byte cast of the activation map (wraps above 1).
+    #: Cast every activation map to bytes as the original, unscaled (values above 1 wrap); the
+    #: default scales a map outside [0, 1] into it first (``crops.py``).
     legacy_byte_cast: bool = False
     #: Summaries (candidate concepts before deduplication), each over a reshuffled caption list.
     num_summaries: int = 5
