@@ -292,16 +292,89 @@ def test_prompts_are_the_papers() -> None:
 
 
 def test_answer_post_processing() -> None:
-    assert P.after_colon("Concept: Red Cars") == " Red Cars"
+    assert P.after_colon("Concept: Red Cars") == " Red Cars"  # leading space kept, as the original
     assert P.needs_refeed("red cars, blue cars") and not P.needs_refeed("red cars")
-    assert P.refeed_items("red cars, blue cars,") == ["red cars", "blue cars"]
-    assert P.clean('  "Red  Cars."  ') == "red cars"
-    assert P.candidates(["Red cars.", "red cars", "Floral Designs", "", "blue sky"]) == [
+    # re-summarise items are the original's split: each item after a comma keeps its space
+    items = P.refeed_items("red cars, blue cars,")
+    assert items == ["red cars", " blue cars", ""]
+    assert P.refeed_prompt(items)[0]["content"].endswith("descriptions: red cars,  blue cars, ")
+    # lower-cased, one trailing period dropped; quotes and inner spacing kept; surrounding
+    # whitespace stripped (our one deviation)
+    assert P.candidate(' "Red  Cars". ') == '"red  cars"'
+    assert P.candidate("etc..") == "etc."
+    assert P.candidates(
+        ["Red cars.", " red cars", '"Red cars"', "Floral Designs", "floral design.", "blue sky"]
+    ) == [
         "red cars",
+        '"red cars"',
         "floral designs",
-        "floral designs background",
+        "floral design",  # a trailing period hides the last word from the design rule
         "blue sky",
+        "floral designs background",  # twins follow the answers, as the original appends them
     ]
+    assert P.background_twin("Abstract GRAPHIC") == "abstract graphic background"
+    assert P.background_twin("graphic designer") is None
+    for empty in ("", "  ", "."):
+        with pytest.raises(P.EmptyAnswerError, match="summary 2 of 2 .*was empty"):
+            P.candidates(["red", empty])
+
+
+class _ScriptedLM:
+    """Answers the three DnD prompts with fixed texts and records every request."""
+
+    def __init__(self, summary: str, refeed: str = "red cars") -> None:
+        self.summary, self.refeed = summary, refeed
+        self.requests: list[str] = []
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": "scripted", "revision": self.summary + "|" + self.refeed}
+
+    def complete(self, prompts: Any) -> list[str]:
+        from bench.components.base import as_messages
+
+        out = []
+        for p in prompts:
+            text = as_messages(p)[-1]["content"]
+            self.requests.append(text)
+            if text.startswith(P.SIMPLIFY_INSTRUCTION):
+                out.append("  A Red Circle.")
+            elif text.startswith(P.SUMMARY_INSTRUCTION):
+                out.append(self.summary)
+            else:
+                out.append(self.refeed)
+        return out
+
+
+def test_text_reaches_the_llm_as_the_original_sends_it(tmp_path: Path) -> None:
+    """Simplified captions go into the summary prompt unchanged (not lower-cased or cleaned);
+    a comma-list answer after "Label:" is sent back with the original's spacing; the answer is
+    post-processed as the original's (lower-case, one period off, quotes kept)."""
+    cache = Cache(tmp_path)
+    ev = tiny_mean_evidence(cache)
+    lm = _ScriptedLM("Label: red cars, blue cars", refeed='"Red Cars".')
+    comps = {**synthetic_components(), "language_model": lm}
+    ctx = MethodContext(cache=cache, target=ev.target, components=comps)
+    (d,) = DnD(num_summaries=2, component_cache="never").describe(
+        [UnitRef(layer="conv", index=0)], ev, ctx
+    )
+    assert d.ok, d.error
+    # (identical requests are sent once)
+    summaries = {r for r in lm.requests if r.startswith(P.SUMMARY_INSTRUCTION)}
+    assert summaries == {P.SUMMARY_INSTRUCTION + ", ".join(["  A Red Circle."] * 10)}
+    refeeds = {r for r in lm.requests if r.startswith(P.REFEED_INSTRUCTION)}
+    assert refeeds == {P.REFEED_INSTRUCTION + " red cars,  blue cars"}
+    assert d.extras["candidates"] == ['"red cars"'] and d.label == '"red cars"'
+
+
+def test_an_empty_answer_is_an_error_record(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    ev = tiny_mean_evidence(cache)
+    comps = {**synthetic_components(), "language_model": _ScriptedLM("  ")}
+    ctx = MethodContext(cache=cache, target=ev.target, components=comps)
+    units = [UnitRef(layer="conv", index=i) for i in range(2)]
+    out = DnD(component_cache="never").describe(units, ev, ctx)
+    assert [d.status for d in out] == ["error", "error"]
+    assert all("summary 1 of 5 from the language model was empty" in (d.error or "") for d in out)
 
 
 # --- the method -----------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ class DnD(Method):
     """Describe-and-Dissect with injected components (module docstring)."""
 
     name = "dnd"
-    version = "1"
+    version = "2"
     Config = DnDConfig
     requires = Requirements(
         evidence=frozenset({"topk", "images", "target"}),
@@ -321,14 +321,14 @@ class _Run:
         for w in work:
             k = len(w.captions or [])
             pairs = zip(simple[pos : pos + k], w.captions or [], strict=True)
-            w.simplified = [P.clean(s) or c for s, c in pairs]
+            w.simplified = [s for s, _ in pairs]  # unchanged, as the original passes them
             w.llm_prompts += k
             pos += k
         chats, owners = [], []
         for wi, w in enumerate(work):
-            descs = [d for d in (w.simplified or []) if d]
-            if not descs:
-                w.error = "no caption to summarise"
+            descs = list(w.simplified or [])
+            if not any(d.strip() for d in descs):
+                w.error = f"every simplified caption was empty ({descs!r}); nothing to summarise"
                 continue
             for r in range(self.cfg.num_summaries):
                 order = self._rng(w.unit, r).permutation(len(descs))
@@ -349,9 +349,10 @@ class _Run:
                 continue
             w.summaries = per_unit.get(wi, [])
             w.llm_prompts += len(w.summaries) + refed.count(wi)
-            w.candidates = P.candidates(w.summaries)
-            if not w.candidates:
-                w.error = f"the language model gave no usable candidate ({w.summaries!r})"
+            try:
+                w.candidates = P.candidates(w.summaries)
+            except P.EmptyAnswerError as e:
+                w.error = str(e)
         self._timed("llm", t0)
 
     def _selection(self, work: list[_Unit]) -> list[Description]:
