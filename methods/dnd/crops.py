@@ -140,25 +140,22 @@ def region_boxes(mask: np.ndarray) -> list[Box]:
     from scipy import ndimage
 
     fg = np.asarray(mask, dtype=bool)
-    labels, n = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
-    if n == 0:
+    if not fg.any():
         return []
-    # The background that reaches the frame: 4-connected, with the frame as background.
-    bg = np.pad(~fg, 1, constant_values=True)
-    bg_labels, _ = ndimage.label(bg)  # default structure: 4-connected
-    outside = np.pad(np.zeros_like(fg), 1, constant_values=False)
-    outside |= bg_labels == bg_labels[0, 0]
-    touch = ndimage.binary_dilation(outside)[1:-1, 1:-1] & fg  # 4-neighbours of the outside
-    outer = set(np.unique(labels[touch]).tolist()) - {0}
+    # Fill the holes: background (4-connected) that does not reach the frame. A component
+    # nested in a hole merges into the one around it, whose box it cannot enlarge, so the
+    # 8-connected components of the filled mask are the outer regions with their boxes.
+    bg_labels, _ = ndimage.label(np.pad(~fg, 1, constant_values=True))  # 4-connected
+    filled = fg | (bg_labels[1:-1, 1:-1] != bg_labels[0, 0])
+    labels, _ = ndimage.label(filled, structure=np.ones((3, 3), dtype=bool))
     found = []
     for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None or lab not in outer:
+        if sl is None:
             continue
         ys, xs = sl
-        top = int(ys.start)
-        left = int(xs.start) + int(np.argmax(labels[top, xs] == lab))  # first pixel in the scan
-        box = (int(xs.start), int(ys.start), int(xs.stop), int(ys.stop))
-        found.append(((top, left), box))
+        top = int(ys.start)  # the first pixel in the scan: top row, left-most on it
+        left = int(xs.start) + int(np.argmax(labels[top, xs] == lab))
+        found.append(((top, left), (int(xs.start), int(ys.start), int(xs.stop), int(ys.stop))))
     found.sort(key=lambda f: f[0], reverse=True)  # findContours' list: last-started first
     boxes = [b for _, b in found]
     return sorted(boxes, key=lambda b: -box_area(b))  # stable, as the original's sort
