@@ -24,8 +24,9 @@ map already within [0, 1] is cast unchanged, so there the default *is* the origi
 (Suzuki-Abe border following, which ``findContours`` implements, pairs 8-connected foreground
 with 4-connected background). ``RETR_EXTERNAL`` returns only the outermost borders: a component
 lying inside a hole of another component (a background area the other encloses) is not a region
-of its own; the enclosing component's box covers it anyway. A component is outermost exactly
-when it touches (4-neighbourhood) the background that reaches the image frame.
+of its own; the enclosing component's box covers it anyway. So the outer regions and their
+boxes are the 8-connected components of the mask with its holes (4-connected background that
+does not reach the image frame) filled.
 
 **Order of equal areas.** ``findContours`` scans the image row by row from the top, left to
 right, and starts each outer contour at the first pixel of its component it meets: the
