@@ -4,7 +4,8 @@ captioner, an LLM, a text-to-image model and an image encoder, without training.
 Per unit (see README.md for the defaults, the prompts and the deviations):
 
 1. **Attention crops** (``crops.py``): the unit's top ``num_images`` probe images by spatial-mean
-   activation; each activation map, normalised and Otsu-thresholded, gives up to 4 boxes; the
+   activation; each activation map, cast to bytes, resized bicubically and Otsu-thresholded
+   as the original (maps outside [0, 1] scaled into it first), gives up to 4 boxes; the
    crops join the unit's images, and the top ``num_images`` of originals and crops by the unit's
    activation are its exemplars.
 2. **Candidates** (``prompts.py``): the exemplars are captioned, each caption simplified by the
@@ -55,7 +56,8 @@ class DnDConfig:
     crops_per_image: int = MAX_CROPS
     crop_max_overlap: float = MAX_BOX_OVERLAP
     crop_max_image_iou: float = MAX_IMAGE_IOU
-    #: Reproduce the original's unnormalised byte cast of the activation map (wraps above 1).
+    #: Cast every activation map to bytes as the original, unscaled (values above 1 wrap); the
+    #: default scales a map outside [0, 1] into it first (``crops.py``).
     legacy_byte_cast: bool = False
     #: Summaries (candidate concepts before deduplication), each over a reshuffled caption list.
     num_summaries: int = 5
@@ -119,7 +121,7 @@ class DnD(Method):
     """Describe-and-Dissect with injected components (module docstring)."""
 
     name = "dnd"
-    version = "1"
+    version = "2"
     Config = DnDConfig
     requires = Requirements(
         evidence=frozenset({"topk", "images", "target"}),
@@ -319,14 +321,14 @@ class _Run:
         for w in work:
             k = len(w.captions or [])
             pairs = zip(simple[pos : pos + k], w.captions or [], strict=True)
-            w.simplified = [P.clean(s) or c for s, c in pairs]
+            w.simplified = [s for s, _ in pairs]  # unchanged, as the original passes them
             w.llm_prompts += k
             pos += k
         chats, owners = [], []
         for wi, w in enumerate(work):
-            descs = [d for d in (w.simplified or []) if d]
-            if not descs:
-                w.error = "no caption to summarise"
+            descs = list(w.simplified or [])
+            if not any(d.strip() for d in descs):
+                w.error = f"every simplified caption was empty ({descs!r}); nothing to summarise"
                 continue
             for r in range(self.cfg.num_summaries):
                 order = self._rng(w.unit, r).permutation(len(descs))
@@ -347,9 +349,10 @@ class _Run:
                 continue
             w.summaries = per_unit.get(wi, [])
             w.llm_prompts += len(w.summaries) + refed.count(wi)
-            w.candidates = P.candidates(w.summaries)
-            if not w.candidates:
-                w.error = f"the language model gave no usable candidate ({w.summaries!r})"
+            try:
+                w.candidates = P.candidates(w.summaries)
+            except P.EmptyAnswerError as e:
+                w.error = str(e)
         self._timed("llm", t0)
 
     def _selection(self, work: list[_Unit]) -> list[Description]:

@@ -7,8 +7,9 @@ The prompt texts and few-shot examples are the original's (``DnD_models.py`` at 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+
+from bench.errors import MethodError
 
 Chat = list[dict[str, str]]
 
@@ -98,7 +99,8 @@ def refeed_prompt(items: Sequence[str]) -> Chat:
 
 
 def after_colon(answer: str) -> str:
-    """The original keeps what follows the first ``:`` ("Concept: red cars" -> "red cars")."""
+    """The original keeps what follows the first ``:`` ("Concept: red cars" -> " red cars",
+    leading space included; it keeps only the text up to a second ``:``, we keep the rest)."""
     return answer.split(":", 1)[1] if ":" in answer else answer
 
 
@@ -108,28 +110,52 @@ def needs_refeed(answer: str) -> bool:
 
 
 def refeed_items(answer: str) -> list[str]:
-    return [s.strip() for s in answer.split(",") if s.strip()]
+    """The comma list's items as the original sends them back: ``answer.split(",")`` unchanged,
+    so each item after a comma keeps its leading space ("a, b" -> ``["a", " b"]``, joined
+    again as "a,  b")."""
+    return answer.split(",")
 
 
-def clean(answer: str) -> str:
-    """Strip whitespace and quotation marks, lowercase, drop trailing periods."""
-    text = answer.strip().strip("\"'`“”‘’").strip()
-    text = re.sub(r"\s+", " ", text).lower()
-    return text.rstrip(".").strip()
+class EmptyAnswerError(MethodError):
+    """A summary answer left no text to generate images of; the original crashes on it
+    (``IndexError`` on ``word[-1]``), here it fails only its unit."""
+
+
+def candidate(answer: str) -> str:
+    """One summary answer post-processed as the original (``describe_neurons.py`` step 3):
+    lower-cased and one trailing period dropped; quotation marks and inner spacing are kept.
+    One deliberate difference: surrounding whitespace is stripped first (README deviations)."""
+    word = answer.strip().lower()
+    return word[:-1] if word.endswith(".") else word
+
+
+def background_twin(answer: str) -> str | None:
+    """The original's rule for vague design words: a (lower-cased, stripped) answer whose last
+    word is design(s)/graphic(s) also gets "<answer> background". The last word is read before
+    the trailing period is dropped, as the original reads it, so "floral design." gets none."""
+    word = answer.strip().lower()
+    if word and word.split()[-1] in BACKGROUND_WORDS:
+        return word + " background"
+    return None
 
 
 def candidates(answers: Sequence[str]) -> list[str]:
-    """The candidate concepts from the summaries, as the original post-processes them: cleaned
-    (:func:`clean`), "<c> background" added after a candidate ending in design(s)/graphic(s), and
-    deduplicated, here in a stable order (first occurrence; the original's ``set`` order
-    depends on the hash seed). Empty answers are dropped."""
+    """The candidate concepts from the summaries, as the original post-processes them
+    (:func:`candidate`, then the :func:`background_twin` of each answer after all answers),
+    deduplicated here in a stable order (first occurrence; the original's ``set`` order
+    depends on the hash seed). An empty answer raises :class:`EmptyAnswerError`."""
     out: list[str] = []
-    for a in answers:
-        c = clean(a)
+    twins: list[str] = []
+    for i, a in enumerate(answers):
+        c = candidate(a)
         if not c:
-            continue
-        extra = [f"{c} background"] if c.split()[-1] in BACKGROUND_WORDS else []
-        for x in (c, *extra):
-            if x not in out:
-                out.append(x)
-    return out
+            raise EmptyAnswerError(
+                f"summary {i + 1} of {len(answers)} from the language model was empty "
+                f"({a!r}); expected a concept label (the original crashes here). Check the "
+                "language model's answers to the summary prompt (its model, template, length)."
+            )
+        out.append(c)
+        twin = background_twin(a)
+        if twin is not None:
+            twins.append(twin)
+    return list(dict.fromkeys(out + twins))

@@ -71,6 +71,23 @@ def test_crops_follow_an_upsampled_map() -> None:
     assert 6 <= x0 <= 8 and 12 <= x1 <= 14 and 2 <= y0 <= 4 and 8 <= y1 <= 10, box
 
 
+def test_the_byte_image_is_resized_bicubically() -> None:
+    """Pillow's bicubic filter (a = -0.5) from 2 to 4 columns, by hand: output column 0 is
+    centred at input 0.25, so its taps are 0.25 and 1.25 away from the input pixels' centres,
+    weights W(0.25) = 0.8672 and W(1.25) = -0.0703, normalised 1.0882 and -0.0882; column 1
+    (centre 0.75): 0.7929 and 0.2071. A row [0, 255] becomes [-22.5 -> 0, 52.8 -> 53,
+    202.2 -> 202, 277.5 -> 255] (bilinear would give [0, 64, 191, 255])."""
+    row = np.array([[0, 255], [0, 255]], np.uint8)
+    np.testing.assert_array_equal(C.resize_bytes(row, (4, 4)), [[0, 53, 202, 255]] * 4)
+    # the cast comes first and truncates, as ToPILImage's act.mul(255).byte()
+    act = np.array([[0.0, 0.999], [0.5, 1.0]], np.float32)
+    np.testing.assert_array_equal(C.heat_bytes(act), [[0, 254], [127, 255]])
+    np.testing.assert_array_equal(C.heatmap(act, (2, 2)), C.heat_bytes(act))
+    # Otsu on the resized columns 0, 53, 202, 255: any t in 53..201 splits them, the first wins
+    assert C.otsu_threshold(C.resize_bytes(row, (4, 4))) == 53
+    assert C.attention_boxes(row / 255.0, (4, 4)) == [(2, 0, 4, 4)]
+
+
 def test_otsu_matches_a_brute_force_search() -> None:
     rng = np.random.default_rng(0)
     img = np.concatenate([rng.normal(60, 10, 500), rng.normal(180, 20, 300)])
@@ -90,20 +107,118 @@ def test_otsu_matches_a_brute_force_search() -> None:
     assert C.otsu_threshold(img) == brute(img)
     two = np.array([10] * 50 + [200] * 50, np.uint8)
     assert C.otsu_threshold(two) == 10  # every t in 10..199 splits them; the first wins
+    assert C.otsu_threshold(np.full((4, 4), 7, np.uint8)) == 0  # one level: OpenCV's 0
+
+
+def _ring(size: int = 16, gap: bool = False) -> np.ndarray:
+    """A 1-px ring over rows/columns 1..10 (box (1, 1, 11, 11), area 100) with a 2x2 blob in
+    its hole (box (5, 5, 7, 7)) and a 2x2 blob outside (box (13, 13, 15, 15)); ``gap`` opens
+    the ring's right side at rows 5..6, joining its hole to the outside background."""
+    act = np.zeros((size, size), np.float32)
+    act[1, 1:11] = act[10, 1:11] = act[1:11, 1] = act[1:11, 10] = 1.0
+    act[5:7, 5:7] = 1.0
+    act[13:15, 13:15] = 1.0
+    if gap:
+        act[5:7, 10] = 0.0
+    return act
+
+
+def test_regions_nested_in_a_hole_are_not_regions() -> None:
+    """OpenCV's RETR_EXTERNAL: the blob inside the closed ring is not a region of its own (the
+    ring's box covers it). Once the ring is open, the blob touches the outside background and
+    is a region; it ties in area (4) with the outer blob, which starts later in the scan (row
+    13 against row 5) and so comes first."""
+    closed = _ring()
+    assert C.region_boxes(closed > 0) == [(1, 1, 11, 11), (13, 13, 15, 15)]
+    assert C.attention_boxes(closed, (16, 16)) == [(1, 1, 11, 11), (13, 13, 15, 15)]
+    opened = _ring(gap=True)
+    assert C.region_boxes(opened > 0) == [(1, 1, 11, 11), (13, 13, 15, 15), (5, 5, 7, 7)]
+    # a blob in the hole of a ring that itself sits in the hole of a larger ring: not a region
+    act = np.zeros((20, 20), np.float32)
+    act[0, :] = act[19, :] = act[:, 0] = act[:, 19] = 1.0
+    act[2:18, 2:18] = _ring()
+    assert C.region_boxes(act > 0) == [(0, 0, 20, 20)]
+    # regions touching the frame are outer regions (the frame counts as background)
+    edge = np.zeros((6, 6), bool)
+    edge[0:2, :] = True
+    edge[4:, 0:3] = True
+    assert C.region_boxes(edge) == [(0, 0, 6, 2), (0, 4, 3, 6)]
+
+
+def test_equal_areas_keep_opencvs_contour_order() -> None:
+    """findContours lists outer contours in reverse scan order of their first (top-most, then
+    left-most) pixel; the original's stable sort by area keeps that order among equal areas.
+    Five 2x2 squares: bottom-right (first pixel row 9, col 9), bottom-left (9, 0), middle
+    (6, 4), top-right (1, 8), top-left (1, 1); four crops at most drop the top-left one."""
+    act = np.zeros((12, 12), np.float32)
+    for y, x in ((1, 1), (1, 8), (6, 4), (9, 0), (9, 9)):
+        act[y : y + 2, x : x + 2] = 1.0
+    tl, tr, mid, bl, br = (1, 1, 3, 3), (8, 1, 10, 3), (4, 6, 6, 8), (0, 9, 2, 11), (9, 9, 11, 11)
+    assert C.region_boxes(act > 0) == [br, bl, mid, tr, tl]
+    assert C.attention_boxes(act, (12, 12)) == [br, bl, mid, tr]
+    # same top row: the region whose first pixel lies further right comes first, whatever its
+    # box's left edge: P's first pixel is (2, 9) with box x0 = 7, Q's is (2, 0) with x0 = 0...
+    m = np.zeros((8, 12), bool)
+    m[2, 9] = True
+    m[3, 7:10] = True  # P: box (7, 2, 10, 4), area 6
+    m[2, 0:3] = True
+    m[3, 0] = True  # Q: box (0, 2, 3, 4), area 6
+    assert C.region_boxes(m) == [(7, 2, 10, 4), (0, 2, 3, 4)]
+    # ... and R below them (box (3, 6, 9, 7), area 6) starts last, so it comes first
+    m[6, 3:9] = True
+    assert C.region_boxes(m) == [(3, 6, 9, 7), (7, 2, 10, 4), (0, 2, 3, 4)]
 
 
 def test_activation_maps_are_normalised_before_the_byte_cast() -> None:
     """The original casts unnormalised activations to bytes: 1.2 * 255 = 306 wraps to 50,
     below the 0.6 background's 153, so Otsu selects the background, whose box is the whole
-    image and is dropped. Normalising first finds the peak."""
+    image and is dropped. Scaling the map into [0, 1] first (dividing by 1.2: 0.5 -> 127,
+    1.0 -> 255) finds the peak."""
     act = np.full((16, 16), 0.6, np.float32)
     act[4:9, 4:9] = 1.2
     legacy = C.legacy_byte_map(act)
     assert legacy[0, 0] == 153 and legacy[5, 5] == 50
     assert C.attention_boxes(act, (16, 16), legacy_byte_cast=True) == []
     assert C.attention_boxes(act, (16, 16)) == [(4, 4, 9, 9)]
-    np.testing.assert_allclose(C.normalise_map(act)[[0, 5], [0, 5]], [0.0, 1.0])
-    assert not C.normalise_map(np.full((3, 3), 7.0)).any()  # constant: nothing stands out
+    heat = C.heat_bytes(act)
+    assert heat[0, 0] == 127 and heat[5, 5] == 255
+    np.testing.assert_array_equal(C.heat_bytes(act, legacy_byte_cast=True), legacy)
+    # wrapping is modulo 256 after truncation: 1.5 -> 382 -> 126, 2.0 -> 510 -> 254
+    np.testing.assert_array_equal(C.legacy_byte_map(np.array([1.5, 2.0, 0.999])), [126, 254, 254])
+    # a map within [0, 1] is cast unchanged: there the default is the original
+    inside = np.array([[0.2, 0.9], [0.4, 0.6]], np.float32)
+    np.testing.assert_array_equal(C.heat_bytes(inside), C.legacy_byte_map(inside))
+    assert C.heat_bytes(inside)[0, 0] == 51  # not stretched to 0
+    # negative values: min-max into [0, 1]
+    np.testing.assert_allclose(C.normalise_map(np.array([-1.0, 0.0, 3.0])), [0.0, 0.25, 1.0])
+    # a constant map above 1 is all 255: one region, the whole image, which is dropped
+    assert C.attention_boxes(np.full((3, 3), 7.0), (9, 9)) == []
+
+
+def test_crops_match_opencv_and_pillow_on_random_maps() -> None:
+    """Oracle (skipped without OpenCV): the original's pipeline run with ToPILImage, Pillow and
+    OpenCV against ours, on random maps with plateaus (ties) and values above 1."""
+    cv2 = pytest.importorskip("cv2")
+    torch = pytest.importorskip("torch")
+    transforms = pytest.importorskip("torchvision.transforms")
+
+    def original(act: np.ndarray, side: int) -> list[tuple[int, int, int, int]]:
+        heat = transforms.ToPILImage()(torch.as_tensor(act))
+        heat = np.array(heat.resize([side, side]))
+        _, th = cv2.threshold(heat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        found = cv2.findContours(th, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+        boxes = [(x, y, x + w, y + h) for x, y, w, h in map(cv2.boundingRect, found)]
+        return C.select_boxes(sorted(boxes, key=lambda b: -C.box_area(b)), (side, side))
+
+    rng = np.random.default_rng(0)
+    for k in range(120):
+        hw, side = int(rng.integers(3, 12)), int(rng.choice([24, 64, 100]))
+        act = (rng.random((hw, hw)) ** 3 * (1.0 if k % 2 else 3.0)).astype(np.float32)
+        if k % 3 == 0:
+            act = np.round(act * 4) / 4  # plateaus: equal areas and nested regions
+        assert C.attention_boxes(act, (side, side), legacy_byte_cast=True) == original(act, side)
+        if k % 2:  # within [0, 1]: the default is the original
+            assert C.attention_boxes(act, (side, side)) == original(act, side)
 
 
 # --- step 3: scoring ------------------------------------------------------------------------------
@@ -177,16 +292,89 @@ def test_prompts_are_the_papers() -> None:
 
 
 def test_answer_post_processing() -> None:
-    assert P.after_colon("Concept: Red Cars") == " Red Cars"
+    assert P.after_colon("Concept: Red Cars") == " Red Cars"  # leading space kept, as the original
     assert P.needs_refeed("red cars, blue cars") and not P.needs_refeed("red cars")
-    assert P.refeed_items("red cars, blue cars,") == ["red cars", "blue cars"]
-    assert P.clean('  "Red  Cars."  ') == "red cars"
-    assert P.candidates(["Red cars.", "red cars", "Floral Designs", "", "blue sky"]) == [
+    # re-summarise items are the original's split: each item after a comma keeps its space
+    items = P.refeed_items("red cars, blue cars,")
+    assert items == ["red cars", " blue cars", ""]
+    assert P.refeed_prompt(items)[0]["content"].endswith("descriptions: red cars,  blue cars, ")
+    # lower-cased, one trailing period dropped; quotes and inner spacing kept; surrounding
+    # whitespace stripped (our one deviation)
+    assert P.candidate(' "Red  Cars". ') == '"red  cars"'
+    assert P.candidate("etc..") == "etc."
+    assert P.candidates(
+        ["Red cars.", " red cars", '"Red cars"', "Floral Designs", "floral design.", "blue sky"]
+    ) == [
         "red cars",
+        '"red cars"',
         "floral designs",
-        "floral designs background",
+        "floral design",  # a trailing period hides the last word from the design rule
         "blue sky",
+        "floral designs background",  # twins follow the answers, as the original appends them
     ]
+    assert P.background_twin("Abstract GRAPHIC") == "abstract graphic background"
+    assert P.background_twin("graphic designer") is None
+    for empty in ("", "  ", "."):
+        with pytest.raises(P.EmptyAnswerError, match="summary 2 of 2 .*was empty"):
+            P.candidates(["red", empty])
+
+
+class _ScriptedLM:
+    """Answers the three DnD prompts with fixed texts and records every request."""
+
+    def __init__(self, summary: str, refeed: str = "red cars") -> None:
+        self.summary, self.refeed = summary, refeed
+        self.requests: list[str] = []
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": "scripted", "revision": self.summary + "|" + self.refeed}
+
+    def complete(self, prompts: Any) -> list[str]:
+        from bench.components.base import as_messages
+
+        out = []
+        for p in prompts:
+            text = as_messages(p)[-1]["content"]
+            self.requests.append(text)
+            if text.startswith(P.SIMPLIFY_INSTRUCTION):
+                out.append("  A Red Circle.")
+            elif text.startswith(P.SUMMARY_INSTRUCTION):
+                out.append(self.summary)
+            else:
+                out.append(self.refeed)
+        return out
+
+
+def test_text_reaches_the_llm_as_the_original_sends_it(tmp_path: Path) -> None:
+    """Simplified captions go into the summary prompt unchanged (not lower-cased or cleaned);
+    a comma-list answer after "Label:" is sent back with the original's spacing; the answer is
+    post-processed as the original's (lower-case, one period off, quotes kept)."""
+    cache = Cache(tmp_path)
+    ev = tiny_mean_evidence(cache)
+    lm = _ScriptedLM("Label: red cars, blue cars", refeed='"Red Cars".')
+    comps = {**synthetic_components(), "language_model": lm}
+    ctx = MethodContext(cache=cache, target=ev.target, components=comps)
+    (d,) = DnD(num_summaries=2, component_cache="never").describe(
+        [UnitRef(layer="conv", index=0)], ev, ctx
+    )
+    assert d.ok, d.error
+    # (identical requests are sent once)
+    summaries = {r for r in lm.requests if r.startswith(P.SUMMARY_INSTRUCTION)}
+    assert summaries == {P.SUMMARY_INSTRUCTION + ", ".join(["  A Red Circle."] * 10)}
+    refeeds = {r for r in lm.requests if r.startswith(P.REFEED_INSTRUCTION)}
+    assert refeeds == {P.REFEED_INSTRUCTION + " red cars,  blue cars"}
+    assert d.extras["candidates"] == ['"red cars"'] and d.label == '"red cars"'
+
+
+def test_an_empty_answer_is_an_error_record(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    ev = tiny_mean_evidence(cache)
+    comps = {**synthetic_components(), "language_model": _ScriptedLM("  ")}
+    ctx = MethodContext(cache=cache, target=ev.target, components=comps)
+    units = [UnitRef(layer="conv", index=i) for i in range(2)]
+    out = DnD(component_cache="never").describe(units, ev, ctx)
+    assert [d.status for d in out] == ["error", "error"]
+    assert all("summary 1 of 5 from the language model was empty" in (d.error or "") for d in out)
 
 
 # --- the method -----------------------------------------------------------------------------------
