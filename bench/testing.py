@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
     from bench.cache import Cache
     from bench.evidence import Evidence
+    from bench.method import Method
     from bench.targets import Target
-    from methods.base import Method
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -203,7 +203,7 @@ def check_method(
     """
     from bench.api import describe_cached
     from bench.cache import Cache
-    from methods.base import MethodContext
+    from bench.method import MethodContext
 
     tmp = Path(tmp_path)
     cache = Cache(tmp / "cache")

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from bench.method import Method, MethodContext, Requirements
 from bench.schema import Description, UnitRef
-from methods.base import Method, MethodContext, Requirements
 from methods.dnd import prompts as P
 from methods.dnd.crops import MAX_BOX_OVERLAP, MAX_CROPS, MAX_IMAGE_IOU
 from methods.dnd.scoring import SCORINGS
@@ -115,12 +115,11 @@ class _Unit:
     llm_prompts: int = 0
 
 
-class DnD(Method):
+class DnD(Method[DnDConfig]):
     """Describe-and-Dissect with injected components (module docstring)."""
 
     name = "dnd"
     version = "1"
-    Config = DnDConfig
     requires = Requirements(
         evidence=frozenset({"topk", "images", "target"}),
         topk_by=("mean",),

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import ConfigError, UsageError
 from bench.evidence import MILAN_QUANTILE
+from bench.method import Method, MethodContext, Requirements
 from bench.schema import Description, UnitRef
-from methods.base import Method, MethodContext, Requirements
 
 if TYPE_CHECKING:
     import numpy as np
@@ -336,12 +336,11 @@ def train_cached(
 # --- the methods --------------------------------------------------------------------------------
 
 
-class Milan(Method):
+class Milan(Method[MilanConfig]):
     """MILAN with weighted-PMI decoding (the paper's method)."""
 
     name = "milan"
     version = "1"
-    Config = MilanConfig
     requires = Requirements(
         evidence=frozenset({"topk", "thresholds", "images"}),
         topk_by=("max",),
