@@ -137,6 +137,7 @@ def tiny_target() -> Target:
                 [[2.0, -1.0, -1.0], [-1.0, 2.0, -1.0], [-1.0, -1.0, 2.0], [1.0, 1.0, 1.0]]
             )[:, :, None, None]
         )
+        assert net.conv.bias is not None and net.fc.bias is not None
         net.conv.bias.copy_(torch.tensor([-0.5, -0.5, -0.5, 0.0]))
         net.fc.weight.copy_(torch.eye(3, 4))
         net.fc.bias.zero_()

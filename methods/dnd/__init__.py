@@ -26,7 +26,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -134,7 +134,7 @@ class DnD(Method[DnDConfig]):
     ) -> list[Description]:
         from bench.components import ComponentError
 
-        config = cast(DnDConfig, self.config)
+        config = self.config
         try:
             return _Run(config, evidence, ctx).describe(list(units))
         except ComponentError as e:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import ConfigError, UsageError
+from bench.errors import ConfigError, RequirementError, UsageError
 from bench.evidence import MILAN_QUANTILE
 from bench.method import Method, MethodContext, Requirements
 from bench.schema import Description, UnitRef
@@ -432,6 +432,11 @@ class Milan(Method[MilanConfig]):
         assert self._model is not None and self._encoder is not None
         cfg = self.config
         out: dict[UnitRef, Description] = {}
+        if evidence.target is None:
+            raise RequirementError(
+                "MILAN crops exemplars with the target's preprocessing; expected evidence "
+                "recorded from a target, got evidence without one."
+            )
         views = ProbeViews(evidence.probe, evidence.target.preprocessing)
         by_layer: dict[str, list[int]] = {}
         for u in units:
