@@ -970,15 +970,15 @@ def tallies_by_layer(
     table: ConceptTable,
     *,
     device: str = "cpu",
-    options: dict[str, Any] | None = None,
+    memory_budget: int | None = None,
     progress: bool = False,
 ) -> Iterator[tuple[UnitTally, list[UnitRef]]]:
     """For each layer of ``units`` (in order of first appearance): its cached tally at
-    NetDissect's quantile and the units of that layer. ``options["memory_budget"]`` (bytes)
-    bounds the pass (default :data:`DEFAULT_MEMORY_BUDGET`)."""
+    NetDissect's quantile and the units of that layer. ``memory_budget`` (bytes) bounds the
+    pass (``None``: :data:`DEFAULT_MEMORY_BUDGET`)."""
     from bench.evidence import NETDISSECT_QUANTILE
 
-    budget = int((options or {}).get("memory_budget", DEFAULT_MEMORY_BUDGET))
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     for layer in dict.fromkeys(u.layer for u in units):
         tally = tally_cached(
             cache,

@@ -11,9 +11,12 @@ import importlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from bench.errors import UnknownNameError, UsageError
+
+if TYPE_CHECKING:
+    from bench.method import Method
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +152,12 @@ class Registry(Generic[T]):
 
 
 def _check_method(name: str, obj: Any) -> None:
-    from methods.base import Method
+    from bench.method import Method
 
     if not (isinstance(obj, type) and issubclass(obj, Method)):
         raise UsageError(
-            f"Expected a subclass of methods.base.Method for method '{name}', got {obj!r}."
+            f"Expected a subclass of bench.method.Method (also importable as methods.base.Method) "
+            f"for method '{name}', got {obj!r}."
         )
     if obj.name != name:
         raise UsageError(
@@ -162,7 +166,9 @@ def _check_method(name: str, obj: Any) -> None:
         )
 
 
-METHODS: Registry[Any] = Registry("method", check=_check_method, entry_point_group="bench.methods")
+METHODS: Registry[type[Method[Any]]] = Registry(
+    "method", check=_check_method, entry_point_group="bench.methods"
+)
 # The synthetic world (bench.synth) registers its own targets, probe sets and MILANNOTATIONS keys
 # through these populate strings, as a plug-in would: bench.targets, bench.probes and
 # bench.milannotations know nothing of it.

@@ -31,7 +31,7 @@ from bench.schema import (
 
 if TYPE_CHECKING:
     from bench.evidence import Evidence
-    from methods.base import Method, MethodContext
+    from bench.method import Method, MethodContext
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +206,10 @@ def resolve_probe_name(config: RunConfig, target_family: str) -> str:
 
 def run(config: RunConfig) -> RunResult:
     """Run every method of ``config`` on one target and probe; write the run directory."""
+    from bench.method import MethodContext
     from bench.probes import load_probe
     from bench.record import record_cached
     from bench.targets import load_target
-    from methods.base import MethodContext
 
     t0 = time.perf_counter()
     classes = method_classes(config.methods)  # unknown names fail before anything loads

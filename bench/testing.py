@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
     from bench.cache import Cache
     from bench.evidence import Evidence
+    from bench.method import Method
     from bench.targets import Target
-    from methods.base import Method
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -137,6 +137,7 @@ def tiny_target() -> Target:
                 [[2.0, -1.0, -1.0], [-1.0, 2.0, -1.0], [-1.0, -1.0, 2.0], [1.0, 1.0, 1.0]]
             )[:, :, None, None]
         )
+        assert net.conv.bias is not None and net.fc.bias is not None
         net.conv.bias.copy_(torch.tensor([-0.5, -0.5, -0.5, 0.0]))
         net.fc.weight.copy_(torch.eye(3, 4))
         net.fc.bias.zero_()
@@ -203,7 +204,7 @@ def check_method(
     """
     from bench.api import describe_cached
     from bench.cache import Cache
-    from methods.base import MethodContext
+    from bench.method import MethodContext
 
     tmp = Path(tmp_path)
     cache = Cache(tmp / "cache")

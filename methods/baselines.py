@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from bench.schema import Description, UnitRef
-from methods.base import Method, MethodContext, Requirements
-
-if TYPE_CHECKING:
-    from bench.evidence import Evidence
+from bench.method import Baseline
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -20,17 +14,11 @@ class DepictionsConfig:
     label: str = "depiction"
 
 
-class Depictions(Method):
+class Depictions(Baseline[DepictionsConfig]):
     """The same label for every unit: what a description that says nothing scores."""
 
     name = "depictions"
     version = "1"
-    Config = DepictionsConfig
-    requires = Requirements()
 
-    def _describe(
-        self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
-    ) -> list[Description]:
-        return [
-            Description(unit=u, label=self.config.label, extras={"constant": True}) for u in units
-        ]
+    def constant_label(self) -> str:
+        return self.config.label

@@ -39,7 +39,7 @@ Prompt = Union[str, Sequence[Message]]  # noqa: UP007 - a runtime alias
 #: An image as callers may pass it.
 ImageInput = Union["np.ndarray", "Image.Image"]  # noqa: UP007 - forward references
 
-#: The component kinds (``methods.base.COMPONENT_KINDS``).
+#: The component kinds (``bench.method.COMPONENT_KINDS``).
 KINDS: tuple[str, ...] = (
     "captioner",
     "language_model",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.errors import ConfigError, UsageError
+from bench.method import C, Configurable
 from bench.results import (
     Ceiling,
     ClassResult,
@@ -300,17 +301,10 @@ class SuiteScores:
 # --- the contract --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NoConfig:
-    """A suite without settings."""
-
-
-class Suite(abc.ABC):
+class Suite(Configurable[C], abc.ABC):
     """Base class of every suite. See the module docstring."""
 
-    name: ClassVar[str]
-    version: ClassVar[str] = "1"
-    Config: ClassVar[type] = NoConfig
+    role: ClassVar[str] = "suite"
     #: One line for listings.
     summary: ClassVar[str] = ""
 
@@ -320,28 +314,6 @@ class Suite(abc.ABC):
             raise TypeError(
                 f"{cls.__qualname__} overrides Suite.score, which is final; implement _score."
             )
-
-    def __init__(self, config: Any = None, **overrides: Any):
-        from methods.base import config_to_json, make_config
-
-        try:
-            if config is None:
-                config = make_config(self.Config, overrides)
-            elif overrides:
-                config = make_config(self.Config, {**config_to_json(config), **overrides})
-        except ConfigError as e:
-            raise ConfigError(f"Suite '{self.name}': {e}") from e
-        if not isinstance(config, self.Config):
-            raise ConfigError(
-                f"Expected a {self.Config.__qualname__} for suite '{self.name}', "
-                f"got {type(config).__qualname__}."
-            )
-        self.config: Any = config
-
-    def identity(self) -> dict[str, Any]:
-        from methods.base import config_to_json
-
-        return {"name": self.name, "version": self.version, "config": config_to_json(self.config)}
 
     def applicable(self, target: TargetInfo) -> str | None:
         """``None`` when the suite can score labels of ``target``; otherwise why not."""

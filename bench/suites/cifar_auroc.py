@@ -246,12 +246,11 @@ class _PerUnitScores:
 # --- the suite -----------------------------------------------------------------------------------
 
 
-class CifarAurocSuite(Suite):
+class CifarAurocSuite(Suite[CifarAurocConfig]):
     """Per class, the unit whose label is closest to the class name, as a classifier."""
 
     name = "cifar-auroc"
     version = "1"
-    Config = CifarAurocConfig
     summary = "the unit whose label is closest to a class name, as a classifier (AUROC, AUPRC)"
 
     def applicable(self, target: TargetInfo) -> str | None:

@@ -140,12 +140,11 @@ def target_class_names(
     return tuple(names), spec.class_names_source or spec.family
 
 
-class FinalLayerSuite(Suite):
+class FinalLayerSuite(Suite[FinalLayerConfig]):
     """Final-layer units against their class names."""
 
     name = "final-layer"
     version = "1"
-    Config = FinalLayerConfig
     summary = "final-layer units against the names of their classes"
 
     def applicable(self, target: TargetInfo) -> str | None:

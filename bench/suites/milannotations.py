@@ -133,12 +133,11 @@ def canonical_layer(key: str | None, layer: str) -> str:
     return LAYER_ALIASES.get(key, {}).get(layer, layer)
 
 
-class MilannotationsSuite(Suite):
+class MilannotationsSuite(Suite[MilannotationsConfig]):
     """Labels against each unit's annotations, with the inter-annotator ceiling."""
 
     name = "milannotations"
     version = "1"
-    Config = MilannotationsConfig
     summary = "labels against the units' MILANNOTATIONS, with the inter-annotator ceiling"
 
     def applicable(self, target: TargetInfo) -> str | None:

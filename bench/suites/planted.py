@@ -133,12 +133,11 @@ def names_concept(d: Description, formula: list) -> tuple[bool, str]:
     return wanted <= named, "every concept word"
 
 
-class PlantedSuite(Suite):
+class PlantedSuite(Suite[PlantedConfig]):
     """Recovery of the concepts planted in units of a synthetic target."""
 
     name = "planted"
     version = "1"
-    Config = PlantedConfig
     summary = "recovery of the concepts planted in synthetic targets' units"
 
     def applicable(self, target: TargetInfo) -> str | None:

@@ -65,7 +65,8 @@ class ScoreReport:
 
 
 def method_kind(name: str) -> MethodKind:
-    """``baseline`` for the trivial controls of ``methods.baselines``, else ``method``."""
+    """The registered method's declared ``kind`` (``baseline`` for trivial controls such as
+    ``depictions``), else ``method``."""
     from bench.registry import METHODS
 
     if name in METHODS:
@@ -73,8 +74,7 @@ def method_kind(name: str) -> MethodKind:
             cls = METHODS.get(name)
         except BenchError:
             return "method"
-        if getattr(cls, "__module__", "") == "methods.baselines":
-            return "baseline"
+        return cls.kind
     return "method"
 
 
@@ -98,11 +98,19 @@ def method_cost(descriptions: Sequence[Description], device: str | None) -> Meth
     )
 
 
-def baseline_labels() -> MethodLabels:
-    """The ``depictions`` baseline as a constant label for every unit (not run: constructed)."""
-    from methods.baselines import Depictions
+def baseline_labels(name: str = BASELINE) -> MethodLabels:
+    """The registered baseline ``name`` as a constant label for every unit (not run:
+    constructed)."""
+    from bench.method import Baseline
+    from bench.registry import METHODS
 
-    method = Depictions()
+    cls = METHODS.get(name)
+    if not issubclass(cls, Baseline):
+        raise UsageError(
+            f"Expected the baseline '{name}' to be a bench.method.Baseline (a constant label the "
+            f"suites construct), got {cls.__module__}.{cls.__qualname__} of kind '{cls.kind}'."
+        )
+    method = cls()
     info = MethodInfo.from_identity(
         method.identity(),
         kind="baseline",
@@ -110,8 +118,7 @@ def baseline_labels() -> MethodLabels:
             seconds_per_unit=0.0, note="constant label, constructed by the suite (not run)"
         ),
     )
-    label: str = method.config.label  # type: ignore[attr-defined]  # DepictionsConfig
-    return MethodLabels(info=info, constant=label)
+    return MethodLabels(info=info, constant=method.constant_label())
 
 
 def run_methods(run_dir: Path, state: Mapping[str, Any]) -> dict[str, MethodLabels]:

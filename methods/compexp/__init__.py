@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bench.evidence import NETDISSECT_QUANTILE
+from bench.method import Method, MethodContext, Requirements
 from bench.schema import Description, UnitRef
-from methods.base import Method, MethodContext, Requirements
 
 if TYPE_CHECKING:
     from bench.evidence import Evidence
@@ -50,12 +50,11 @@ class CompExpConfig:
             raise ValueError(f"search_limit must be >= 1 or None, got {self.search_limit}")
 
 
-class CompExp(Method):
+class CompExp(Method[CompExpConfig]):
     """A logical formula of concepts per unit, found by beam search on IoU."""
 
     name = "compexp"
     version = "1"
-    Config = CompExpConfig
     requires = Requirements(
         evidence=frozenset({"maps", "thresholds", "segmentations"}),
         quantiles=(NETDISSECT_QUANTILE,),
@@ -77,7 +76,7 @@ class CompExp(Method):
         out: dict[UnitRef, Description] = {}
         for tally, layer_units in tallies_by_layer(
             ctx.cache, evidence, units, table,
-            device=ctx.device, options=ctx.options, progress=ctx.progress,
+            device=ctx.device, memory_budget=ctx.memory_budget, progress=ctx.progress,
         ):  # fmt: skip
             search = BeamSearch(
                 table,

@@ -27,12 +27,12 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bench.method import Method, MethodContext, Requirements
 from bench.schema import Description, UnitRef
-from methods.base import Method, MethodContext, Requirements
 from methods.dnd import prompts as P
 from methods.dnd.crops import MAX_BOX_OVERLAP, MAX_CROPS, MAX_IMAGE_IOU
 from methods.dnd.scoring import SCORINGS
@@ -117,12 +117,11 @@ class _Unit:
     llm_prompts: int = 0
 
 
-class DnD(Method):
+class DnD(Method[DnDConfig]):
     """Describe-and-Dissect with injected components (module docstring)."""
 
     name = "dnd"
     version = "2"
-    Config = DnDConfig
     requires = Requirements(
         evidence=frozenset({"topk", "images", "target"}),
         topk_by=("mean",),
@@ -137,7 +136,7 @@ class DnD(Method):
     ) -> list[Description]:
         from bench.components import ComponentError
 
-        config = cast(DnDConfig, self.config)
+        config = self.config
         try:
             return _Run(config, evidence, ctx).describe(list(units))
         except ComponentError as e:

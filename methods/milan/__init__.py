@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import ConfigError, UsageError
+from bench.errors import ConfigError, RequirementError, UsageError
 from bench.evidence import MILAN_QUANTILE
+from bench.method import Method, MethodContext, Requirements
 from bench.schema import Description, UnitRef
-from methods.base import Method, MethodContext, Requirements
 
 if TYPE_CHECKING:
     import numpy as np
@@ -340,12 +340,11 @@ def train_cached(
 # --- the methods --------------------------------------------------------------------------------
 
 
-class Milan(Method):
+class Milan(Method[MilanConfig]):
     """MILAN with weighted-PMI decoding (the paper's method)."""
 
     name = "milan"
     version = "1"
-    Config = MilanConfig
     requires = Requirements(
         evidence=frozenset({"topk", "thresholds", "images"}),
         topk_by=("max",),
@@ -435,6 +434,11 @@ class Milan(Method):
         assert self._model is not None and self._encoder is not None
         cfg = self.config
         out: dict[UnitRef, Description] = {}
+        if evidence.target is None:
+            raise RequirementError(
+                "MILAN crops exemplars with the target's preprocessing; expected evidence "
+                "recorded from a target, got evidence without one."
+            )
         views = ProbeViews(evidence.probe, evidence.target.preprocessing)
         by_layer: dict[str, list[int]] = {}
         for u in units:

@@ -23,7 +23,7 @@ def train(
     the config, in the cache at ``cache_dir``); the model also goes to ``out`` when given."""
     from bench.cache import Cache
     from bench.environment import resolve_device
-    from methods.base import make_config
+    from bench.method import make_config
     from methods.milan import MilanConfig, train_on_keys
 
     return train_on_keys(
@@ -52,7 +52,7 @@ def evaluate(
     (wPMI and the captioning ablation)."""
     from bench.cache import Cache
     from bench.environment import resolve_device
-    from methods.base import make_config
+    from bench.method import make_config
     from methods.milan import MilanConfig, evaluate_split
     from methods.milan.splits import split
 

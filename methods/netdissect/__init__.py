@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bench.evidence import NETDISSECT_QUANTILE
+from bench.method import Method, MethodContext, Requirements
 from bench.schema import Description, UnitRef
-from methods.base import Method, MethodContext, Requirements
 
 if TYPE_CHECKING:
     from bench.evidence import Evidence
@@ -43,13 +43,12 @@ class NetDissectConfig:
             raise ValueError(f"interpretable_iou must be in [0, 1], got {self.interpretable_iou}")
 
 
-class NetDissect(Method):
+class NetDissect(Method[NetDissectConfig]):
     """The best-matching concept of each unit, by IoU of thresholded activations with concept
     segmentations (Broden format)."""
 
     name = "netdissect"
     version = "1"
-    Config = NetDissectConfig
     requires = Requirements(
         evidence=frozenset({"maps", "thresholds", "segmentations"}),
         quantiles=(NETDISSECT_QUANTILE,),
@@ -70,7 +69,7 @@ class NetDissect(Method):
         out: dict[UnitRef, Description] = {}
         for tally, layer_units in tallies_by_layer(
             ctx.cache, evidence, units, table,
-            device=ctx.device, options=ctx.options, progress=ctx.progress,
+            device=ctx.device, memory_budget=ctx.memory_budget, progress=ctx.progress,
         ):  # fmt: skip
             inter = tally.intersections(table)
             iou = netdissect_iou(tally, table, cfg.convention, inter)

@@ -53,7 +53,7 @@ def test_registry_decorator_and_base_class_check() -> None:
         pass
 
     assert reg.get("thing") is Thing
-    with pytest.raises(UsageError, match="subclass of methods.base.Method"):
+    with pytest.raises(UsageError, match="subclass of bench.method.Method"):
         METHODS.register("not-a-method", dict)
     assert "not-a-method" not in METHODS
 

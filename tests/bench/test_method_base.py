@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.cache import Cache
-from bench.errors import ConfigError, RequirementError
+from bench.errors import ConfigError, RequirementError, UsageError
 from bench.evidence import Evidence, LayerEvidence, TopK
 from bench.schema import Description, UnitRef
 from bench.testing import TinyProbe
@@ -150,3 +150,109 @@ def test_requirement_checks(tmp_path) -> None:
         Echo().describe([UnitRef(layer="conv", index=9)], _evidence(), _ctx(tmp_path))
     with pytest.raises(RequirementError, match="not recorded"):
         Echo().describe([UnitRef(layer="fc", index=0)], _evidence(), _ctx(tmp_path))
+
+
+# --- the contract in the core; old-style plug-ins; the baseline through the registry -----------
+
+
+def test_old_style_plugin_through_methods_base_conforms(tmp_path) -> None:
+    """A third-party plug-in written against ``methods.base`` with ``Config = ...`` (no type
+    parameter) still builds its config and passes the conformance suite."""
+    import methods.base as mb
+    from bench import method as core
+    from bench.testing import check_method
+
+    assert mb.Method is core.Method and mb.MethodContext is core.MethodContext
+
+    @dataclass(frozen=True, kw_only=True, slots=True)
+    class TagConfig:
+        tag: str = "top"
+
+    class Tag(mb.Method):
+        name = "tag-plugin"
+        Config = TagConfig
+        requires = mb.Requirements(evidence=frozenset({"topk"}))
+
+        def _describe(self, units, evidence, ctx):
+            tops = {u: evidence.layer(u.layer).top("max").indices[u.index, 0] for u in units}
+            return [Description(unit=u, label=f"{self.config.tag} #{tops[u]}") for u in units]
+
+    assert Tag().config == TagConfig() and Tag(tag="x").config.tag == "x"
+    with pytest.raises(ConfigError, match="tagg"):
+        Tag(tagg="x")
+    out = check_method(Tag, tmp_path)
+    assert all(d.label.startswith("top #") for d in out)
+
+
+def test_config_comes_from_the_type_parameter() -> None:
+    from bench.method import Method as CoreMethod
+    from bench.method import NoConfig
+
+    class Param(CoreMethod[EchoConfig]):
+        name = "param"
+
+        def _describe(self, units, evidence, ctx):
+            return []
+
+    assert Param.Config is EchoConfig
+    assert Param(prefix="p").config == EchoConfig(prefix="p")
+    assert Echo.Config is EchoConfig and Method.Config is NoConfig
+    with pytest.raises(ConfigError, match="Expected a EchoConfig for method 'param'"):
+        Param(config=NoConfig())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not its type parameter"):
+
+        class Mismatch(CoreMethod[EchoConfig]):
+            name = "mismatch"
+            Config = NoConfig  # type: ignore[assignment]
+
+            def _describe(self, units, evidence, ctx):
+                return []
+
+
+def test_the_baseline_is_found_through_the_registry() -> None:
+    from bench.suites.runner import BASELINE, baseline_labels, method_kind
+
+    from bench.method import Baseline
+    from bench.registry import METHODS
+
+    @dataclass(frozen=True, kw_only=True, slots=True)
+    class BlankConfig:
+        label: str = "anything"
+
+    class Blank(Baseline[BlankConfig]):
+        name = "blank-baseline"
+
+        def constant_label(self) -> str:
+            return self.config.label
+
+    assert method_kind("depictions") == "baseline" and method_kind("netdissect") == "method"
+    METHODS.register("blank-baseline", Blank)
+    METHODS.register("echo", Echo)
+    try:
+        assert method_kind("blank-baseline") == "baseline"
+        assert method_kind("echo") == "method"
+        labels = baseline_labels("blank-baseline")
+        assert labels.constant == "anything" and labels.info.kind == "baseline"
+        assert labels.info.name == "blank-baseline"
+        with pytest.raises(UsageError, match="bench.method.Baseline"):
+            baseline_labels("echo")
+    finally:
+        METHODS.unregister("blank-baseline")
+        METHODS.unregister("echo")
+    # The suites' default baseline is whatever "depictions" resolves to in the registry.
+    original = METHODS._entries[BASELINE]
+    METHODS.unregister(BASELINE)
+
+    class Other(Baseline[BlankConfig]):
+        name = BASELINE
+
+        def constant_label(self) -> str:
+            return "replaced"
+
+    METHODS.register(BASELINE, Other)
+    try:
+        assert baseline_labels().constant == "replaced"
+    finally:
+        METHODS.unregister(BASELINE)
+        METHODS.register(BASELINE, original)
+    assert baseline_labels().constant == "depiction"
