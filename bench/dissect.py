@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bump when the concept table's content changes for the same probe (part of its cache key).
-TABLE_VERSION = "1"
+TABLE_VERSION = "2"  # 2: primary-category ties go to the last category (Lite)
 #: Bump when the unit tally changes for the same inputs (part of its cache key).
 TALLY_VERSION = "1"
 TABLE_STAGE = "concept-table"

@@ -455,3 +455,59 @@ def test_sparse_upsampler_equals_dense_bilinear(map_shape, seg_size) -> None:
     )
     dense = (up[:, 0] > thr[:, None, None]).flatten(1)
     assert dense.any() and torch.equal(sparse, dense)
+
+
+class TextureProbe(ProbeSet):
+    """Image 0 has object pixels; image 1, like Broden's texture images, has only an
+    image-level texture label and no pixel labels at all."""
+
+    name = "texture-after-object"
+    has_segmentations = True
+    fixed_geometry = True
+
+    def __len__(self) -> int:
+        return 2
+
+    def load_image(self, i):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def identity(self):
+        return {"name": self.name}
+
+    @property
+    def seg_size(self):
+        return (2, 2)
+
+    def categories(self):
+        return ["object", "texture"]
+
+    def concepts(self):
+        return [
+            Concept(number=1, name="sky", raw_name="sky", category="object",
+                    categories=("object",)),
+            Concept(number=2, name="striped", raw_name="striped", category="texture",
+                    categories=("texture",)),
+        ]  # fmt: skip
+
+    def segmentation(self, i):
+        if i == 0:
+            return Segmentation(pixel={"object": np.array([[[1, 1], [0, 0]]], np.int32)}, image={})
+        return Segmentation(pixel={}, image={"texture": (2,)})
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_an_image_without_pixel_labels_counts_only_its_own_categories(backend: str) -> None:
+    """NetDissect-Lite keeps the previous image's category tally for an image without pixel
+    labels (its ``tally_cat`` is only reassigned when the image has pixels), so the object
+    activation of image 1 would count towards 'object' too: 1 + 4 = 5 and IoU(sky) = 1/6. We
+    count each image's own categories (the README's deviation): 1 and IoU(sky) = 1/2."""
+    table = D.build_concept_table(TextureProbe())
+    maps = np.zeros((2, 1, 2, 2), np.float32)
+    maps[0, 0, 0, 0] = 1.0  # image 0: one pixel, on sky
+    maps[1, 0] = 1.0  # image 1: the whole image
+    tally = D.tally_units(maps, np.array([0.5], np.float32), table, backend=backend)
+    assert tally.unit_area.tolist() == [5]
+    assert tally.cat_lite.tolist() == [[1, 4]]  # object, texture
+    iou = D.netdissect_iou(tally, table, "lite")
+    assert iou[0, table.code("sky")] == pytest.approx(1 / (1 + 2 - 1))
+    assert iou[0, table.code("striped")] == pytest.approx(4 / (4 + 4 - 4))

@@ -206,7 +206,15 @@ def test_broden_primary_category_by_coverage(broden: Path) -> None:
     assert only[21].category == "material" and only[513].category == "part"
 
 
-def test_broden_primary_category_ties_follow_index_order(broden: Path) -> None:
+def _write_category_csv(root: Path, order: list[str]) -> None:
+    (root / "category.csv").write_text(
+        "name,first,last,count,frequency\n" + "".join(f"{c},1,1002,1,1\n" for c in order)
+    )
+
+
+def test_broden_primary_category_ties_follow_category_csv_order(broden: Path) -> None:
+    """On a coverage tie, NetDissect-Lite picks the category that comes last in category.csv
+    (its max over (coverage, position) pairs), whatever index.csv's column order."""
     _write_c_files(
         broden,
         {
@@ -215,13 +223,31 @@ def test_broden_primary_category_ties_follow_index_order(broden: Path) -> None:
             "part": [(513, "door", "1.5")],
         },
     )
-    # index.csv: color,object,part,material,...: object comes before material and part, even
-    # though label.csv counts fabric as material and door as part most, and the categories are
-    # asked for in another order.
+    # index.csv: color,object,part,material,... (object first).
+    _write_category_csv(broden, ["object", "color", "material", "part", "scene", "texture"])
+    for cats in (None, ["material", "part", "object"]):
+        concepts = {c.number: c for c in BrodenProbe(broden, categories=cats).concepts()}
+        assert concepts[21].category == "material", cats
+        assert concepts[513].category == "part", cats
+    _write_category_csv(broden, ["material", "part", "object", "color", "scene", "texture"])
     for cats in (None, ["material", "part", "object"]):
         concepts = {c.number: c for c in BrodenProbe(broden, categories=cats).concepts()}
         assert concepts[21].category == "object", cats
         assert concepts[513].category == "object", cats
+    # Without category.csv, index.csv's order stands in: material and part come after object.
+    (broden / "category.csv").unlink()
+    concepts = {c.number: c for c in BrodenProbe(broden).concepts()}
+    assert concepts[21].category == "material" and concepts[513].category == "part"
+
+
+def test_broden_identity_follows_the_category_order(broden: Path) -> None:
+    """category.csv breaks ties, so it is part of the identity, but only when its order differs
+    from index.csv's (the usual case keeps its identity)."""
+    same = BrodenProbe(broden).identity()
+    _write_category_csv(broden, ["color", "object", "part", "material", "scene", "texture"])
+    assert BrodenProbe(broden).identity() == same
+    _write_category_csv(broden, ["object", "color", "part", "material", "scene", "texture"])
+    assert BrodenProbe(broden).identity() != same
 
 
 def test_broden_primary_category_falls_back_to_label_counts(broden: Path) -> None:

@@ -157,9 +157,11 @@ class BrodenProbe(ProbeSet):
     keeps the first rows of ``index.csv``.
 
     A concept's primary category is, as in NetDissect-Lite, the selected category in which the
-    label has the largest ``coverage`` in ``c_<category>.csv`` (ties: the category that comes
-    first in ``index.csv``). Where those files are missing, it is the category that
-    ``label.csv`` counts the label in most often (``material(36);object(3)``).
+    label has the largest ``coverage`` in ``c_<category>.csv``; on a tie, the one that comes last
+    in ``category.csv`` (Lite takes the maximum of ``(coverage, category position)`` pairs; the
+    order of ``index.csv``'s columns stands in where ``category.csv`` is missing). Where the
+    ``c_<category>.csv`` files are missing, it is the category that ``label.csv`` counts the label
+    in most often (``material(36);object(3)``; first listed on a tie).
     """
 
     fixed_geometry = True
@@ -214,6 +216,7 @@ class BrodenProbe(ProbeSet):
                 f"{(other.sh, other.sw)}."
             )
         self._seg_size = sizes.pop()
+        self._category_order = self._read_category_order()
         self._concepts = self._read_labels()
         # Hashing 63k images and their PNGs would take minutes on every run; the index and label
         # files name every file, so they stand for the content (edit them when editing images).
@@ -227,6 +230,10 @@ class BrodenProbe(ProbeSet):
             path = self.root / f"c_{cat}.csv"
             if path.is_file():
                 h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        if self._category_order != self._columns:
+            # category.csv breaks coverage ties; hashed only when it orders the categories
+            # differently from index.csv, so that the usual identity does not change.
+            h.update(json.dumps({"category_order": self._category_order}).encode())
         h.update(json.dumps({"categories": self._categories, "max_images": max_images}).encode())
         self._sha256 = h.hexdigest()
 
@@ -279,7 +286,7 @@ class BrodenProbe(ProbeSet):
             for number in numbers:
                 membership.setdefault(number, []).append(cat)
         selected = set(self._categories)
-        column_order = {c: i for i, c in enumerate(self._columns)}
+        position = {c: i for i, c in enumerate(self._category_order)}
         concepts: list[Concept] = []
         seen: set[int] = set()
         for line, row in rows:
@@ -313,8 +320,10 @@ class BrodenProbe(ProbeSet):
             if all(c in coverage for c in cats) and any(number in coverage[c] for c in cats):
                 # As NetDissect-Lite: the category where the label has the most coverage
                 # (c_<category>.csv; 0 where a file does not list it); ties go to the category
-                # that comes first in index.csv.
-                primary = max(cats, key=lambda c: (coverage[c].get(number, 0.0), -column_order[c]))
+                # that comes last in category.csv (Lite's max over (coverage, position) pairs).
+                primary = max(
+                    cats, key=lambda c: (coverage[c].get(number, 0.0), position.get(c, -1))
+                )
             else:
                 # Without those files: where label.csv counts it most (first listed on a tie).
                 primary = max(kept, key=lambda cn: cn[1])[0]
@@ -330,6 +339,18 @@ class BrodenProbe(ProbeSet):
             )
         concepts.sort(key=lambda c: c.number)
         return concepts
+
+    def _read_category_order(self) -> list[str]:
+        """The category columns in ``category.csv``'s order (NetDissect-Lite's category order),
+        those it does not name after them in ``index.csv``'s order; ``index.csv``'s order alone
+        when ``category.csv`` is missing."""
+        path = self.root / "category.csv"
+        if not path.is_file():
+            return list(self._columns)
+        _, rows = _read_csv(path, ("name",))
+        named = [row["name"].strip() for _, row in rows]
+        order = [c for c in dict.fromkeys(named) if c in self._columns]
+        return order + [c for c in self._columns if c not in order]
 
     def _category_coverage(self) -> dict[str, dict[int, float]]:
         """Selected category -> {label number: coverage}, from the ``c_<category>.csv`` files
