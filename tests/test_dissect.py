@@ -511,3 +511,33 @@ def test_an_image_without_pixel_labels_counts_only_its_own_categories(backend: s
     iou = D.netdissect_iou(tally, table, "lite")
     assert iou[0, table.code("sky")] == pytest.approx(1 / (1 + 2 - 1))
     assert iou[0, table.code("striped")] == pytest.approx(4 / (4 + 4 - 4))
+
+
+def test_table_build_is_the_same_with_any_number_of_workers(world, monkeypatch) -> None:
+    """Shards reduced in worker processes give the very table the serial build gives."""
+    probe, _, _, table, _ = world
+    monkeypatch.setattr(D, "SHARD_IMAGES", 7)  # 6 shards of the 40 images
+    one = D.build_concept_table(probe, workers=1)
+    two = D.build_concept_table(probe, workers=2)
+    np.testing.assert_array_equal(np.asarray(one.sig), np.asarray(two.sig))
+    np.testing.assert_array_equal(one.pixels, two.pixels)
+    assert (one.members != two.members).nnz == 0
+    np.testing.assert_array_equal(one.sig_categories, two.sig_categories)
+    np.testing.assert_array_equal(one.image_categories, table.image_categories)
+    np.testing.assert_array_equal(one.whole_image_categories, table.whole_image_categories)
+    # Other shards number signatures differently, but every concept covers the same pixels.
+    np.testing.assert_array_equal(one.label_area(), table.label_area())
+    for code in range(1, table.num_concepts + 1):
+        in_one = np.asarray(one.members[:, code].toarray().ravel() > 0)[np.asarray(one.sig)]
+        in_table = np.asarray(table.members[:, code].toarray().ravel() > 0)[np.asarray(table.sig)]
+        np.testing.assert_array_equal(in_one, in_table)
+    with pytest.raises(UsageError, match="at least 1"):
+        D.build_concept_table(probe, workers=0)
+
+
+def test_table_workers_setting(monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_TABLE_WORKERS", "3")
+    assert D.table_workers() == 3 and D.table_workers(1) == 1
+    monkeypatch.setenv("BENCH_TABLE_WORKERS", "many")
+    with pytest.raises(UsageError, match="BENCH_TABLE_WORKERS"):
+        D.table_workers()
