@@ -349,11 +349,9 @@ def _reduce_shard(probe: ProbeSet, plan: _ShardPlan, start: int, stop: int) -> _
     counts = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
     codes = np.sort(uniq[:, :width], axis=1)
     keys = []
-    for j in range(len(uniq)):
-        present = codes[j][codes[j] > 0]
-        if len(present) > 1:
-            present = present[np.r_[True, present[1:] != present[:-1]]]
-        keys.append((*(int(x) for x in present), -1, int(uniq[j, width])))
+    for row, bits in zip(codes.tolist(), uniq[:, width].tolist(), strict=True):
+        present = sorted({x for x in row if x})
+        keys.append((*present, -1, bits))
     return _Shard(
         start=start,
         keys=keys,

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ def clean_name(raw_name: str, categories: Sequence[str]) -> str:
     return raw_name
 
 
-def decode_segmentation_png(path: Path) -> np.ndarray:
+def decode_segmentation_png(path: str | os.PathLike[str]) -> np.ndarray:
     """int32 ``[H, W]`` label numbers of a Broden segmentation PNG: ``R + 256*G``.
 
     Computed in int32: in uint8 (as the original code did) ``G*256`` wraps around on NumPy 2.
@@ -146,7 +147,8 @@ def decode_segmentation_png(path: Path) -> np.ndarray:
     """
     import numpy as np
 
-    data = Path(path).read_bytes()
+    with open(path, "rb") as f:
+        data = f.read()
     rgb = decode_png_rgb(data)
     if rgb is None:
         import io
@@ -310,6 +312,7 @@ class BrodenProbe(ProbeSet):
             raise UsageError(f"Expected max_images >= 1 or None, got {max_images}.")
         self.max_images = max_images
         self._index_path = self.root / index_file
+        self._images_dir = str(self.root / "images")
         self._label_path = self.root / "label.csv"
         header, rows = _read_csv(self._index_path, INDEX_FIXED_COLUMNS)
         present = [c for c in header if c not in INDEX_FIXED_COLUMNS]
@@ -536,7 +539,7 @@ class BrodenProbe(ProbeSet):
             for rel in rels:
                 what = f"'{cat}' segmentation"
                 try:
-                    arr = decode_segmentation_png(self.root / "images" / rel)
+                    arr = decode_segmentation_png(os.path.join(self._images_dir, rel))
                 except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                     self._file(rel, row, what)  # raises the DataError that names the row
                     raise
