@@ -541,3 +541,13 @@ def test_table_workers_setting(monkeypatch) -> None:
     monkeypatch.setenv("BENCH_TABLE_WORKERS", "many")
     with pytest.raises(UsageError, match="BENCH_TABLE_WORKERS"):
         D.table_workers()
+
+
+def test_a_worker_error_reaches_the_caller(tmp_path: Path, monkeypatch) -> None:
+    from bench.errors import DataError
+
+    write_broden(tmp_path, n_images=6, seed=5)
+    (tmp_path / "images" / "synth" / "000004_color.png").unlink()
+    monkeypatch.setattr(D, "SHARD_IMAGES", 2)
+    with pytest.raises(DataError, match="line 6.*000004_color.png"):
+        D.build_concept_table(BrodenProbe(tmp_path), workers=2)
