@@ -142,8 +142,8 @@ def decode_segmentation_png(path: str | os.PathLike[str]) -> np.ndarray:
 
     Computed in int32: in uint8 (as the original code did) ``G*256`` wraps around on NumPy 2.
     Plain 8-bit RGB and RGBA PNGs (what Broden and the synthetic export write) are decoded by
-    :func:`decode_png_rgb` (zlib and a compiled row unfilter, several times faster than PIL on
-    small images); any other PNG goes through PIL. Both give the same numbers (tested).
+    :func:`decode_png_rgb` (zlib and a compiled row unfilter, about twice as fast as PIL on small
+    images); any other PNG goes through PIL. Both give the same numbers (tested).
     """
     import numpy as np
 
