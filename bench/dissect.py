@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bump when the concept table's content changes for the same probe (part of its cache key).
-TABLE_VERSION = "1"
+TABLE_VERSION = "2"  # 2: primary-category ties go to the last category (Lite)
 #: Bump when the unit tally changes for the same inputs (part of its cache key).
 TALLY_VERSION = "1"
 TABLE_STAGE = "concept-table"
@@ -64,7 +64,7 @@ TALLY_STAGE = "dissect-tally"
 #: At most this many categories (their presence is a bit mask per pixel).
 MAX_CATEGORIES = 30
 #: Images per shard while the table is built (bounds the memory of the build).
-SHARD_IMAGES = 256
+SHARD_IMAGES = 64
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
@@ -242,17 +242,213 @@ def select_concepts(
     return cats, concepts, np.asarray(primary, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class _ShardPlan:
+    """What a worker needs to reduce a shard of images (see :func:`_reduce_shard`)."""
+
+    name: str
+    cat_index: dict[str, int]
+    lut: np.ndarray  # label number -> concept code (0: not a selected concept)
+    seg_size: tuple[int, int]
+
+
+@dataclass
+class _Shard:
+    """One shard's signatures: ``keys[j]`` the canonical key of local signature ``j`` (sorted
+    codes, then -1, then the category bits), ``counts[j]`` its pixels, ``local`` int32 [n * S]
+    each pixel's local signature; per image, the category bits."""
+
+    start: int
+    keys: list[tuple[int, ...]]
+    counts: np.ndarray
+    local: np.ndarray
+    image_cats: np.ndarray
+    whole_cats: np.ndarray
+
+
+def _codes_of(plan: _ShardPlan, numbers: np.ndarray, where: str) -> np.ndarray:
+    import numpy as np
+
+    numbers = np.asarray(numbers, dtype=np.int64)
+    if numbers.size and numbers.min() < 0:
+        raise DataError(f"{where}: negative label number {int(numbers.min())}.")
+    lut = plan.lut
+    if numbers.size and numbers.max() >= len(lut):
+        numbers = np.where(numbers < len(lut), numbers, 0)
+    return lut[numbers]
+
+
+def _reduce_shard(probe: ProbeSet, plan: _ShardPlan, start: int, stop: int) -> _Shard:
+    """Read the segmentations of images ``start..stop-1`` and reduce them to signatures.
+
+    Each pixel's row (its codes in every layer, its image-level codes, its category bits) is
+    made unique over the shard first (one sort of packed integer keys); only the unique rows,
+    a few hundred, are then put in canonical form (sorted codes without repeats).
+    """
+    import numpy as np
+
+    sh, sw = plan.seg_size
+    s = sh * sw
+    n = stop - start
+    image_cats = np.zeros(n, dtype=np.int64)
+    whole_cats = np.zeros(n, dtype=np.int64)
+    rows: list[tuple[np.ndarray, np.ndarray, list[int]]] = []
+    width = 1
+    for k, i in enumerate(range(start, stop)):
+        seg = probe.segmentation(i)
+        found_layers = []
+        layer_cats = []
+        for cat, arr in seg.pixel.items():
+            ci = plan.cat_index.get(cat)
+            if ci is None:
+                continue
+            arr = np.asarray(arr)
+            if arr.ndim == 2:
+                arr = arr[None]
+            if arr.shape[1:] != (sh, sw):
+                raise DataError(
+                    f"Probe set '{plan.name}' image {i}: expected '{cat}' labels of "
+                    f"size {sh}x{sw}, got {arr.shape[1]}x{arr.shape[2]}."
+                )
+            found_layers.append(arr.reshape(arr.shape[0], s))
+            layer_cats.extend([ci] * arr.shape[0])
+        bits = np.zeros(s, dtype=np.int64)
+        layers = []
+        if found_layers:
+            codes = _codes_of(plan, np.concatenate(found_layers), f"image {i}")
+            for row, ci in zip(codes, layer_cats, strict=True):
+                present = row > 0
+                if present.any():
+                    bits |= present.astype(np.int64) << ci
+                    layers.append(row)
+        whole: set[int] = set()
+        for cat, numbers in seg.image.items():
+            ci = plan.cat_index.get(cat)
+            if ci is None:
+                continue
+            found = [int(x) for x in _codes_of(plan, np.asarray(numbers), f"image {i} '{cat}'")]
+            found = [x for x in found if x > 0]
+            if found:
+                whole_cats[k] |= 1 << ci
+                whole.update(found)
+        image_cats[k] = whole_cats[k] | int(np.bitwise_or.reduce(bits))
+        pix = np.stack(layers) if layers else np.zeros((0, s), np.int64)
+        rows.append((pix, bits, sorted(whole)))
+        width = max(width, len(pix) + len(whole))
+    # One row per pixel: the codes right-aligned in ``width`` columns, then the category bits.
+    block = np.zeros((n * s, width + 1), dtype=np.int64)
+    for k, (pix, bits, whole) in enumerate(rows):
+        at = slice(k * s, (k + 1) * s)
+        c0 = width - len(pix) - len(whole)
+        if len(pix):
+            block[at, c0 : c0 + len(pix)] = pix.T
+        if whole:
+            block[at, width - len(whole) : width] = whole
+        block[at, width] = bits
+    uniq, inverse = unique_rows(block)
+    counts = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
+    codes = np.sort(uniq[:, :width], axis=1)
+    keys = []
+    for row, bits in zip(codes.tolist(), uniq[:, width].tolist(), strict=True):
+        present = sorted({x for x in row if x})
+        keys.append((*present, -1, bits))
+    return _Shard(
+        start=start,
+        keys=keys,
+        counts=counts,
+        local=inverse.astype(np.int32),
+        image_cats=image_cats,
+        whole_cats=whole_cats,
+    )
+
+
+# The probe and plan of the build in progress, read by forked workers (set before the fork).
+_WORKER_STATE: tuple[ProbeSet, _ShardPlan] | None = None
+
+
+def _shard_job(start: int, stop: int) -> _Shard:
+    assert _WORKER_STATE is not None
+    return _reduce_shard(*_WORKER_STATE, start, stop)
+
+
+def table_workers(requested: int | None = None) -> int:
+    """Worker processes for the table build: ``requested``, or the cores this process may use
+    (``BENCH_TABLE_WORKERS`` overrides); 1 where processes cannot be forked."""
+    import multiprocessing
+    import os
+
+    if requested is None:
+        env = os.environ.get("BENCH_TABLE_WORKERS", "").strip()
+        if env:
+            try:
+                requested = int(env)
+            except ValueError:
+                raise UsageError(
+                    f"Expected an integer in BENCH_TABLE_WORKERS, got {env!r}."
+                ) from None
+        else:
+            try:
+                requested = len(os.sched_getaffinity(0))
+            except AttributeError:  # pragma: no cover - not Linux
+                requested = os.cpu_count() or 1
+    if requested < 1:
+        raise UsageError(f"Expected at least 1 table worker, got {requested}.")
+    if "fork" not in multiprocessing.get_all_start_methods():  # pragma: no cover - not POSIX
+        return 1
+    return requested
+
+
+def _shards(probe: ProbeSet, plan: _ShardPlan, n: int, workers: int) -> Iterator[_Shard]:
+    """Every shard's reduction, in image order, from ``workers`` processes (in this process
+    when 1). At most two shards per worker are in flight, which bounds memory."""
+    global _WORKER_STATE
+
+    bounds = [(a, min(n, a + SHARD_IMAGES)) for a in range(0, n, SHARD_IMAGES)]
+    workers = min(workers, len(bounds))
+    if workers <= 1:
+        for a, b in bounds:
+            yield _reduce_shard(probe, plan, a, b)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Forked workers inherit the probe (nothing is pickled but shard bounds and results) and
+    # whatever the first segmentation compiled or opened (the PNG decoder).
+    probe.segmentation(0)
+    _WORKER_STATE = (probe, plan)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            pending: deque[Any] = deque()
+            todo = iter(bounds)
+            for a, b in todo:
+                pending.append(pool.submit(_shard_job, a, b))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                shard = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_shard_job, *nxt))
+                yield shard
+    finally:
+        _WORKER_STATE = None
+
+
 def build_concept_table(
     probe: ProbeSet,
     categories: Sequence[str] | None = None,
     *,
     directory: Path | None = None,
     progress: bool = False,
+    workers: int | None = None,
 ) -> ConceptTable:
     """Read every segmentation of ``probe`` once and build its :class:`ConceptTable`.
 
-    With ``directory``, the per-pixel signature ids are written there as ``sig.npy`` (a memory
-    map), so the build holds only one shard of images in memory; otherwise they stay in memory.
+    Shards of :data:`SHARD_IMAGES` images are decoded and reduced in ``workers`` processes
+    (default :func:`table_workers`: the available cores); the result does not depend on their
+    number. With ``directory``, the per-pixel signature ids are written there as ``sig.npy`` (a
+    memory map), so the build holds only a few shards in memory; otherwise they stay in memory.
     """
     import numpy as np
     import scipy.sparse
@@ -263,7 +459,6 @@ def build_concept_table(
             "needs a Broden-format probe (--probe broden or --probe synthetic)."
         )
     cats, concepts, primary = select_concepts(probe, categories)
-    cat_index = {c: i for i, c in enumerate(cats)}
     max_number = max(c.number for c in concepts)
     lut = np.zeros(max_number + 1, dtype=np.int64)
     for code, c in enumerate(concepts, start=1):
@@ -271,6 +466,12 @@ def build_concept_table(
     n = len(probe)
     sh, sw = probe.seg_size
     s = sh * sw
+    plan = _ShardPlan(
+        name=probe.name,
+        cat_index={c: i for i, c in enumerate(cats)},
+        lut=lut,
+        seg_size=(sh, sw),
+    )
     if directory is not None:
         sig = np.lib.format.open_memmap(
             Path(directory) / "sig.npy", mode="w+", dtype=np.int32, shape=(n, s)
@@ -279,87 +480,24 @@ def build_concept_table(
         sig = np.zeros((n, s), dtype=np.int32)
     image_cats = np.zeros(n, dtype=np.int64)
     whole_cats = np.zeros(n, dtype=np.int64)
-    # Global signatures: (codes..., category bits) -> id.
+    # Global signatures: (codes..., -1, category bits) -> id, numbered in order of appearance.
     ids: dict[tuple[int, ...], int] = {}
     sig_pixels: list[int] = []
-
-    def codes_of(numbers: np.ndarray, where: str) -> np.ndarray:
-        numbers = np.asarray(numbers, dtype=np.int64)
-        if numbers.size and (numbers.min() < 0):
-            raise DataError(f"{where}: negative label number {int(numbers.min())}.")
-        out = np.zeros(numbers.shape, dtype=np.int64)
-        inside = numbers <= max_number
-        out[inside] = lut[numbers[inside]]
-        return out
-
     with progress_bar(total=n, desc=f"concepts {probe.name}", enabled=progress, unit="img") as bar:
-        for start in range(0, n, SHARD_IMAGES):
-            stop = min(n, start + SHARD_IMAGES)
-            rows_per_image = []
-            width = 1
-            for i in range(start, stop):
-                seg = probe.segmentation(i)
-                layers = []
-                bits = np.zeros(s, dtype=np.int64)
-                for cat, arr in seg.pixel.items():
-                    if cat not in cat_index:
-                        continue
-                    arr = np.asarray(arr)
-                    if arr.ndim == 2:
-                        arr = arr[None]
-                    if arr.shape[1:] != (sh, sw):
-                        raise DataError(
-                            f"Probe set '{probe.name}' image {i}: expected '{cat}' labels of "
-                            f"size {sh}x{sw}, got {arr.shape[1]}x{arr.shape[2]}."
-                        )
-                    codes = codes_of(arr.reshape(arr.shape[0], s), f"image {i} '{cat}'")
-                    bits |= (codes > 0).any(axis=0).astype(np.int64) << cat_index[cat]
-                    layers.append(codes)
-                whole_set: set[int] = set()
-                for cat, numbers in seg.image.items():
-                    if cat not in cat_index:
-                        continue
-                    found = [int(x) for x in codes_of(np.asarray(numbers), f"image {i} '{cat}'")]
-                    found = [x for x in found if x > 0]
-                    if found:
-                        whole_cats[i] |= 1 << cat_index[cat]
-                        whole_set.update(found)
-                whole = sorted(whole_set)
-                image_cats[i] = whole_cats[i] | int(np.bitwise_or.reduce(bits))
-                pix = np.concatenate(layers, axis=0) if layers else np.zeros((0, s), np.int64)
-                cols = [pix.T]
-                if whole:
-                    cols.append(np.broadcast_to(np.asarray(whole, np.int64), (s, len(whole))))
-                row = np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0]
-                rows_per_image.append((row, bits))
-                width = max(width, row.shape[1])
-            # Canonical rows: sorted codes without duplicates (zeros first), then category bits.
-            block = np.zeros((sum(r.shape[0] for r, _ in rows_per_image), width + 1), np.int64)
-            at = 0
-            for row, bits in rows_per_image:
-                block[at : at + row.shape[0], width - row.shape[1] : width] = row
-                block[at : at + row.shape[0], width] = bits
-                at += row.shape[0]
-            codes = np.sort(block[:, :width], axis=1)
-            if width > 1:
-                dup = np.zeros_like(codes, dtype=bool)
-                dup[:, 1:] = codes[:, 1:] == codes[:, :-1]
-                codes[dup] = 0
-                codes = np.sort(codes, axis=1)
-            block[:, :width] = codes
-            uniq, inverse = unique_rows(block)
-            local_to_global = np.empty(len(uniq), dtype=np.int64)
-            counts = np.bincount(inverse, minlength=len(uniq))
-            for j, u in enumerate(uniq):
-                key = (*(int(x) for x in u[:width] if x), -1, int(u[width]))
+        for shard in _shards(probe, plan, n, table_workers(workers)):
+            stop = shard.start + len(shard.image_cats)
+            local_to_global = np.empty(len(shard.keys), dtype=np.int32)
+            for j, key in enumerate(shard.keys):
                 gid = ids.get(key)
                 if gid is None:
                     gid = ids[key] = len(ids)
                     sig_pixels.append(0)
-                sig_pixels[gid] += int(counts[j])
+                sig_pixels[gid] += int(shard.counts[j])
                 local_to_global[j] = gid
-            sig[start:stop] = local_to_global[inverse].reshape(stop - start, s)
-            bar.update(stop - start)
+            sig[shard.start : stop] = local_to_global[shard.local].reshape(-1, s)
+            image_cats[shard.start : stop] = shard.image_cats
+            whole_cats[shard.start : stop] = shard.whole_cats
+            bar.update(stop - shard.start)
     if isinstance(sig, np.memmap):
         sig.flush()
     n_sig = len(ids)

@@ -17,13 +17,25 @@ default 300), ``synth.resnet``'s activation maps of ``layer2`` and ``layer3`` re
   layers at one pixel counts once there, and a pixel label that is also a whole-image label of
   the image is covered by the whole-image label (each whole-image label counts ``sh * sw``).
 - **Ours**: ``bench.dissect.tally_units(maps, thresholds, table, device="cpu")`` then
-  ``netdissect_iou(tally, table, "lite")``, best of ``--repeats`` (default 3). The concept table
-  (``build_concept_table``, a one-time cost that the cache keeps per probe) is timed on its own;
-  ratios are given without it and with it.
+  ``netdissect_iou(tally, table, "lite")``, best of ``--repeats`` (default 3).
+
+Two ratios, side by side:
+
+- **warm** (the concept table cached, as on every run after the first): the baseline's tally
+  loops (segmentations already in memory) against our tallies.
+- **cold** (a first run on a new probe set): the baseline decodes every segmentation PNG in the
+  original's style (PIL ``Image.open``, then ``R + 256*G``; NetDissect-Lite does this again in
+  each layer's tally) and runs its loops; ours builds the concept table from the files
+  (``build_concept_table``: parallel worker processes, one per available core) and runs its
+  tallies. The cold ratio charges the baseline one decode per layer, as the original does; the
+  stricter variants (one decode for all layers; numba's one-time start-up, about a second,
+  charged to ours) are printed too, with the share of our table build that PNG decoding alone
+  takes (a floor for any table build on these files).
 
 Equality: the largest ``|IoU difference|`` over every unit and concept must be <= 1e-6 (codes
-mapped to label numbers); otherwise the script returns 1. Target: ours at least 20x faster.
-Prints ``MISSED`` for a missed target (exit 0: a report, not a test).
+mapped to label numbers) for the warm comparison and for the IoUs from the cold-built table;
+otherwise the script returns 1. Targets: warm at least 20x, cold at least 10x. Prints
+``MISSED`` for a missed target (exit 0: a report, not a test).
 
 ``python -m perf.netdissect_perf --help`` for options.
 """
@@ -43,8 +55,11 @@ import numpy as np
 
 SEED = 271828
 LAYERS = ("layer2", "layer3")
+#: The layers of this benchmark's own run (a three-layer dissection, as in issue 16).
+RUN_LAYERS = ("layer1", "layer2", "layer3")
 DEFAULT_IMAGES = 300
 TARGET_RATIO = 20.0
+COLD_TARGET_RATIO = 10.0
 IOU_TOLERANCE = 1e-6
 
 
@@ -107,8 +122,15 @@ def make_world(directory: str | Path, n_images: int, layers: tuple[str, ...] = L
         for layer in layers
     }
     t = time.perf_counter()
-    segs = [probe.segmentation(i) for i in range(len(probe))]
+    segs = baseline_read_segmentations(probe)
     seconds["preload"] = time.perf_counter() - t
+    # numba's start-up (its first compiled function in a process, about a second) is paid once
+    # by any run, by the tally if not by the table: timed apart, outside the table's clock.
+    import scipy.sparse  # noqa: F401
+
+    t = time.perf_counter()
+    numba_start_up()
+    seconds["numba"] = time.perf_counter() - t
     t = time.perf_counter()
     table = build_concept_table(probe)
     seconds["table"] = time.perf_counter() - t
@@ -122,6 +144,58 @@ def make_world(directory: str | Path, n_images: int, layers: tuple[str, ...] = L
         table=table,
         seconds=seconds,
     )
+
+
+def numba_start_up() -> None:
+    """Load numba and our compiled PNG decoder: decode a 1x1 PNG."""
+    import io
+
+    from PIL import Image
+
+    from bench.probes.broden import decode_png_rgb
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    decode_png_rgb(buf.getvalue())
+
+
+def baseline_decode_png(path: Path) -> np.ndarray:
+    """int32 [H, W] label numbers of one segmentation PNG, decoded as NetDissect-Lite's loader
+    does (``imread``: PIL, then ``R + 256*G``)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return rgb[:, :, 0].astype(np.int32) + 256 * rgb[:, :, 1].astype(np.int32)
+
+
+def baseline_read_segmentations(probe: Any) -> list[Any]:
+    """Every image's :class:`Segmentation` of a :class:`BrodenProbe`, read in the original's
+    style: one PIL decode per PNG listed in ``index.csv``."""
+    from bench.probes.base import Segmentation
+
+    out = []
+    for row in probe._rows:
+        pixel = {
+            cat: np.stack([baseline_decode_png(probe.root / "images" / rel) for rel in rels])
+            for cat, rels in row.pixel.items()
+        }
+        out.append(Segmentation(pixel=pixel, image=dict(row.image_labels)))
+    return out
+
+
+def png_decode_floor(probe: Any) -> float:
+    """Seconds to read and decode every segmentation PNG with our decoder alone (one process):
+    the part of a table build no reduction can remove."""
+    from bench.probes.broden import decode_segmentation_png
+
+    paths = [probe.root / "images" / rel for row in probe._rows for v in row.pixel.values()
+             for rel in v]  # fmt: skip
+    decode_segmentation_png(paths[0])  # compiled outside the clock
+    t = time.perf_counter()
+    for path in paths:
+        decode_segmentation_png(path)
+    return time.perf_counter() - t
 
 
 def pil_upsample(fmap: np.ndarray, seg_size: tuple[int, int]) -> np.ndarray:
@@ -321,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args([] if argv is None else argv)
     import torch
 
+    from bench.dissect import build_concept_table, table_workers
+
     with tempfile.TemporaryDirectory(prefix="perf-netdissect-") as tmp:
-        world = make_world(tmp, args.images)
+        world = make_world(tmp, args.images, RUN_LAYERS)
         sh, sw = world.seg_size
         print(
             f"synthetic Broden export (seed {SEED}): {world.n_images} images, segmentations "
@@ -334,12 +410,19 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         s = world.seconds
+        workers = table_workers()
         print(
-            f"setup: export {s['export']:.2f} s, record {s['record']:.2f} s, baseline preload of "
-            f"every segmentation {s['preload']:.2f} s, our concept table {s['table']:.2f} s "
-            "(one-time, cached per probe)",
+            f"setup: export {s['export']:.2f} s, record {s['record']:.2f} s, baseline decode of "
+            f"every segmentation (PIL) {s['preload']:.2f} s, numba start-up {s['numba']:.2f} s "
+            f"(once per process), our concept table {s['table']:.2f} s ({workers} worker "
+            "processes; built once per probe set, then cached)",
             flush=True,
         )
+        t = time.perf_counter()
+        serial = build_concept_table(world.probe, workers=1)
+        serial_s = time.perf_counter() - t
+        same_table = tables_equal(serial, world.table)
+        floor_s = png_decode_floor(world.probe)
         rows = compare(world, args.repeats)
     print(
         f"{'layer':8s} {'units':>5s} {'map':>7s} {'active pairs':>12s} {'baseline s':>10s} "
@@ -354,40 +437,67 @@ def main(argv: list[str] | None = None) -> int:
     base = sum(r["baseline_s"] for r in rows)
     ours = sum(r["ours_s"] for r in rows)
     table_s = s["table"]
-    ratio = base / ours
-    ratio_table = base / (ours + table_s)
-    ratio_read = (base + s["preload"]) / (ours + table_s)
+    decode_s = s["preload"]
+    n_layers = len(rows)
+    warm = base / ours
+    cold_base = base + n_layers * decode_s
+    cold_ours = ours + table_s
+    cold = cold_base / cold_ours
+    cold_once = (base + decode_s) / cold_ours
+    cold_start = cold_base / (cold_ours + s["numba"])
     print(
-        f"total: baseline {base:.3f} s, ours {ours:.3f} s (tally + IoU, best of {args.repeats}), "
-        f"concept table {table_s:.3f} s"
+        f"total: baseline tally {base:.3f} s, ours {ours:.3f} s (tally + IoU, best of "
+        f"{args.repeats}); baseline PNG decode {decode_s:.3f} s per pass; our concept table "
+        f"{table_s:.3f} s ({workers} workers), {serial_s:.3f} s (1 worker, identical: "
+        f"{'yes' if same_table else 'NO'})"
     )
     print(
-        f"baseline/ours, excluding the concept table: {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x)"
-        f"  {'ok' if ratio >= TARGET_RATIO else 'MISSED'}"
+        f"warm (table cached)  baseline/ours: {warm:6.1f}x  (target >= {TARGET_RATIO:.0f}x)  "
+        f"{'ok' if warm >= TARGET_RATIO else 'MISSED'}"
     )
     print(
-        f"baseline/ours, including the concept table: {ratio_table:.1f}x "
-        "(information, no target: our concept table is built once per probe set and cached; "
-        "the original decodes the segmentations again on every run)"
+        f"cold (table built)   baseline/ours: {cold:6.1f}x  (target >= {COLD_TARGET_RATIO:.0f}x)"
+        f"  {'ok' if cold >= COLD_TARGET_RATIO else 'MISSED'}  [baseline {cold_base:.3f} s: "
+        f"{n_layers} layers, each decoding every PNG as the original does; ours "
+        f"{cold_ours:.3f} s]"
     )
     print(
-        f"(baseline + its segmentation preload)/(ours + concept table): {ratio_read:.1f}x "
-        "[both sides reading the segmentations]"
+        f"cold, baseline decoding once for all layers: {cold_once:.1f}x; cold, numba start-up "
+        f"({s['numba']:.2f} s) charged to ours: {cold_start:.1f}x  [stricter; information: "
+        "fixed costs weigh less on larger probe sets]"
+    )
+    print(
+        f"PNG read + decode alone with our decoder, one process: {floor_s:.3f} s = "
+        f"{100 * floor_s / max(serial_s, 1e-9):.0f}% of the 1-worker table build "
+        f"(the PIL decode of the baseline: {decode_s:.3f} s)"
     )
     base_cpu = sum(r["baseline_cpu"] for r in rows)
     ours_cpu = sum(r["ours_cpu"] for r in rows)
     print(
-        f"process CPU time: baseline {base_cpu:.3f} s, ours {ours_cpu:.3f} s, ratio "
+        f"process CPU time (tallies): baseline {base_cpu:.3f} s, ours {ours_cpu:.3f} s, ratio "
         f"{base_cpu / ours_cpu:.1f}x [steadier than wall time when the machine is shared]"
     )
     worst = max(r["max_diff"] for r in rows)
-    same = worst <= IOU_TOLERANCE
+    same = worst <= IOU_TOLERANCE and same_table
     print(
         f"equality: max |IoU difference| over all units and concepts {worst:.2e} "
-        f"(tolerance {IOU_TOLERANCE:.0e})  {'ok' if same else 'FAILED'}",
+        f"(tolerance {IOU_TOLERANCE:.0e}); the 1-worker table equals the {workers}-worker one: "
+        f"{'yes' if same_table else 'NO'}  {'ok' if same else 'FAILED'}",
         flush=True,
     )
     return 0 if same else 1
+
+
+def tables_equal(a: Any, b: Any) -> bool:
+    """Whether two concept tables hold the same signatures, pixel by pixel."""
+    return bool(
+        np.array_equal(np.asarray(a.sig), np.asarray(b.sig))
+        and np.array_equal(a.pixels, b.pixels)
+        and (a.members != b.members).nnz == 0
+        and np.array_equal(a.sig_categories, b.sig_categories)
+        and np.array_equal(a.image_categories, b.image_categories)
+        and np.array_equal(a.whole_image_categories, b.whole_image_categories)
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 #: IoU above which NetDissect calls a unit "interpretable" (SCORE_THRESHOLD).
 INTERPRETABLE_IOU = 0.04
+#: The label of a unit whose best IoU is 0 (it never exceeds its threshold, or its mask covers
+#: no concept): NetDissect-Lite gives it no label. Status stays "ok" so that suites score it as a
+#: miss (a label that names nothing) rather than leave the unit out; ``extras.no_concept`` is set.
+NO_CONCEPT_LABEL = "(no concept)"
 CONVENTIONS = ("lite", "original")
 
 
@@ -48,7 +52,7 @@ class NetDissect(Method[NetDissectConfig]):
     segmentations (Broden format)."""
 
     name = "netdissect"
-    version = "1"
+    version = "2"  # 2: "(no concept)" for units whose every IoU is 0
     requires = Requirements(
         evidence=frozenset({"maps", "thresholds", "segmentations"}),
         quantiles=(NETDISSECT_QUANTILE,),
@@ -87,24 +91,52 @@ class NetDissect(Method[NetDissectConfig]):
                         "iou": float(row[best]),
                     }
                 code = int(np.argmax(row[1:])) + 1
-                concept = table.concepts[code - 1]
                 score = float(row[code])
+                area = int(tally.unit_area[u.index])
+                common = {
+                    "convention": cfg.convention,
+                    "unit_area": area,
+                    "active_images": int(tally.active_images[u.index]),
+                }
+                if not score > 0.0:
+                    # Every IoU is 0: the argmax would be the first concept (Lite's "red").
+                    out[u] = Description(
+                        unit=u,
+                        label=NO_CONCEPT_LABEL,
+                        score=0.0,
+                        score_name="iou",
+                        extras={
+                            "no_concept": True,
+                            "reason": (
+                                "the unit never exceeds its threshold on the probe set (empty mask)"
+                                if area == 0
+                                else "the unit's mask covers no concept (only unlabelled pixels)"
+                            ),
+                            "concept": None,
+                            "category": None,
+                            "interpretable": False,
+                            "intersection": 0,
+                            "per_category": {},
+                            **common,
+                        },
+                    )
+                    continue
+                concept = table.concepts[code - 1]
                 out[u] = Description(
                     unit=u,
                     label=concept.name,
                     score=score,
                     score_name="iou",
                     extras={
+                        "no_concept": False,
                         "concept": concept.name,
                         "raw_name": concept.raw_name,
                         "number": concept.number,
                         "category": table.categories[int(table.primary[code])],
                         "interpretable": score > cfg.interpretable_iou,
-                        "convention": cfg.convention,
                         "intersection": int(inter[u.index, code]),
-                        "unit_area": int(tally.unit_area[u.index]),
-                        "active_images": int(tally.active_images[u.index]),
                         "per_category": per_category,
+                        **common,
                     },
                 )
         return [out[u] for u in units]

@@ -455,3 +455,99 @@ def test_sparse_upsampler_equals_dense_bilinear(map_shape, seg_size) -> None:
     )
     dense = (up[:, 0] > thr[:, None, None]).flatten(1)
     assert dense.any() and torch.equal(sparse, dense)
+
+
+class TextureProbe(ProbeSet):
+    """Image 0 has object pixels; image 1, like Broden's texture images, has only an
+    image-level texture label and no pixel labels at all."""
+
+    name = "texture-after-object"
+    has_segmentations = True
+    fixed_geometry = True
+
+    def __len__(self) -> int:
+        return 2
+
+    def load_image(self, i):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def identity(self):
+        return {"name": self.name}
+
+    @property
+    def seg_size(self):
+        return (2, 2)
+
+    def categories(self):
+        return ["object", "texture"]
+
+    def concepts(self):
+        return [
+            Concept(number=1, name="sky", raw_name="sky", category="object",
+                    categories=("object",)),
+            Concept(number=2, name="striped", raw_name="striped", category="texture",
+                    categories=("texture",)),
+        ]  # fmt: skip
+
+    def segmentation(self, i):
+        if i == 0:
+            return Segmentation(pixel={"object": np.array([[[1, 1], [0, 0]]], np.int32)}, image={})
+        return Segmentation(pixel={}, image={"texture": (2,)})
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_an_image_without_pixel_labels_counts_only_its_own_categories(backend: str) -> None:
+    """NetDissect-Lite keeps the previous image's category tally for an image without pixel
+    labels (its ``tally_cat`` is only reassigned when the image has pixels), so the object
+    activation of image 1 would count towards 'object' too: 1 + 4 = 5 and IoU(sky) = 1/6. We
+    count each image's own categories (the README's deviation): 1 and IoU(sky) = 1/2."""
+    table = D.build_concept_table(TextureProbe())
+    maps = np.zeros((2, 1, 2, 2), np.float32)
+    maps[0, 0, 0, 0] = 1.0  # image 0: one pixel, on sky
+    maps[1, 0] = 1.0  # image 1: the whole image
+    tally = D.tally_units(maps, np.array([0.5], np.float32), table, backend=backend)
+    assert tally.unit_area.tolist() == [5]
+    assert tally.cat_lite.tolist() == [[1, 4]]  # object, texture
+    iou = D.netdissect_iou(tally, table, "lite")
+    assert iou[0, table.code("sky")] == pytest.approx(1 / (1 + 2 - 1))
+    assert iou[0, table.code("striped")] == pytest.approx(4 / (4 + 4 - 4))
+
+
+def test_table_build_is_the_same_with_any_number_of_workers(world, monkeypatch) -> None:
+    """Shards reduced in worker processes give the very table the serial build gives."""
+    probe, _, _, table, _ = world
+    monkeypatch.setattr(D, "SHARD_IMAGES", 7)  # 6 shards of the 40 images
+    one = D.build_concept_table(probe, workers=1)
+    two = D.build_concept_table(probe, workers=2)
+    np.testing.assert_array_equal(np.asarray(one.sig), np.asarray(two.sig))
+    np.testing.assert_array_equal(one.pixels, two.pixels)
+    assert (one.members != two.members).nnz == 0
+    np.testing.assert_array_equal(one.sig_categories, two.sig_categories)
+    np.testing.assert_array_equal(one.image_categories, table.image_categories)
+    np.testing.assert_array_equal(one.whole_image_categories, table.whole_image_categories)
+    # Other shards number signatures differently, but every concept covers the same pixels.
+    np.testing.assert_array_equal(one.label_area(), table.label_area())
+    for code in range(1, table.num_concepts + 1):
+        in_one = np.asarray(one.members[:, code].toarray().ravel() > 0)[np.asarray(one.sig)]
+        in_table = np.asarray(table.members[:, code].toarray().ravel() > 0)[np.asarray(table.sig)]
+        np.testing.assert_array_equal(in_one, in_table)
+    with pytest.raises(UsageError, match="at least 1"):
+        D.build_concept_table(probe, workers=0)
+
+
+def test_table_workers_setting(monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_TABLE_WORKERS", "3")
+    assert D.table_workers() == 3 and D.table_workers(1) == 1
+    monkeypatch.setenv("BENCH_TABLE_WORKERS", "many")
+    with pytest.raises(UsageError, match="BENCH_TABLE_WORKERS"):
+        D.table_workers()
+
+
+def test_a_worker_error_reaches_the_caller(tmp_path: Path, monkeypatch) -> None:
+    from bench.errors import DataError
+
+    write_broden(tmp_path, n_images=6, seed=5)
+    (tmp_path / "images" / "synth" / "000004_color.png").unlink()
+    monkeypatch.setattr(D, "SHARD_IMAGES", 2)
+    with pytest.raises(DataError, match="line 6.*000004_color.png"):
+        D.build_concept_table(BrodenProbe(tmp_path), workers=2)

@@ -206,7 +206,15 @@ def test_broden_primary_category_by_coverage(broden: Path) -> None:
     assert only[21].category == "material" and only[513].category == "part"
 
 
-def test_broden_primary_category_ties_follow_index_order(broden: Path) -> None:
+def _write_category_csv(root: Path, order: list[str]) -> None:
+    (root / "category.csv").write_text(
+        "name,first,last,count,frequency\n" + "".join(f"{c},1,1002,1,1\n" for c in order)
+    )
+
+
+def test_broden_primary_category_ties_follow_category_csv_order(broden: Path) -> None:
+    """On a coverage tie, NetDissect-Lite picks the category that comes last in category.csv
+    (its max over (coverage, position) pairs), whatever index.csv's column order."""
     _write_c_files(
         broden,
         {
@@ -215,13 +223,31 @@ def test_broden_primary_category_ties_follow_index_order(broden: Path) -> None:
             "part": [(513, "door", "1.5")],
         },
     )
-    # index.csv: color,object,part,material,...: object comes before material and part, even
-    # though label.csv counts fabric as material and door as part most, and the categories are
-    # asked for in another order.
+    # index.csv: color,object,part,material,... (object first).
+    _write_category_csv(broden, ["object", "color", "material", "part", "scene", "texture"])
+    for cats in (None, ["material", "part", "object"]):
+        concepts = {c.number: c for c in BrodenProbe(broden, categories=cats).concepts()}
+        assert concepts[21].category == "material", cats
+        assert concepts[513].category == "part", cats
+    _write_category_csv(broden, ["material", "part", "object", "color", "scene", "texture"])
     for cats in (None, ["material", "part", "object"]):
         concepts = {c.number: c for c in BrodenProbe(broden, categories=cats).concepts()}
         assert concepts[21].category == "object", cats
         assert concepts[513].category == "object", cats
+    # Without category.csv, index.csv's order stands in: material and part come after object.
+    (broden / "category.csv").unlink()
+    concepts = {c.number: c for c in BrodenProbe(broden).concepts()}
+    assert concepts[21].category == "material" and concepts[513].category == "part"
+
+
+def test_broden_identity_follows_the_category_order(broden: Path) -> None:
+    """category.csv breaks ties, so it is part of the identity, but only when its order differs
+    from index.csv's (the usual case keeps its identity)."""
+    same = BrodenProbe(broden).identity()
+    _write_category_csv(broden, ["color", "object", "part", "material", "scene", "texture"])
+    assert BrodenProbe(broden).identity() == same
+    _write_category_csv(broden, ["object", "color", "part", "material", "scene", "texture"])
+    assert BrodenProbe(broden).identity() != same
 
 
 def test_broden_primary_category_falls_back_to_label_counts(broden: Path) -> None:
@@ -820,3 +846,97 @@ def test_synthetic_factories_are_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert PROBES.get("synthetic")(None, download=False, seed=3) == "probe"
     assert calls == [(None, {"download": False, "cache": None, "seed": 3})]
     assert PROBES.get("synthetic-heldout")(None) == "heldout"
+
+
+def _png_with_filters(rgb: np.ndarray, filters: list[int]) -> bytes:
+    """An 8-bit RGB/RGBA PNG whose row r uses PNG filter ``filters[r]`` (spec section 9),
+    written here with plain loops so that every filter type is exercised (PIL chooses its own)."""
+    import struct
+    import zlib
+
+    h, w, ch = rgb.shape
+    img = rgb.astype(np.int64).reshape(h, w * ch)
+    raw = bytearray()
+    for r in range(h):
+        f = filters[r]
+        raw.append(f)
+        for i in range(w * ch):
+            x = int(img[r, i])
+            a = int(img[r, i - ch]) if i >= ch else 0
+            b = int(img[r - 1, i]) if r > 0 else 0
+            c = int(img[r - 1, i - ch]) if r > 0 and i >= ch else 0
+            if f == 0:
+                pred = 0
+            elif f == 1:
+                pred = a
+            elif f == 2:
+                pred = b
+            elif f == 3:
+                pred = (a + b) // 2
+            else:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+            raw.append((x - pred) % 256)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    color = {3: 2, 4: 6}[ch]
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(raw))[:10])
+        + chunk(b"IDAT", zlib.compress(bytes(raw))[10:])  # split IDAT, as encoders may write
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_fast_png_decoder_handles_every_filter(channels: int, tmp_path: Path) -> None:
+    import io
+
+    from bench.probes.broden import decode_png_rgb, decode_segmentation_png
+
+    rng = np.random.default_rng(channels)
+    rgb = rng.integers(0, 256, (10, 7, channels), dtype=np.uint8)
+    data = _png_with_filters(rgb, [0, 1, 2, 3, 4, 4, 3, 2, 1, 0])
+    with Image.open(io.BytesIO(data)) as im:  # PIL reads our file as we mean it
+        np.testing.assert_array_equal(
+            np.asarray(im.convert("RGBA" if channels == 4 else "RGB")), rgb
+        )
+    got = decode_png_rgb(data)
+    assert got is not None
+    np.testing.assert_array_equal(got, rgb[:, :, :3])
+    (tmp_path / "x.png").write_bytes(data)
+    labels = rgb[:, :, 0].astype(np.int32) + 256 * rgb[:, :, 1].astype(np.int32)
+    np.testing.assert_array_equal(decode_segmentation_png(tmp_path / "x.png"), labels)
+    # A broken checksum: not decoded here (PIL then decides and reports).
+    bad = bytearray(data)
+    bad[-30] ^= 0xFF
+    assert decode_png_rgb(bytes(bad)) is None
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "I;16", "LA"])
+def test_other_png_kinds_go_through_pil(mode: str, tmp_path: Path) -> None:
+    from bench.probes.broden import decode_png_rgb, decode_segmentation_png
+
+    rng = np.random.default_rng(1)
+    if mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 65535, (5, 6), dtype=np.uint16))
+    else:
+        im = Image.fromarray(rng.integers(0, 256, (5, 6), dtype=np.uint8), "L").convert(mode)
+    im.save(tmp_path / "x.png")
+    assert decode_png_rgb((tmp_path / "x.png").read_bytes()) is None
+    with Image.open(tmp_path / "x.png") as ref:
+        rgb = np.asarray(ref.convert("RGB"))
+    want = rgb[:, :, 0].astype(np.int32) + 256 * rgb[:, :, 1].astype(np.int32)
+    np.testing.assert_array_equal(decode_segmentation_png(tmp_path / "x.png"), want)
+
+
+def test_broden_segmentation_names_a_missing_png(broden: Path) -> None:
+    (broden / "images" / "ade" / "a_color.png").unlink()
+    with pytest.raises(DataError, match="line 2.*a_color.png"):
+        BrodenProbe(broden).segmentation(0)

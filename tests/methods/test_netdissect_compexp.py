@@ -94,7 +94,7 @@ def test_netdissect_output_fields(cache: Cache) -> None:
         ex = d.extras
         assert d.score_name == "iou" and 0.0 <= d.score <= 1.0
         assert ex["interpretable"] == (d.score > 0.04)
-        assert ex["convention"] == "lite"
+        assert ex["convention"] == "lite" and ex["no_concept"] is False
         # The overall best is the best of the per-category bests.
         best = max(ex["per_category"].values(), key=lambda v: v["iou"])
         assert best["label"] == d.label and best["iou"] == pytest.approx(d.score)
@@ -140,15 +140,21 @@ def test_needs_maps_and_segmentations(tmp_path: Path) -> None:
 def test_plateaus_at_the_threshold_give_empty_masks(tmp_path: Path) -> None:
     """The conformance kit's colour detectors output one constant value on their colour, so the
     top-0.5% quantile equals the maximum and, as in NetDissect, nothing lies strictly above it:
-    every IoU is 0 and no unit is interpretable (the first concept is reported)."""
+    every IoU is 0. Such a unit gets the "no concept" record (NetDissect-Lite gives no label),
+    not the first concept (``red``), which an argmax over an all-zero row would pick."""
+    from methods.netdissect import NO_CONCEPT_LABEL
+
     cache = Cache(tmp_path)
     ev = tiny_evidence(cache, store_maps=True)
     le = ev.layer("conv")
     assert (le.threshold(NETDISSECT_QUANTILE)[:3] == le.pooled_max[:, :3].max(axis=0)).all()
     units = [UnitRef(layer="conv", index=i) for i in range(3)]
     out, _ = describe_cached(NetDissect(), units, ev, MethodContext(cache=cache))
-    assert all(d.ok and d.score == 0.0 and not d.extras["interpretable"] for d in out)
-    assert all(d.extras["unit_area"] == 0 and d.label == "red" for d in out)
+    for d in out:
+        assert d.ok and d.score == 0.0 and d.label == NO_CONCEPT_LABEL
+        assert d.extras["no_concept"] is True and d.extras["interpretable"] is False
+        assert d.extras["unit_area"] == 0 and d.extras["concept"] is None
+        assert "never exceeds its threshold" in d.extras["reason"]
 
 
 def test_cli_runs_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
