@@ -51,8 +51,11 @@ def test_trained_model_is_cached_by_content(tiny_root: Path, tmp_path: Path) -> 
     cfg = MilanConfig(**{**TRAIN, "max_epochs": 2})
     enc = synthetic_encoder()
     data = training_data("alexnet/places365", cache, root=str(tiny_root))
-    _, entry, hit = train_cached(data, enc, cfg, cache)
+    model, entry, hit = train_cached(data, enc, cfg, cache)
     assert not hit
+    # The original's attention width, min(hidden 512, features 128).
+    assert enc.feature_size == 128 and model.decoder.config.attention_size == 128
+    assert tuple(model.decoder.attend.key_to_hidden.weight.shape) == (128, 128)
     _, entry2, hit2 = train_cached(data, enc, cfg, cache)
     assert hit2 and entry2 == entry
     # Decoding settings do not change the trained model; training settings do.

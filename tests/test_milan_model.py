@@ -379,6 +379,79 @@ def test_released_checkpoint_loads_and_matches_documented_equations(tmp_path: Pa
         assert math.isclose(value, ref, rel_tol=1e-4, abs_tol=1e-4)
 
 
+def test_attention_width_is_the_smaller_of_hidden_and_feature_size() -> None:
+    """MILAN's ``Attention`` maps query and keys to ``min(query_size, key_size)`` values unless
+    told a width: 512 for the released 3904-feature pyramid, the feature size below 512."""
+    sizes = {}
+    for feats, explicit in ((3904, None), (512, None), (256, None), (128, None), (128, 64)):
+        config = DecoderConfig(vocab_size=6, feature_size=feats, attention_hidden_size=explicit)
+        dec = Decoder(config)
+        sizes[feats, explicit] = (
+            config.attention_size,
+            tuple(dec.attend.query_to_hidden.weight.shape),
+            tuple(dec.attend.key_to_hidden.weight.shape),
+            tuple(dec.attend.output[0].weight.shape),
+        )
+    assert sizes == {
+        (3904, None): (512, (512, 512), (512, 3904), (1, 512)),
+        (512, None): (512, (512, 512), (512, 512), (1, 512)),
+        (256, None): (256, (256, 512), (256, 256), (1, 256)),
+        (128, None): (128, (128, 512), (128, 128), (1, 128)),
+        (128, 64): (64, (64, 512), (64, 128), (1, 64)),
+    }
+
+
+def test_released_checkpoint_with_256_features_loads_and_decodes(tmp_path: Path) -> None:
+    """A released-format file whose encoder gives 256 features (fewer than the 512 hidden
+    units) has the original's 256-wide attention; it loads, its decoder matches the documented
+    equations, and it decodes with every strategy."""
+    vocab, dec, lm = _released_pair(feature_size=256)
+    path = tmp_path / "milan-small.pth"
+    ck.write_released_format(path, dec, lm, vocab, {"config": "resnet18"})
+    raw = ck._safe_torch_load(path)
+    assert raw["properties"]["attention_hidden_size"] is None  # as in the released files
+    state = raw["state_dict"]
+    # The original's shapes for hidden 512 and 256 features (reference/milan-checkpoint.md,
+    # with the attention min(512, 256) = 256 wide).
+    assert tuple(state["attend.query_to_hidden.weight"].shape) == (256, 512)
+    assert tuple(state["attend.key_to_hidden.weight"].shape) == (256, 256)
+    assert tuple(state["attend.output.0.weight"].shape) == (1, 256)
+    assert tuple(state["lstm.weight_ih"].shape) == (2048, 128 + 256)
+
+    model = ck.load_released(path)
+    assert model.decoder.config.feature_size == 256 and model.decoder.config.attention_size == 256
+    features = torch.randn(3, 15, 256)
+    tokens = vocab.encode_batch(["the red dog runs", "a blue sky", "white clouds"], length=5)
+    ref_logp, ref_alpha = reference_decoder(dict(state), features, tokens)
+    with torch.no_grad():
+        logp, alpha = model.decoder(features, tokens)
+    torch.testing.assert_close(logp.double(), ref_logp, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(alpha.double(), ref_alpha, rtol=1e-4, atol=1e-5)
+    for strategy in ("rerank", "beam", "greedy"):
+        decoded = model.describe(features, strategy=strategy, beam_size=10)
+        assert len(decoded) == 3
+        for d in decoded:
+            assert d.text == model.vocab.reconstruct(d.tokens)
+            assert math.isfinite(d.score) and d.logp <= 0.0
+            assert (d.lm_logp is not None) == (strategy == "rerank")
+
+
+def test_released_checkpoint_with_a_wrong_attention_width_is_refused(tmp_path: Path) -> None:
+    """A file whose attention width is not what its properties say is a clear error."""
+    vocab = Vocab(tuple(WORDS))
+    dec = Decoder(DecoderConfig(vocab_size=len(vocab), feature_size=256, attention_hidden_size=512))
+    path = tmp_path / "milan-wrong.pth"
+    ck.write_released_format(path, dec, None, vocab, {"config": "resnet18"})
+    obj = ck._safe_torch_load(path)
+    obj["properties"]["attention_hidden_size"] = None  # claims the default width, min(512, 256)
+    torch.save(obj, path)
+    with pytest.raises(ck.CheckpointError, match="attend.query_to_hidden"):
+        ck.load_released(path)
+    obj["properties"]["attention_hidden_size"] = 512  # says what it holds: loads
+    torch.save(obj, path)
+    assert ck.load_released(path).decoder.config.attention_size == 512
+
+
 def test_released_loader_reads_spacy_config_as_plain_data(tmp_path: Path) -> None:
     vocab, dec, lm = _released_pair(feature_size=8)
     path = tmp_path / "milan-cls.pth"
@@ -488,6 +561,34 @@ def test_safetensors_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
         ck.load(tmp_path / "milan")
     with pytest.raises(ck.CheckpointError, match="Expected a saved MILAN model"):
         ck.load(tmp_path / "nothing")
+
+
+def test_version_1_models_keep_their_hidden_size_wide_attention(tmp_path: Path) -> None:
+    """Our format's version 1 (None meant ``hidden_size``) still loads, with its old width."""
+    vocab, _, lm = _released_pair(feature_size=16)
+    dec = Decoder(DecoderConfig(vocab_size=len(vocab), feature_size=16, attention_hidden_size=512))
+    model = MilanModel(vocab=vocab, decoder=dec.eval(), lm=lm.eval())
+    ck.save(model, tmp_path / "milan")
+    meta_path = tmp_path / "milan" / ck.CONFIG_FILE
+    meta = json.loads(meta_path.read_text())
+    assert meta["format_version"] == 2
+    meta["format_version"] = 1
+    meta["decoder"]["attention_hidden_size"] = None
+    meta_path.write_text(json.dumps(meta))
+    again = ck.load(tmp_path / "milan")
+    assert again.decoder.config.attention_size == 512
+    features = torch.randn(2, 3, 16)
+    tokens = vocab.encode_batch(["the red dog", "sky"], length=4)
+    with torch.no_grad():
+        assert torch.equal(again.decoder(features, tokens)[0], dec(features, tokens)[0])
+    meta["format_version"] = 2  # read with today's rule, the 512-wide weights do not fit
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ck.CheckpointError, match="decoder weights"):
+        ck.load(tmp_path / "milan")
+    meta["format_version"] = 3
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ck.CheckpointError, match="format version 3"):
+        ck.load(tmp_path / "milan")
 
 
 def test_fetch_released_downloads_once_and_pins_the_checksum(tmp_path: Path, serve_bytes) -> None:

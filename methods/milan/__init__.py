@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 
 MODEL_STAGE = "milan-model"
 FEATURE_STAGE = "milan-features"
-#: Bump when training changes what a cached model holds.
-TRAIN_VERSION = 2
+#: Bump when training changes what a cached model holds. 3: the attention is
+#: ``min(hidden, features)`` wide (128 for the synthetic encoder), as in the original.
+TRAIN_VERSION = 3
 #: The synthetic world's encoder: a frozen synthetic classifier, as MILAN's is a frozen ImageNet
 #: classifier. Its pyramid is conv1 and layer1-3 (16 + 16 + 32 + 64 = 128 values per exemplar).
 SYNTHETIC_ENCODER = "synth.resnet"
