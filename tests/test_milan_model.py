@@ -112,6 +112,34 @@ def test_reconstruct_cuts_at_stop_drops_specials_and_formats() -> None:
     assert detokenize(["a", "b", ":", "c", "."]) == "A b: c."
 
 
+@pytest.mark.parametrize(
+    ("tokens", "text"),
+    [
+        # The original removes " ." then " ," and finally re-joins the pieces split at "."
+        # with ". ", which puts the space back between a period and a comma.
+        (["nature", ".", ",", "food"], "Nature. , food"),
+        (["red", ".", ".", "blue"], "Red. . Blue"),
+        (["red", "things", "..."], "Red things. . ."),
+        (["e.g.", "cats"], "E. G. Cats"),
+        # Only "." starts a sentence; "!" and "?" do not.
+        (["wow", "!", "cool", "?", "yes"], "Wow ! cool ? yes"),
+        # The rest of each sentence is lower-cased (str.capitalize).
+        (["DNA", "strands", ".", "BIG", "dogs"], "Dna strands. Big dogs"),
+        (["3", "-", "4", "dogs", ".", "2", "cats"], "3-4 dogs. 2 cats"),
+        (["a", "-", "-", "b", ";", "c", ",", "d"], "A--b; c, d"),
+        ([], ""),
+    ],
+)
+def test_detokenize_follows_the_originals_rule(tokens: list[str], text: str) -> None:
+    assert detokenize(tokens) == text
+
+
+def test_reconstruct_of_a_period_then_a_comma_is_the_originals() -> None:
+    vocab = Vocab(("nature", ".", ",", "food"))
+    ids = [vocab.start] + [vocab.id(w) for w in ("nature", ".", ",", "food")] + [vocab.stop]
+    assert vocab.reconstruct(ids) == "Nature. , food"
+
+
 def test_vocab_json_round_trip(tmp_path: Path) -> None:
     vocab = Vocab.build(["Black-and-white stripes, dogs' ears.", "the dog's tail"])
     again = Vocab.from_json(json.loads(json.dumps(vocab.to_json())))
@@ -329,6 +357,29 @@ def test_lm_sequence_logprob_masks_after_first_stop() -> None:
     assert content_mask(torch.tensor([[0, 5, 1, 5]]), stop=5).tolist() == [
         [True, True, False, False]
     ]
+
+
+def test_lm_scores_stop_at_the_first_stop_of_a_padded_caption() -> None:
+    """The original's LM score also adds the token after the first <stop> of a padded caption
+    (its mask is one position late); ours, in both the module and the reranker's prefix-tree
+    version, counts up to and including the first <stop> only."""
+    vocab = Vocab(("red", "dog"))
+    _, lm = _tiny(vocab)
+    red, dog, stop, pad = vocab.id("red"), vocab.id("dog"), vocab.stop, vocab.pad
+    rows = [[red, stop, pad, pad], [red, dog, stop, stop], [dog, stop, red, dog]]
+    tokens = torch.tensor(rows)
+    with torch.no_grad():
+        tree = lm_logprob(lm, tokens, start=vocab.start, stop=stop)
+        module = lm.sequence_logprob(
+            torch.cat([torch.full((3, 1), vocab.start), tokens], dim=1), stop=stop, pad=pad
+        )
+    for row, a, b in zip(rows, tree.tolist(), module.tolist(), strict=True):
+        seq = [vocab.start, *row]
+        want = reference_lm_logprob(lm.state_dict(), seq, stop)
+        cut = seq.index(stop) + 1  # the original would also count seq[cut]
+        late = reference_lm_logprob(lm.state_dict(), seq[: cut + 1], stop=-1)
+        assert math.isclose(a, want, rel_tol=1e-5) and math.isclose(b, want, rel_tol=1e-5)
+        assert abs(late - want) > 1e-3  # the original's value is another number
 
 
 # --- released checkpoints -------------------------------------------------------------------------
@@ -823,6 +874,38 @@ def test_skipping_finished_beams_changes_no_result() -> None:
     torch.testing.assert_close(full.logp, skipped.logp, rtol=1e-12, atol=1e-12)
     assert torch.equal(greedy_full[0], greedy_skipped[0])
     torch.testing.assert_close(greedy_full[1], greedy_skipped[1], rtol=1e-12, atol=1e-12)
+
+
+def test_greedy_scores_stop_summing_at_stop() -> None:
+    """A greedy description's log-prob is summed up to and including its first <stop>; the
+    original's greedy decoding keeps adding the arg-max log-probs of the steps after it."""
+    vocab = Vocab(tuple(WORDS[:6]))
+    dec, _ = _tiny(vocab, feature_size=5, hidden_size=8, length=6, scale=0.8)
+    dec = dec.double()
+    with torch.no_grad():
+        dec.output[1].bias[vocab.stop] += 1.5  # some units stop early
+    features = torch.randn(6, 3, 5, dtype=torch.float64)
+    decoded = decode(dec, features, vocab, strategy="greedy")
+    with torch.no_grad():
+        # Free-running arg-max over all 6 steps, never stopping: what the original sums.
+        step, state = decoder_step(dec, features)
+        last = torch.full((6, 1), vocab.start)
+        running = torch.zeros(6, dtype=torch.float64)
+        for t in range(6):
+            logp, state = step(last, state, t)
+            best_logp, last = logp.max(dim=-1)
+            running += best_logp[:, 0]
+    early = 0
+    for u, d in enumerate(decoded):
+        emitted = list(d.tokens) + ([vocab.stop] if len(d.tokens) < 6 else [])
+        tokens = torch.tensor([[vocab.start, *emitted]])
+        ref_logp, _ = reference_decoder(dec.state_dict(), features[u : u + 1], tokens)
+        want = float(ref_logp[0].gather(1, tokens[:, 1:].T).sum())
+        assert d.logp == pytest.approx(want, abs=1e-9) and d.score == d.logp
+        if len(emitted) < 6:
+            early += 1
+            assert running[u] < want - 1e-3  # the original's sum goes on after <stop>
+    assert early >= 2
 
 
 def test_decoder_step_leaves_inactive_rows_alone() -> None:
