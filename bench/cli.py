@@ -573,11 +573,14 @@ def _cmd_milan(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=sys.stderr.isatty(),
     )
-    print(f"{'split':<64} {'train':>6} {'test':>5} {'BLEU wPMI':>9} {'BLEU p(d|E)':>11}")
+    print(
+        f"{'split':<64} {'train':>6} {'test':>5} {'BLEU wPMI':>9} {'BLEU greedy':>11} "
+        f"{'BLEU beam':>9}"
+    )
     for r in rows:
         print(
             f"{r['name']:<64} {r['train_units']:>6} {r['test_units']:>5} "
-            f"{r['bleu_rerank']:>9.2f} {r['bleu_beam']:>11.2f}"
+            f"{r['bleu_rerank']:>9.2f} {r['bleu_greedy']:>11.2f} {r['bleu_beam']:>9.2f}"
         )
     return 0
 

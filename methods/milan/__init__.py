@@ -15,8 +15,10 @@ The model comes from one of (``MilanConfig.model``):
   request and loaded safely (:mod:`.checkpoint`);
 - a path: a released ``.pth`` file, or a directory written by ``bench milan train``.
 
-``milan`` decodes with wPMI (the paper's method); ``milan-captioning`` is the paper's ablation
-that ranks the beam by ``p(d | E)`` alone. Both share the trained model.
+``milan`` decodes with wPMI (the paper's method); ``milan-captioning`` is the paper's no-PMI
+baseline, decoded by ``p(d | E)`` alone: greedily by default, as the original's baseline
+(``experiments/baselines.py``), or by beam search (``strategy="beam"``). Both share the trained
+model.
 """
 
 from __future__ import annotations
@@ -47,15 +49,18 @@ log = logging.getLogger(__name__)
 
 MODEL_STAGE = "milan-model"
 FEATURE_STAGE = "milan-features"
-#: Bump when training changes what a cached model holds.
-TRAIN_VERSION = 2
+#: Bump when training changes what a cached model holds. 3: the attention is
+#: ``min(hidden, features)`` wide (128 for the synthetic encoder), as in the original.
+TRAIN_VERSION = 3
 #: The synthetic world's encoder: a frozen synthetic classifier, as MILAN's is a frozen ImageNet
 #: classifier. Its pyramid is conv1 and layer1-3 (16 + 16 + 32 + 64 = 128 values per exemplar).
 SYNTHETIC_ENCODER = "synth.resnet"
 SYNTHETIC_PYRAMID = ("conv1", "layer1", "layer2", "layer3")
 #: The original training script's encoder (``scripts/train_milan.py --encoder``).
 REAL_ENCODER = "resnet101"
-STRATEGIES = ("rerank", "beam")
+#: Decoding strategies (:data:`methods.milan.decoding.STRATEGIES`, kept here so that the config
+#: check does not import torch).
+STRATEGIES = ("rerank", "beam", "greedy")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -63,7 +68,8 @@ class MilanConfig:
     """MILAN's settings; defaults are the paper's (reference/methods.md section 1)."""
 
     #: "rerank": beam search on log p(d|E), then the final beam reranked by weighted PMI;
-    #: "beam": the beam's best by log p(d|E) alone (the captioning ablation).
+    #: "beam": the beam's best by log p(d|E) alone; "greedy": the arg-max word at every step
+    #: (the original's no-PMI baseline, milan-captioning's default).
     strategy: str = "rerank"
     beam_size: int = 50
     #: lambda of the weighted PMI, ``log p(d|E) - temperature * log p(d)``.
@@ -95,7 +101,7 @@ class MilanConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"Expected strategy in {STRATEGIES}, got {self.strategy!r}")
+            raise ValueError(f"Expected strategy in {list(STRATEGIES)}, got {self.strategy!r}")
         for name in ("beam_size", "max_length", "k", "max_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} >= 1, got {getattr(self, name)}")
@@ -109,9 +115,14 @@ class MilanConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MilanCaptioningConfig(MilanConfig):
-    """The paper's captioning ablation: the beam's best by ``p(d | E)``, no language model."""
+    """The paper's no-PMI baseline: decoded by ``p(d | E)``, no language model.
 
-    strategy: str = "beam"
+    The original decodes it greedily (``experiments/baselines.py``: ``strategy='greedy'``,
+    ``mi=False``), the default here; ``strategy="beam"`` keeps the best of a beam search
+    (``beam_size`` wide) instead. ``"rerank"`` would make it ``milan``.
+    """
+
+    strategy: str = "greedy"
 
 
 # --- encoders -------------------------------------------------------------------------------------
@@ -344,7 +355,9 @@ class Milan(Method[MilanConfig]):
     """MILAN with weighted-PMI decoding (the paper's method)."""
 
     name = "milan"
-    version = "1"
+    #: 2: the attention width of trained models follows the original (TRAIN_VERSION 3), and
+    #: milan-captioning decodes greedily by default.
+    version = "2"
     requires = Requirements(
         evidence=frozenset({"topk", "thresholds", "images"}),
         topk_by=("max",),
@@ -469,6 +482,7 @@ class Milan(Method[MilanConfig]):
                     score=float(d.score),
                     score_name="wpmi" if cfg.strategy == "rerank" else "log p(d|E)",
                     extras={
+                        "strategy": cfg.strategy,
                         "logp": float(d.logp),
                         "lm_logp": None if d.lm_logp is None else float(d.lm_logp),
                         "exemplars": [int(i) for i in ex.ids[indices.index(index)]],
@@ -479,7 +493,8 @@ class Milan(Method[MilanConfig]):
 
 
 class MilanCaptioning(Milan):
-    """The paper's ablation: the beam's most probable description under ``p(d | E)`` alone."""
+    """The paper's no-PMI baseline: the most probable description under ``p(d | E)`` alone,
+    found greedily (the original's choice) or by beam search (``strategy="beam"``)."""
 
     name = "milan-captioning"
     Config = MilanCaptioningConfig
@@ -557,8 +572,9 @@ def evaluate_split(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train on a :class:`methods.milan.splits.Split`'s train units, describe its test units from
-    their MILANNOTATIONS exemplars, and score corpus BLEU against their annotations (with wPMI
-    and with the captioning ablation), as MILAN's ``experiments/generalization.py``."""
+    their MILANNOTATIONS exemplars, and score corpus BLEU against their annotations with each
+    decoding strategy (``bleu_rerank``: wPMI, as MILAN's ``experiments/generalization.py``;
+    ``bleu_greedy``: the original's no-PMI baseline; ``bleu_beam``: p(d|E) by beam search)."""
     import numpy as np
 
     from bench import milannotations as M

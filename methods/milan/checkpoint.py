@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 RELEASED_KEYS = ("base", "cls", "gen", "imagenet", "places365", "alexnet", "resnet152", "biggan")
 RELEASED_BASE_URL = "http://milan.csail.mit.edu/models"
 FORMAT = "neuron-bench/milan"
-FORMAT_VERSION = 1
+#: 2: ``decoder.attention_hidden_size`` None means ``min(hidden_size, feature_size)`` (the
+#: original's rule). Version 1 files, written when None meant ``hidden_size``, still load.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "milan.json"
 
@@ -191,6 +194,10 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def load_released(path: str | os.PathLike[str]) -> MilanModel:
     """A released ``milan-<key>.pth`` as a :class:`MilanModel` (decoder, LM, vocabulary).
 
@@ -214,7 +221,8 @@ def load_released(path: str | os.PathLike[str]) -> MilanModel:
         feature_size=int(state["init_h.0.weight"].shape[1]),
         embedding_size=int(props.get("embedding_size", 128)),
         hidden_size=int(props.get("hidden_size", 512)),
-        attention_hidden_size=props.get("attention_hidden_size"),
+        # None (the released files' value): the original's min(hidden_size, feature_size).
+        attention_hidden_size=_optional_int(props.get("attention_hidden_size")),
         dropout=float(props.get("dropout", 0.5)),
         length=int(props.get("length", 15)),
     )
@@ -448,10 +456,11 @@ def load(directory: str | os.PathLike[str]) -> MilanModel:
         ) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{config_path} is not a {FORMAT} file.")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{config_path} has format version {meta.get('format_version')}; this code reads "
-            f"version {FORMAT_VERSION}. Retrain or re-save the model."
+            f"{config_path} has format version {version}; this code reads versions "
+            f"{list(READABLE_VERSIONS)}. Retrain or re-save the model."
         )
     try:
         tensors = load_file(str(weights_path), device="cpu")
@@ -463,7 +472,11 @@ def load(directory: str | os.PathLike[str]) -> MilanModel:
     try:
         vocab = Vocab.from_json(meta["vocab"])
         lm_vocab = Vocab.from_json(meta["lm_vocab"]) if meta.get("lm_vocab") else None
-        decoder = Decoder(DecoderConfig(**meta["decoder"]))
+        dec_meta = dict(meta["decoder"])
+        if version == 1 and dec_meta.get("attention_hidden_size") is None:
+            # Version 1's default attention width was the LSTM's hidden size.
+            dec_meta["attention_hidden_size"] = dec_meta["hidden_size"]
+        decoder = Decoder(DecoderConfig(**dec_meta))
         lm = LanguageModel(LanguageModelConfig(**meta["lm"])) if meta.get("lm") else None
         decoding = DecodingDefaults(**meta["decoding"])
     except (KeyError, TypeError, DataError) as e:

@@ -10,7 +10,8 @@ The parameter names are those of the released checkpoints (``milan-<key>.pth``, 
 ==========================  ===================================================================
 ``init_h.0``, ``init_c.0``  ``h0, c0 = tanh(Linear(mean_k f))``
 ``attend.*``                ``alpha = softmax_k(output.0(tanh(query_to_hidden(h)``
-                            ``+ key_to_hidden(f_k))))``
+                            ``+ key_to_hidden(f_k))))``, ``A = min(H, F)`` wide unless
+                            ``attention_hidden_size`` says otherwise (the original's rule)
 ``feature_gate.0``          ``gate = sigmoid(Linear(h))``
 ``lstm``                    ``h, c = LSTMCell([embedding(token); gate * sum_k alpha_k f_k])``
 ``output.1``                ``log p(next | ...) = log_softmax(Linear(Dropout(h)))``
@@ -51,12 +52,20 @@ class DecoderConfig:
     embedding_size: int = 128
     #: LSTM hidden size.
     hidden_size: int = 512
-    #: Attention hidden size; None means ``hidden_size`` (the released checkpoints).
+    #: Attention hidden size; None means ``min(hidden_size, feature_size)``, the original's
+    #: rule (:attr:`attention_size`): 512 for the released checkpoints (3904 features), the
+    #: feature size when it is smaller (128 for the synthetic world's encoder).
     attention_hidden_size: int | None = None
     #: Dropout before the output layer.
     dropout: float = 0.5
     #: Most tokens a description has (decoding steps, ``<stop>`` included).
     length: int = 15
+
+    @property
+    def attention_size(self) -> int:
+        """The attention's hidden width: ``attention_hidden_size`` when given, else
+        ``min(hidden_size, feature_size)`` (MILAN's ``Attention``)."""
+        return self.attention_hidden_size or min(self.hidden_size, self.feature_size)
 
     def to_json(self) -> dict[str, int | float | None]:
         return {
@@ -153,7 +162,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         feats, hidden = config.feature_size, config.hidden_size
-        attention = config.attention_hidden_size or hidden
+        attention = config.attention_size
         self.init_h = nn.Sequential(nn.Linear(feats, hidden), nn.Tanh())
         self.init_c = nn.Sequential(nn.Linear(feats, hidden), nn.Tanh())
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)

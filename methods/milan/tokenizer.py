@@ -316,22 +316,23 @@ def tokenize(text: str, *, lowercase: bool = True) -> list[str]:
 
 # --- vocabulary ---------------------------------------------------------------------------------
 
-_NO_SPACE_BEFORE = re.compile(r" ([.,;:])")
-_HYPHEN = re.compile(r" ?- ?")
-_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([^\W\d_])")
-
 
 def detokenize(tokens: Sequence[str]) -> str:
     """MILAN's ``Indexer.reconstruct`` text rules applied to tokens (no specials).
 
-    Tokens are joined with spaces; the space before ``. , ; :`` and the spaces around ``-`` are
-    removed; the first letter of each sentence (the text's start, or after ``. ! ?`` and a
-    space) is capitalised.
+    In the original's order: tokens are joined with spaces; the space before each ``.``, ``,``,
+    ``;`` and ``:`` is removed (one mark after the other); the spaces before and after ``-``
+    are removed; then the text is split at every ``.``, each piece is stripped and
+    ``str.capitalize``-d (first character upper-cased, the rest lower-cased), and the pieces
+    are joined with ``". "`` and the whole stripped. So a period followed by a comma gives
+    ``"Nature. , food"``, ``!`` and ``?`` do not start a sentence, and a ``.`` inside a token
+    starts one (``"e.g."`` becomes ``"E. G."``), as in the original.
     """
     text = " ".join(tokens)
-    text = _NO_SPACE_BEFORE.sub(r"\1", text)
-    text = _HYPHEN.sub("-", text)
-    return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
+    for mark in ".,;:":
+        text = text.replace(" " + mark, mark)
+    text = text.replace(" -", "-").replace("- ", "-")
+    return ". ".join(piece.strip().capitalize() for piece in text.split(".")).strip()
 
 
 @dataclass(frozen=True, slots=True)

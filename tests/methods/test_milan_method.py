@@ -51,8 +51,11 @@ def test_trained_model_is_cached_by_content(tiny_root: Path, tmp_path: Path) -> 
     cfg = MilanConfig(**{**TRAIN, "max_epochs": 2})
     enc = synthetic_encoder()
     data = training_data("alexnet/places365", cache, root=str(tiny_root))
-    _, entry, hit = train_cached(data, enc, cfg, cache)
+    model, entry, hit = train_cached(data, enc, cfg, cache)
     assert not hit
+    # The original's attention width, min(hidden 512, features 128).
+    assert enc.feature_size == 128 and model.decoder.config.attention_size == 128
+    assert tuple(model.decoder.attend.key_to_hidden.weight.shape) == (128, 128)
     _, entry2, hit2 = train_cached(data, enc, cfg, cache)
     assert hit2 and entry2 == entry
     # Decoding settings do not change the trained model; training settings do.
@@ -92,7 +95,7 @@ def test_held_out_units_are_described_by_what_training_taught(
     features = encode_units(
         synthetic_encoder(), np.stack([u.images for u in held]), np.stack([u.masks for u in held])
     )
-    for strategy in ("rerank", "beam"):
+    for strategy in ("rerank", "beam", "greedy"):
         decoded = model.describe(features, strategy=strategy, beam_size=5)
         for unit, d in zip(held, decoded, strict=True):
             colour = "red" if unit.unit % 2 == 0 else "blue"
@@ -108,6 +111,7 @@ def test_held_out_units_are_described_by_what_training_taught(
             assert d.extras["model"] == "trained" and d.extras["cached"] is True
             assert d.extras["train_keys"] == ["alexnet/places365"]
             assert d.score_name == ("wpmi" if cls is Milan else "log p(d|E)")
+            assert d.extras["strategy"] == ("rerank" if cls is Milan else "greedy")
             assert len(d.extras["exemplars"]) == 15
     assert TINY_MILANNOTATIONS  # the fixture's vocabulary, documented in bench.testing
 
@@ -143,6 +147,23 @@ def test_a_released_checkpoint_is_used_as_given(tmp_path: Path) -> None:
             assert d.status == "error" and "no words" in d.error
         assert d.extras.get("model", str(path)) == str(path)
 
+    # milan-captioning decodes greedily unless told to search a beam, and says which it used.
+    features = encode_units(enc, ex.images, ex.masks)
+    greedy = model.describe(features, strategy="greedy")
+    beam = model.describe(features, strategy="beam", beam_size=5)
+    assert any(g.tokens != b.tokens for g, b in zip(greedy, beam, strict=True))
+    default = MilanCaptioning(model=str(path), beam_size=5)
+    assert default.identity()["config"]["strategy"] == "greedy"
+    beam_method = MilanCaptioning(model=str(path), strategy="beam", beam_size=5)
+    for method, want in ((default, greedy), (beam_method, beam)):
+        strategy = method.config.strategy
+        for d, w in zip(method.describe(units, ev, ctx), want, strict=True):
+            if w.text.strip():
+                assert d.ok and d.label == w.text and d.score == pytest.approx(float(w.score))
+                assert d.extras["strategy"] == strategy and d.score_name == "log p(d|E)"
+            else:
+                assert d.status == "error"
+
 
 def test_bad_model_and_keys_are_clear_errors(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
@@ -152,6 +173,8 @@ def test_bad_model_and_keys_are_clear_errors(tmp_path: Path) -> None:
         Milan(model=str(tmp_path / "missing.pth")).fit(ctx)
     with pytest.raises(ConfigError, match="strategy"):
         Milan(strategy="sample")
+    assert Milan().config.strategy == "rerank" and MilanCaptioning().config.strategy == "greedy"
+    assert MilanCaptioning(strategy="beam").config.strategy == "beam"
     with pytest.raises(Exception, match="not-alexnet"):
         Milan(train_keys="not-alexnet", encoder="synthetic").fit(ctx)
 

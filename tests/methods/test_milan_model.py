@@ -112,6 +112,34 @@ def test_reconstruct_cuts_at_stop_drops_specials_and_formats() -> None:
     assert detokenize(["a", "b", ":", "c", "."]) == "A b: c."
 
 
+@pytest.mark.parametrize(
+    ("tokens", "text"),
+    [
+        # The original removes " ." then " ," and finally re-joins the pieces split at "."
+        # with ". ", which puts the space back between a period and a comma.
+        (["nature", ".", ",", "food"], "Nature. , food"),
+        (["red", ".", ".", "blue"], "Red. . Blue"),
+        (["red", "things", "..."], "Red things. . ."),
+        (["e.g.", "cats"], "E. G. Cats"),
+        # Only "." starts a sentence; "!" and "?" do not.
+        (["wow", "!", "cool", "?", "yes"], "Wow ! cool ? yes"),
+        # The rest of each sentence is lower-cased (str.capitalize).
+        (["DNA", "strands", ".", "BIG", "dogs"], "Dna strands. Big dogs"),
+        (["3", "-", "4", "dogs", ".", "2", "cats"], "3-4 dogs. 2 cats"),
+        (["a", "-", "-", "b", ";", "c", ",", "d"], "A--b; c, d"),
+        ([], ""),
+    ],
+)
+def test_detokenize_follows_the_originals_rule(tokens: list[str], text: str) -> None:
+    assert detokenize(tokens) == text
+
+
+def test_reconstruct_of_a_period_then_a_comma_is_the_originals() -> None:
+    vocab = Vocab(("nature", ".", ",", "food"))
+    ids = [vocab.start] + [vocab.id(w) for w in ("nature", ".", ",", "food")] + [vocab.stop]
+    assert vocab.reconstruct(ids) == "Nature. , food"
+
+
 def test_vocab_json_round_trip(tmp_path: Path) -> None:
     vocab = Vocab.build(["Black-and-white stripes, dogs' ears.", "the dog's tail"])
     again = Vocab.from_json(json.loads(json.dumps(vocab.to_json())))
@@ -331,6 +359,29 @@ def test_lm_sequence_logprob_masks_after_first_stop() -> None:
     ]
 
 
+def test_lm_scores_stop_at_the_first_stop_of_a_padded_caption() -> None:
+    """The original's LM score also adds the token after the first <stop> of a padded caption
+    (its mask is one position late); ours, in both the module and the reranker's prefix-tree
+    version, counts up to and including the first <stop> only."""
+    vocab = Vocab(("red", "dog"))
+    _, lm = _tiny(vocab)
+    red, dog, stop, pad = vocab.id("red"), vocab.id("dog"), vocab.stop, vocab.pad
+    rows = [[red, stop, pad, pad], [red, dog, stop, stop], [dog, stop, red, dog]]
+    tokens = torch.tensor(rows)
+    with torch.no_grad():
+        tree = lm_logprob(lm, tokens, start=vocab.start, stop=stop)
+        module = lm.sequence_logprob(
+            torch.cat([torch.full((3, 1), vocab.start), tokens], dim=1), stop=stop, pad=pad
+        )
+    for row, a, b in zip(rows, tree.tolist(), module.tolist(), strict=True):
+        seq = [vocab.start, *row]
+        want = reference_lm_logprob(lm.state_dict(), seq, stop)
+        cut = seq.index(stop) + 1  # the original would also count seq[cut]
+        late = reference_lm_logprob(lm.state_dict(), seq[: cut + 1], stop=-1)
+        assert math.isclose(a, want, rel_tol=1e-5) and math.isclose(b, want, rel_tol=1e-5)
+        assert abs(late - want) > 1e-3  # the original's value is another number
+
+
 # --- released checkpoints -------------------------------------------------------------------------
 
 
@@ -377,6 +428,79 @@ def test_released_checkpoint_loads_and_matches_documented_equations(tmp_path: Pa
     for seq, value in zip(sequences, got.tolist(), strict=True):
         ref = reference_lm_logprob(lm.state_dict(), seq, vocab.stop)
         assert math.isclose(value, ref, rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_attention_width_is_the_smaller_of_hidden_and_feature_size() -> None:
+    """MILAN's ``Attention`` maps query and keys to ``min(query_size, key_size)`` values unless
+    told a width: 512 for the released 3904-feature pyramid, the feature size below 512."""
+    sizes = {}
+    for feats, explicit in ((3904, None), (512, None), (256, None), (128, None), (128, 64)):
+        config = DecoderConfig(vocab_size=6, feature_size=feats, attention_hidden_size=explicit)
+        dec = Decoder(config)
+        sizes[feats, explicit] = (
+            config.attention_size,
+            tuple(dec.attend.query_to_hidden.weight.shape),
+            tuple(dec.attend.key_to_hidden.weight.shape),
+            tuple(dec.attend.output[0].weight.shape),
+        )
+    assert sizes == {
+        (3904, None): (512, (512, 512), (512, 3904), (1, 512)),
+        (512, None): (512, (512, 512), (512, 512), (1, 512)),
+        (256, None): (256, (256, 512), (256, 256), (1, 256)),
+        (128, None): (128, (128, 512), (128, 128), (1, 128)),
+        (128, 64): (64, (64, 512), (64, 128), (1, 64)),
+    }
+
+
+def test_released_checkpoint_with_256_features_loads_and_decodes(tmp_path: Path) -> None:
+    """A released-format file whose encoder gives 256 features (fewer than the 512 hidden
+    units) has the original's 256-wide attention; it loads, its decoder matches the documented
+    equations, and it decodes with every strategy."""
+    vocab, dec, lm = _released_pair(feature_size=256)
+    path = tmp_path / "milan-small.pth"
+    ck.write_released_format(path, dec, lm, vocab, {"config": "resnet18"})
+    raw = ck._safe_torch_load(path)
+    assert raw["properties"]["attention_hidden_size"] is None  # as in the released files
+    state = raw["state_dict"]
+    # The original's shapes for hidden 512 and 256 features (reference/milan-checkpoint.md,
+    # with the attention min(512, 256) = 256 wide).
+    assert tuple(state["attend.query_to_hidden.weight"].shape) == (256, 512)
+    assert tuple(state["attend.key_to_hidden.weight"].shape) == (256, 256)
+    assert tuple(state["attend.output.0.weight"].shape) == (1, 256)
+    assert tuple(state["lstm.weight_ih"].shape) == (2048, 128 + 256)
+
+    model = ck.load_released(path)
+    assert model.decoder.config.feature_size == 256 and model.decoder.config.attention_size == 256
+    features = torch.randn(3, 15, 256)
+    tokens = vocab.encode_batch(["the red dog runs", "a blue sky", "white clouds"], length=5)
+    ref_logp, ref_alpha = reference_decoder(dict(state), features, tokens)
+    with torch.no_grad():
+        logp, alpha = model.decoder(features, tokens)
+    torch.testing.assert_close(logp.double(), ref_logp, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(alpha.double(), ref_alpha, rtol=1e-4, atol=1e-5)
+    for strategy in ("rerank", "beam", "greedy"):
+        decoded = model.describe(features, strategy=strategy, beam_size=10)
+        assert len(decoded) == 3
+        for d in decoded:
+            assert d.text == model.vocab.reconstruct(d.tokens)
+            assert math.isfinite(d.score) and d.logp <= 0.0
+            assert (d.lm_logp is not None) == (strategy == "rerank")
+
+
+def test_released_checkpoint_with_a_wrong_attention_width_is_refused(tmp_path: Path) -> None:
+    """A file whose attention width is not what its properties say is a clear error."""
+    vocab = Vocab(tuple(WORDS))
+    dec = Decoder(DecoderConfig(vocab_size=len(vocab), feature_size=256, attention_hidden_size=512))
+    path = tmp_path / "milan-wrong.pth"
+    ck.write_released_format(path, dec, None, vocab, {"config": "resnet18"})
+    obj = ck._safe_torch_load(path)
+    obj["properties"]["attention_hidden_size"] = None  # claims the default width, min(512, 256)
+    torch.save(obj, path)
+    with pytest.raises(ck.CheckpointError, match="attend.query_to_hidden"):
+        ck.load_released(path)
+    obj["properties"]["attention_hidden_size"] = 512  # says what it holds: loads
+    torch.save(obj, path)
+    assert ck.load_released(path).decoder.config.attention_size == 512
 
 
 def test_released_loader_reads_spacy_config_as_plain_data(tmp_path: Path) -> None:
@@ -488,6 +612,34 @@ def test_safetensors_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
         ck.load(tmp_path / "milan")
     with pytest.raises(ck.CheckpointError, match="Expected a saved MILAN model"):
         ck.load(tmp_path / "nothing")
+
+
+def test_version_1_models_keep_their_hidden_size_wide_attention(tmp_path: Path) -> None:
+    """Our format's version 1 (None meant ``hidden_size``) still loads, with its old width."""
+    vocab, _, lm = _released_pair(feature_size=16)
+    dec = Decoder(DecoderConfig(vocab_size=len(vocab), feature_size=16, attention_hidden_size=512))
+    model = MilanModel(vocab=vocab, decoder=dec.eval(), lm=lm.eval())
+    ck.save(model, tmp_path / "milan")
+    meta_path = tmp_path / "milan" / ck.CONFIG_FILE
+    meta = json.loads(meta_path.read_text())
+    assert meta["format_version"] == 2
+    meta["format_version"] = 1
+    meta["decoder"]["attention_hidden_size"] = None
+    meta_path.write_text(json.dumps(meta))
+    again = ck.load(tmp_path / "milan")
+    assert again.decoder.config.attention_size == 512
+    features = torch.randn(2, 3, 16)
+    tokens = vocab.encode_batch(["the red dog", "sky"], length=4)
+    with torch.no_grad():
+        assert torch.equal(again.decoder(features, tokens)[0], dec(features, tokens)[0])
+    meta["format_version"] = 2  # read with today's rule, the 512-wide weights do not fit
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ck.CheckpointError, match="decoder weights"):
+        ck.load(tmp_path / "milan")
+    meta["format_version"] = 3
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ck.CheckpointError, match="format version 3"):
+        ck.load(tmp_path / "milan")
 
 
 def test_fetch_released_downloads_once_and_pins_the_checksum(tmp_path: Path, serve_bytes) -> None:
@@ -722,6 +874,38 @@ def test_skipping_finished_beams_changes_no_result() -> None:
     torch.testing.assert_close(full.logp, skipped.logp, rtol=1e-12, atol=1e-12)
     assert torch.equal(greedy_full[0], greedy_skipped[0])
     torch.testing.assert_close(greedy_full[1], greedy_skipped[1], rtol=1e-12, atol=1e-12)
+
+
+def test_greedy_scores_stop_summing_at_stop() -> None:
+    """A greedy description's log-prob is summed up to and including its first <stop>; the
+    original's greedy decoding keeps adding the arg-max log-probs of the steps after it."""
+    vocab = Vocab(tuple(WORDS[:6]))
+    dec, _ = _tiny(vocab, feature_size=5, hidden_size=8, length=6, scale=0.8)
+    dec = dec.double()
+    with torch.no_grad():
+        dec.output[1].bias[vocab.stop] += 1.5  # some units stop early
+    features = torch.randn(6, 3, 5, dtype=torch.float64)
+    decoded = decode(dec, features, vocab, strategy="greedy")
+    with torch.no_grad():
+        # Free-running arg-max over all 6 steps, never stopping: what the original sums.
+        step, state = decoder_step(dec, features)
+        last = torch.full((6, 1), vocab.start)
+        running = torch.zeros(6, dtype=torch.float64)
+        for t in range(6):
+            logp, state = step(last, state, t)
+            best_logp, last = logp.max(dim=-1)
+            running += best_logp[:, 0]
+    early = 0
+    for u, d in enumerate(decoded):
+        emitted = list(d.tokens) + ([vocab.stop] if len(d.tokens) < 6 else [])
+        tokens = torch.tensor([[vocab.start, *emitted]])
+        ref_logp, _ = reference_decoder(dec.state_dict(), features[u : u + 1], tokens)
+        want = float(ref_logp[0].gather(1, tokens[:, 1:].T).sum())
+        assert d.logp == pytest.approx(want, abs=1e-9) and d.score == d.logp
+        if len(emitted) < 6:
+            early += 1
+            assert running[u] < want - 1e-3  # the original's sum goes on after <stop>
+    assert early >= 2
 
 
 def test_decoder_step_leaves_inactive_rows_alone() -> None:
