@@ -37,6 +37,7 @@ __all__ = [
     "FAITHFULNESS_METRICS",
     "auprc",
     "auroc",
+    "auroc_of_labels",
     "auroc_unit_as_label",
     "binarise_presence",
     "cosine",
@@ -142,6 +143,30 @@ def auroc(activations: Any, presence: Any) -> np.ndarray:
     without it (ties 1/2). ``NaN`` where the concept is on everywhere or nowhere."""
     a, c = _as_pair(activations, presence)
     return _auroc_rows(a, binarise_presence(c))
+
+
+def auroc_of_labels(scores: Any, labels: Any) -> np.ndarray:
+    """AUROC of one score vector against many candidate labellings at once (INVERT's beam step):
+    ``scores`` ``float [N]`` (a unit's activations), ``labels`` ``bool [F, N]`` (each candidate
+    formula's membership). Rank sums as one matrix product:
+    ``U_f = labels_f . r - n_f (n_f + 1) / 2`` with ``r`` the mid-ranks of the
+    scores. ``NaN`` for a labelling that is all or nothing."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels)
+    if s.ndim != 1 or y.ndim != 2 or y.shape[1] != s.shape[0]:
+        raise DataError(
+            f"Expected scores [N] and labels [F, N], got shapes {s.shape} and {y.shape}."
+        )
+    if not np.all(np.isfinite(s)):
+        raise NonFiniteError("Expected finite scores.")
+    r = row_midranks(s)[0]
+    n_pos = y.sum(axis=1, dtype=np.float64)
+    n_neg = s.shape[0] - n_pos
+    u = y.astype(np.float64) @ r - n_pos * (n_pos + 1.0) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = u / (n_pos * n_neg)
+    out[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return out
 
 
 def auroc_unit_as_label(

@@ -157,3 +157,14 @@ def test_identification_of_a_constant_label_is_chance() -> None:
     rank, rr = F.identification(np.tile(row, (40, 1)))
     assert sorted(rank.tolist()) == list(range(1, 41))
     assert rr.mean() == pytest.approx(sum(1 / k for k in range(1, 41)) / 40)
+
+
+def test_auroc_of_many_labellings_equals_roc_auc_score_per_formula() -> None:
+    rng = np.random.default_rng(23)
+    scores = np.round(rng.normal(size=80), 1)
+    labels = rng.random((12, 80)) < rng.uniform(0.05, 0.6, (12, 1))
+    labels[0] = False  # undefined: no positive
+    got = F.auroc_of_labels(scores, labels)
+    assert np.isnan(got[0])
+    want = [roc_auc_score(labels[f], scores) for f in range(1, 12)]
+    np.testing.assert_allclose(got[1:], want, rtol=1e-12)
