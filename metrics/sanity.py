@@ -1,0 +1,191 @@
+"""Sanity tests for metrics (NeuronEval, Oikarinen et al. 2025): does the score of the correct
+label drop when the label is made worse?
+
+Each test compares, on units whose truth is known, a metric's score of the correct concept with
+its score after a perturbation that makes the explanation worse:
+
+* **missing labels**: half of the concept's positive inputs are dropped (set absent) at random;
+* **extra labels**: random negatives become positives with probability ``p / (1 - p)`` (``p`` the
+  concept's positive rate), which about doubles the positives;
+* **permutation**: each unit gets another unit's concept (a derangement);
+* **constant**: every unit gets the same concept (the one most frequent among the units).
+
+A unit passes a test when the perturbed score is lower than the correct one by more than
+``epsilon`` after dividing by the metric's range (NeuronEval's epsilon = 0.001); a metric passes
+a test when at least ``threshold`` (default 90%) of the units with a defined score pass. Units
+where either score is undefined (NaN) are counted and left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench.errors import DataError
+
+__all__ = [
+    "DEFAULT_EPSILON",
+    "DEFAULT_THRESHOLD",
+    "SANITY_TESTS",
+    "SanityOutcome",
+    "add_positives",
+    "derange",
+    "drop_positives",
+    "judge",
+]
+
+DEFAULT_EPSILON = 0.001
+DEFAULT_THRESHOLD = 0.9
+SANITY_TESTS = ("missing_labels", "extra_labels", "permutation", "constant")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SanityOutcome:
+    """One metric under one test: how many units passed, out of how many were judged."""
+
+    test: str
+    metric: str
+    passed_units: int
+    judged_units: int
+    undefined_units: int
+    threshold: float
+    epsilon: float
+
+    @property
+    def rate(self) -> float | None:
+        return self.passed_units / self.judged_units if self.judged_units else None
+
+    @property
+    def passed(self) -> bool:
+        rate = self.rate
+        return rate is not None and rate >= self.threshold
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "test": self.test,
+            "metric": self.metric,
+            "passed": self.passed,
+            "rate": self.rate,
+            "passed_units": self.passed_units,
+            "judged_units": self.judged_units,
+            "undefined_units": self.undefined_units,
+            "threshold": self.threshold,
+            "epsilon": self.epsilon,
+        }
+
+
+def drop_positives(presence: Any, rng: np.random.Generator, frac: float = 0.5) -> np.ndarray:
+    """``bool [U, N]``: each row's positives (presence > 0.5), with ``frac`` of them removed at
+    random (at least one kept when a row has any)."""
+    y = np.asarray(presence, dtype=np.float64) > 0.5
+    out = y.copy()
+    noise = rng.random(y.shape)
+    for_drop = y & (noise < frac)
+    # keep at least one positive per row so the score stays defined
+    keep_one = y & ~np.any(y & ~for_drop, axis=1, keepdims=True)
+    if keep_one.any():
+        first = np.argmax(keep_one, axis=1)
+        rows = np.flatnonzero(keep_one.any(axis=1))
+        for_drop[rows, first[rows]] = False
+    out[for_drop] = False
+    return out
+
+
+def add_positives(presence: Any, rng: np.random.Generator) -> np.ndarray:
+    """``bool [U, N]``: each row's positives plus random negatives turned positive with
+    probability ``p / (1 - p)``, ``p`` the row's positive rate (about doubles the positives)."""
+    y = np.asarray(presence, dtype=np.float64) > 0.5
+    p = y.mean(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(p < 1.0, p / (1.0 - p), 0.0)
+    return y | (~y & (rng.random(y.shape) < np.clip(q, 0.0, 1.0)))
+
+
+def derange(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of ``range(n)`` with no fixed point (``n >= 2``)."""
+    if n < 2:
+        raise DataError(f"Expected at least 2 units to shuffle labels across, got {n}.")
+    while True:
+        perm = rng.permutation(n)
+        if not np.any(perm == np.arange(n)):
+            return perm
+
+
+def judge(
+    test: str,
+    metric: str,
+    correct: Any,
+    perturbed: Any,
+    *,
+    value_range: tuple[float, float] | None = None,
+    epsilon: float = DEFAULT_EPSILON,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> SanityOutcome:
+    """Count the units whose score dropped by more than ``epsilon`` (in units of the metric's
+    range; for an unbounded metric, of the spread of the correct scores)."""
+    c = np.asarray(correct, dtype=np.float64)
+    p = np.asarray(perturbed, dtype=np.float64)
+    if c.shape != p.shape:
+        raise DataError(f"Expected matching score arrays, got {c.shape} and {p.shape}.")
+    defined = np.isfinite(c) & np.isfinite(p)
+    if value_range is not None:
+        scale = value_range[1] - value_range[0]
+    else:
+        finite = c[np.isfinite(c)]
+        scale = float(finite.max() - finite.min()) if finite.size > 1 else 1.0
+        scale = scale if scale > 0 else 1.0
+    drop = (c - p) / scale
+    passed = int(np.count_nonzero(defined & (drop > epsilon)))
+    return SanityOutcome(
+        test=test,
+        metric=metric,
+        passed_units=passed,
+        judged_units=int(defined.sum()),
+        undefined_units=int((~defined).sum()),
+        threshold=threshold,
+        epsilon=epsilon,
+    )
+
+
+def run_label_tests(
+    metric: str,
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    activations: Any,
+    presence: Any,
+    *,
+    seed: int = 0,
+    value_range: tuple[float, float] | None = None,
+    epsilon: float = DEFAULT_EPSILON,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> list[SanityOutcome]:
+    """The four tests for a presence-based metric ``fn(activations [U, N], presence [U, N])``.
+
+    ``presence`` is the correct concept of each unit; the permutation and constant tests reuse the
+    other units' concepts, so the rows should be distinct concepts of distinct units."""
+    a = np.asarray(activations, dtype=np.float64)
+    c = np.asarray(presence, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    correct = fn(a, c)
+    variants = {
+        "missing_labels": drop_positives(c, rng).astype(np.float64),
+        "extra_labels": add_positives(c, rng).astype(np.float64),
+        "permutation": c[derange(len(c), rng)],
+    }
+    binary = c > 0.5
+    # the constant exploit: the most common concept among the units, given to every unit
+    counts = binary.sum(axis=1)
+    variants["constant"] = np.broadcast_to(c[int(np.argmax(counts))], c.shape)
+    out = []
+    for test, perturbed in variants.items():
+        kw = {"value_range": value_range, "epsilon": epsilon, "threshold": threshold}
+        if test == "constant":
+            # a unit whose own concept is the constant one cannot lose to it: leave it out
+            same = np.all(c == variants["constant"], axis=1)
+            scores = fn(a, perturbed)
+            out.append(judge(test, metric, correct[~same], scores[~same], **kw))
+        else:
+            out.append(judge(test, metric, correct, fn(a, perturbed), **kw))
+    return out
