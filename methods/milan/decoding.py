@@ -34,7 +34,7 @@ from torch import Tensor
 
 from bench.errors import ConfigError
 from bench.progress import progress_bar
-from methods.milan.model import content_mask, flush_denormals
+from methods.milan.numerics import content_mask, flush_denormals
 
 if TYPE_CHECKING:
     from methods.milan.model import Decoder, LanguageModel

@@ -24,7 +24,6 @@ The language model (``lm.*`` in a released file) is a 2-layer LSTM over token em
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from methods.milan.numerics import content_mask
 
+if TYPE_CHECKING:
     from methods.milan.decoding import Decoded
     from methods.milan.tokenizer import Vocab
 
@@ -317,20 +316,6 @@ class LanguageModel(nn.Module):
         )
 
 
-def content_mask(tokens: Tensor, *, stop: int, pad: int | None = None) -> Tensor:
-    """bool [B, T]: True up to and including the first ``<stop>`` of each row, False after.
-
-    Positions holding ``pad`` are False as well when ``pad`` is given.
-    """
-    is_stop = (tokens == stop).long()
-    # Stops strictly before position t: cumsum minus self.
-    before = torch.cumsum(is_stop, dim=1) - is_stop
-    mask = before == 0
-    if pad is not None:
-        mask = mask & (tokens != pad)
-    return mask
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DecodingDefaults:
     """How a model decodes unless told otherwise (MILAN's defaults)."""
@@ -404,20 +389,3 @@ def token_map(vocab: Vocab, lm_vocab: Vocab) -> Tensor | None:
     ids = [lm_vocab.id(t) for t in vocab.tokens]
     ids += [lm_vocab.start, lm_vocab.stop, lm_vocab.pad, lm_vocab.unk]
     return torch.tensor(ids, dtype=torch.long)
-
-
-@contextmanager
-def flush_denormals() -> Iterator[None]:
-    """Flush subnormal floats to zero on the CPU while training or decoding.
-
-    As the LSTMs train, many activations and gradients become subnormal, and x86 arithmetic on
-    subnormals is some 50 times slower: measured, decoder epochs went from 0.5 s to 40 s within
-    a few epochs. Values that small are below anything the model's outputs can resolve. The
-    previous (default) mode, off, is restored on exit.
-    """
-    changed = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if changed:
-            torch.set_flush_denormal(False)

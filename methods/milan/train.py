@@ -193,7 +193,7 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]])
 
 @contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[torch.Generator]:
-    from methods.milan.model import flush_denormals
+    from methods.milan.numerics import flush_denormals
 
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), flush_denormals():
