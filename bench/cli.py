@@ -334,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "global_cache_dir", None) and not getattr(args, "cache_dir", None):
         args.cache_dir = args.global_cache_dir
+    _keep_library_caches_in(getattr(args, "cache_dir", None))
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "score":
@@ -351,6 +352,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "milan":
         return _cmd_milan(args)
     raise UsageError(f"Unknown command '{args.command}'.")
+
+
+def _keep_library_caches_in(cache_dir: str | None) -> None:
+    """Third-party libraries on the scoring path keep caches of their own (matplotlib's font
+    list, imported by bert-score): the command line points them into the bench cache unless
+    the user set their own, so a command writes nothing outside its cache and output."""
+    import os
+
+    from bench.cache import Cache
+
+    os.environ.setdefault("MPLCONFIGDIR", str(Cache(cache_dir).root / "matplotlib"))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

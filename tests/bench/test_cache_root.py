@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["--methods", "netdissect,depictions", "--layers", "layer1", "--units", "0-3"]
-PROBE = {"n_images": "120"}
+PROBE = {"n_images": "60"}
 
 
 def _files(root: Path) -> set[Path]:
@@ -60,15 +59,19 @@ def test_python_run_with_a_cache_dir_writes_only_there(sandbox: dict[str, Path])
 
 
 def test_cli_with_cache_dir_writes_only_there(sandbox: dict[str, Path]) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("BENCH_CACHE_DIR", "XDG_CACHE_HOME")}
+    drop = ("BENCH_CACHE_DIR", "XDG_CACHE_HOME", "MPLCONFIGDIR")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["HOME"] = str(sandbox["home"])
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "bench.cli", "--cache-dir", str(sandbox["cache"]), "run"]
-    cmd += [*ARGS, "--probe-option", "n_images=120", "--out", str(sandbox["out"]), "--no-suites"]
+    cmd += ["--methods", "netdissect,depictions", "--layers", "layer1,fc", "--units", "0-3"]
+    cmd += ["--probe-option", "n_images=60", "--out", str(sandbox["out"])]
+    cmd += ["--suites", "final-layer,planted", "--bootstrap", "200"]
     proc = subprocess.run(
         cmd, cwd=sandbox["work"], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (sandbox["out"] / "run.json").is_file()
+    assert (sandbox["out"] / "suites" / "planted.json").is_file()  # scoring ran too
     assert (sandbox["cache"] / "record").is_dir()
     assert _outside(sandbox) == []
