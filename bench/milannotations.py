@@ -885,10 +885,17 @@ def load(
     keys = resolve_keys(key)
     base = Path(root).expanduser() if root is not None else None
     entries: list[_Entry] = []
+    generated_roots: dict[str, Path] = {}  # each source's export, made (or found) once
     for k in keys:
+        root_k = base
+        if base is None and key_info(k).synthetic:
+            src = key_source(k)
+            if src.dataset not in generated_roots:
+                generated_roots[src.dataset] = src.root(cache, progress=progress)
+            root_k = generated_roots[src.dataset]
         key_dir = _key_dir(
             k,
-            base,
+            root_k,
             download=download,
             base_url=base_url,
             timeout=timeout,
