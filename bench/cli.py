@@ -398,7 +398,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         probe = resolve_probe_name(config, TARGETS.get(config.target).family)
         parse_probe_options(probe, config.probe_options)
     t0 = time.perf_counter()
-    result = run(config)
+    result = run(config, complete=score_options is None)
     print(f"run directory: {result.run_dir}")
     print(f"recording: {'from cache' if result.record_cached else 'computed'}")
     print(f"{'method':<24} {'ok':>6} {'failed':>6} {'computed':>8} {'resumed':>7} {'seconds':>8}")
@@ -408,10 +408,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     if score_options is not None:
         from bench.api import score_run
+        from bench.runner import mark_run
 
-        report = score_run(
-            result.run_dir, args.suites, options=score_options, suite_config=suite_config
-        )
+        try:
+            report = score_run(
+                result.run_dir, args.suites, options=score_options, suite_config=suite_config
+            )
+        except BaseException as e:
+            mark_run(result.run_dir, "failed", error=f"scoring: {e}" if str(e) else "scoring")
+            raise
+        mark_run(result.run_dir, "complete")
         _print_report(report)
     if args.leaderboard:
         from bench.api import build_leaderboard

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.cache import Cache
 from bench.environment import provenance, resolve_device
-from bench.errors import ConfigError, UsageError
+from bench.errors import BenchError, ConfigError, UsageError
 from bench.registry import METHODS
 from bench.schema import (
     Description,
@@ -204,11 +204,14 @@ def resolve_probe_name(config: RunConfig, target_family: str) -> str:
     return DEFAULT_PROBE if target_family == "synthetic" else "broden"
 
 
-def run(config: RunConfig) -> RunResult:
-    """Run every method of ``config`` on one target and probe; write the run directory."""
+def run(config: RunConfig, *, complete: bool = True) -> RunResult:
+    """Run every method of ``config`` on one target and probe; write the run directory.
+
+    ``run.json`` says ``running`` until the end, ``failed`` (with the error) when a stage
+    raises, and ``complete`` at the end when ``complete`` (``bench run`` passes ``False`` and
+    marks it complete once the suites are scored: :func:`mark_run`)."""
     from bench.method import MethodContext
     from bench.probes import load_probe
-    from bench.record import record_cached
     from bench.targets import load_target
 
     t0 = time.perf_counter()
@@ -232,6 +235,13 @@ def run(config: RunConfig) -> RunResult:
         cache=cache,
     )
     layers = target.resolve_layers(list(config.layers) if config.layers else None)
+    # Everything the user asked for is checked before the expensive stages: the units against
+    # the layers' sizes (a shape probe, no recording), the probe set, the components, and each
+    # method's own preconditions (Method.check).
+    from bench.record import layer_sizes as probe_layer_sizes
+
+    sizes = probe_layer_sizes(target, layers)
+    units = parse_units(config.units, sizes)
     probe_name = resolve_probe_name(config, target.spec.family)
     probe = load_probe(
         probe_name,
@@ -242,6 +252,22 @@ def run(config: RunConfig) -> RunResult:
     )
 
     components, component_names = _build_components(config, methods, target, device)
+    contexts = {
+        m.name: MethodContext(
+            cache=cache,
+            device=device,
+            seed=config.seed,
+            workdir=None,
+            target=target,
+            progress=config.progress,
+            # Only what the method declares: every component in a context is part of its
+            # describe cache key.
+            components={k: components[k] for k in sorted(m.requires.components)},
+        )
+        for m in methods
+    }
+    for m in methods:
+        m.check(contexts[m.name])
     req = _union_requirements(methods)
     resolved = {
         "methods": [m.identity() for m in methods],
@@ -272,7 +298,7 @@ def run(config: RunConfig) -> RunResult:
         Path(config.out) if config.out else Path("results") / f"{target.name}-{probe_name}-{run_id}"
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState.open(run_dir, run_id)
+    state = RunState.open(run_dir, run_id, replace_failed=True)
     if state.stages:
         log.info("resuming run %s in %s", run_id, run_dir)
     state.config = resolved
@@ -288,10 +314,61 @@ def run(config: RunConfig) -> RunResult:
         "cache_dir": str(cache.root),
     }
     state.status = "running"
+    state.error = None
     state.save(run_dir)
     log.info("run directory: %s", run_dir)
+    try:
+        record_hit, summaries = _describe_all(
+            config, methods, contexts, units, layers, req, cache, target, probe, device, state,
+            run_dir,
+        )  # fmt: skip
+    except BaseException as e:
+        mark_run(run_dir, "failed", error=_error_text(e))
+        raise
+    state.status = "complete" if complete else "running"
+    state.summary = {s.name: {"ok": s.ok, "error": s.error} for s in summaries}
+    state.seconds = round(time.perf_counter() - t0, 3)
+    state.save(run_dir)
+    return RunResult(run_dir=run_dir, methods=tuple(summaries), record_cached=record_hit)
 
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(e).__name__}: {e}" if not isinstance(e, BenchError) else str(e)
+
+
+def mark_run(run_dir: str | Path, status: str, *, error: str | None = None) -> None:
+    """Set the status of the run in ``run_dir`` (``complete`` once its suites are scored,
+    ``failed`` with ``error``); a missing or unreadable ``run.json`` is left alone."""
+    from bench.schema import RUN_FILE, read_json
+
+    path = Path(run_dir) / RUN_FILE
+    try:
+        state = RunState.from_json(read_json(path))
+        state.status = status
+        state.error = error
+        state.save(run_dir)
+    except (OSError, ValueError) as e:
+        log.warning("could not mark %s as %s: %s", path, status, e)
+
+
+def _describe_all(
+    config: RunConfig,
+    methods: Sequence[Method],
+    contexts: dict[str, MethodContext],
+    units: list[UnitRef],
+    layers: list[str],
+    req: dict[str, Any],
+    cache: Cache,
+    target: Any,
+    probe: Any,
+    device: str,
+    state: RunState,
+    run_dir: Path,
+) -> tuple[bool, list[MethodSummary]]:
     from bench.evidence import QuantileSpec
+    from bench.record import record_cached
 
     t_rec = time.perf_counter()
     evidence = record_cached(
@@ -316,29 +393,13 @@ def run(config: RunConfig) -> RunResult:
     }
     state.save(run_dir)
 
-    layer_sizes = {l: evidence.layer(l).num_units for l in layers}
-    units = parse_units(config.units, layer_sizes)
     summaries = []
     for method in methods:
-        ctx = MethodContext(
-            cache=cache,
-            device=device,
-            seed=config.seed,
-            workdir=run_dir,
-            target=target,
-            progress=config.progress,
-            # Only what the method declares: every component in a context is part of its
-            # describe cache key.
-            components={k: components[k] for k in sorted(method.requires.components)},
-        )
+        ctx = contexts[method.name]
+        ctx.workdir = run_dir
         summaries.append(_run_method(method, units, evidence, ctx, run_dir, state))
         state.save(run_dir)
-
-    state.status = "complete"
-    state.summary = {s.name: {"ok": s.ok, "error": s.error} for s in summaries}
-    state.seconds = round(time.perf_counter() - t0, 3)
-    state.save(run_dir)
-    return RunResult(run_dir=run_dir, methods=tuple(summaries), record_cached=record_hit)
+    return record_hit, summaries
 
 
 def _run_method(

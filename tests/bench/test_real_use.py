@@ -1,0 +1,120 @@
+"""Real use (issue 19): a real-size target (random-weight resnet18 through --weights) on a Broden
+directory; everything a user can get wrong fails before the recording, without a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import torch
+    import torchvision  # type: ignore[import-untyped]
+
+    from bench.synth.broden_export import export_broden
+
+    root = tmp_path_factory.mktemp("real")
+    torch.manual_seed(0)
+    weights = root / "resnet50.pth"
+    torch.save(torchvision.models.get_model("resnet50", weights=None).state_dict(), weights)
+    broden = export_broden(root / "broden", n_images=12, seed=0)
+    return {"weights": weights, "broden": broden, "root": root}
+
+
+def _real_args(real: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--target",
+        "resnet50",
+        "--weights",
+        str(real["weights"]),
+        "--probe",
+        "broden",
+        "--probe-root",
+        str(real["broden"]),
+        "--layers",
+        "layer4",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.fixture()
+def no_recording(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.record
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the recording started")
+
+    monkeypatch.setattr(bench.record, "record_cached", boom)
+    monkeypatch.setattr(bench.record, "record", boom)
+
+
+@pytest.mark.parametrize(
+    ("units", "expect"),
+    [
+        ("abc", "got 'abc'"),
+        ("0-99999", "has 2048 units (0-2047)"),
+        ("layer9:0-3", "Unknown layer in --units 'layer9'"),
+    ],
+)
+def test_bad_units_fail_before_recording(real, tmp_path, capsys, no_recording, units, expect):
+    out = tmp_path / "run"
+    code = main(_real_args(real, out, "--methods", "depictions", "--units", units))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expect in err
+    assert "Traceback" not in err
+    assert not out.exists()  # no empty run directory either
+
+
+def test_offline_milan_on_resnet50_fails_before_recording(real, tmp_path, capsys, no_recording):
+    out = tmp_path / "run"
+    code = main(_real_args(real, out, "--methods", "milan,netdissect"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Method 'milan'" in err
+    assert "MILANNOTATIONS" in err
+    assert "resnet101" in err  # the encoder's weights, not the target's
+    assert "--config milan.download=true" in err
+    assert "milan.model=base" in err
+    assert not out.exists()
+
+
+def test_offline_released_milan_says_how_to_allow_the_download(
+    real, tmp_path, capsys, no_recording
+):
+    out = tmp_path / "run"
+    code = main(_real_args(real, out, "--methods", "milan", "--config", "milan.model=base"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "released MILAN model 'base'" in err
+    assert "milan-base.pth" in err
+    assert "--config milan.download=true" in err
+
+
+def test_layer_sizes_without_recording_conv_linear_transformer() -> None:
+    from bench.record import layer_sizes
+    from bench.registry import TARGETS
+    from bench.targets import Target
+
+    def target(name: str, arch: str) -> Target:
+        import torchvision  # type: ignore[import-untyped]
+
+        spec = TARGETS.get(name)
+        return Target(
+            spec=spec, model=torchvision.models.get_model(arch, weights=None), weights_sha256="x"
+        )
+
+    t = target("resnet18", "resnet18")
+    assert layer_sizes(t, ["layer4", "fc", "conv1"]) == {"layer4": 512, "fc": 1000, "conv1": 64}
+    v = target("vit_b_16", "vit_b_16")  # tokens [B, 197, 768]: 768 units
+    assert layer_sizes(v, ["encoder.layers.encoder_layer_11"]) == {
+        "encoder.layers.encoder_layer_11": 768
+    }
