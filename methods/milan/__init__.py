@@ -429,7 +429,8 @@ class Milan(Method[MilanConfig]):
             if not dest.is_file():
                 problems.append(
                     f"the released MILAN model '{cfg.model}' "
-                    f"({checkpoint.released_url(cfg.model)}), not at {dest}: put the file there (or pass --config milan.model=PATH to a "
+                    f"({checkpoint.released_url(cfg.model)}), not at {dest}: put the file "
+                    "there (or pass --config milan.model=PATH to a "
                     f"local milan-{cfg.model}.pth), or allow the download with {allow}"
                 )
             problems += _missing_weights(REAL_ENCODER, ctx, allow)
