@@ -291,7 +291,7 @@ class Method(Configurable[C], abc.ABC):
     ) -> None:
         req = self.requires
         missing_layers = sorted({u.layer for u in units} - set(evidence.layers))
-        if missing_layers:
+        if missing_layers and req.evidence:
             raise RequirementError(
                 f"Method '{self.name}' was asked for layers {missing_layers} "
                 f"that were not recorded (recorded: {sorted(evidence.layers)})."
@@ -313,6 +313,8 @@ class Method(Configurable[C], abc.ABC):
                 f"Method '{self.name}' needs components {missing}; "
                 f"the run provides {sorted(ctx.components) or 'none'}."
             )
+        if not req.evidence:
+            return  # a method that reads no evidence (a constant label) runs on nothing recorded
         for layer in {u.layer for u in units}:
             le = evidence.layers[layer]
             bad = [u.index for u in units if u.layer == layer and u.index >= le.num_units]

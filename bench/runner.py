@@ -367,10 +367,20 @@ def _describe_all(
     state: RunState,
     run_dir: Path,
 ) -> tuple[bool, list[MethodSummary]]:
-    from bench.evidence import QuantileSpec
+    from bench.evidence import Evidence, QuantileSpec
     from bench.record import record_cached
 
     t_rec = time.perf_counter()
+    if not any(m.requires.evidence for m in methods):
+        # Nothing to record: the methods (a constant label) read no evidence.
+        from bench.cache import sha256_bytes
+
+        ident = {"target": target.identity(), "probe": probe.identity(), "layers": layers}
+        key = "none-" + sha256_bytes(dumps(ident).encode())[:16]
+        evidence = Evidence(target=target, probe=probe, layers={}, key=key)
+        state.stages["record"] = {"status": "done", "skipped": "no method reads evidence"}
+        state.save(run_dir)
+        return False, [_describe_one(m, contexts, units, evidence, run_dir, state) for m in methods]
     evidence = record_cached(
         cache,
         target,
@@ -393,13 +403,23 @@ def _describe_all(
     }
     state.save(run_dir)
 
-    summaries = []
-    for method in methods:
-        ctx = contexts[method.name]
-        ctx.workdir = run_dir
-        summaries.append(_run_method(method, units, evidence, ctx, run_dir, state))
-        state.save(run_dir)
+    summaries = [_describe_one(m, contexts, units, evidence, run_dir, state) for m in methods]
     return record_hit, summaries
+
+
+def _describe_one(
+    method: Method,
+    contexts: dict[str, MethodContext],
+    units: list[UnitRef],
+    evidence: Evidence,
+    run_dir: Path,
+    state: RunState,
+) -> MethodSummary:
+    ctx = contexts[method.name]
+    ctx.workdir = run_dir
+    summary = _run_method(method, units, evidence, ctx, run_dir, state)
+    state.save(run_dir)
+    return summary
 
 
 def _run_method(

@@ -3,6 +3,7 @@ directory; everything a user can get wrong fails before the recording, without a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,14 @@ def test_layer_sizes_without_recording_conv_linear_transformer() -> None:
     assert layer_sizes(v, ["encoder.layers.encoder_layer_11"]) == {
         "encoder.layers.encoder_layer_11": 768
     }
+
+
+def test_depictions_alone_records_nothing(real, tmp_path, capsys, no_recording):
+    out = tmp_path / "run"
+    code = main(_real_args(real, out, "--methods", "depictions", "--units", "0-3", "--no-suites"))
+    assert code == 0, capsys.readouterr().err
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == "complete"
+    assert state["stages"]["record"]["skipped"]
+    lines = (out / "depictions" / "units.jsonl").read_text().splitlines()
+    assert len(lines) == 4
