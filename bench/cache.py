@@ -107,6 +107,7 @@ class Cache:
         """
         path = self.entry_dir(stage, key)
         if not path.is_dir():
+            self._no_plain_file(path)
             return None
         problem = self._verify(path, stage, key)
         if problem is None:
@@ -124,6 +125,8 @@ class Cache:
     ) -> Path:
         """Create the entry by calling ``write(tmpdir)``, then move it into place atomically."""
         final = self.entry_dir(stage, key)
+        self._no_plain_file(final.parent)
+        self._no_plain_file(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=final.parent))
         try:
@@ -201,6 +204,16 @@ class Cache:
         for e in entries:
             shutil.rmtree(e.path, ignore_errors=True)
         return len(entries)
+
+    def _no_plain_file(self, path: Path) -> None:
+        for p in (path, *path.parents):
+            if p == self.root.parent:
+                break
+            if p.exists() and not p.is_dir():
+                raise CacheError(
+                    f"A plain file occupies the cache path {p}, where a directory belongs. "
+                    f"Remove it (it is not a cache entry) or choose another --cache-dir."
+                )
 
     @staticmethod
     def _verify(path: Path, stage: str, key: str) -> str | None:

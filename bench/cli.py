@@ -329,6 +329,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        # The file system refused (read-only, full, a file where a directory belongs): the
+        # user's situation, not a bug: say which file and what to do, no traceback.
+        if args.debug:
+            raise
+        from bench.errors import storage_error
+
+        err = storage_error(e)
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def _dispatch(args: argparse.Namespace) -> int:

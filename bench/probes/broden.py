@@ -144,8 +144,14 @@ def decode_segmentation_png(path: Path) -> np.ndarray:
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:  # truncated, corrupt, not an image
+        raise DataError(
+            f"Expected a readable segmentation PNG at {path}, got an error: {e}. Replace the "
+            "file with a good copy (or remove its row from index.csv)."
+        ) from e
     return rgb[:, :, 0].astype(np.int32) + 256 * rgb[:, :, 1].astype(np.int32)
 
 
@@ -365,8 +371,16 @@ class BrodenProbe(ProbeSet):
         from PIL import Image
 
         row = self._rows[i]
-        with Image.open(self._file(row.image, row, "image")) as im:
-            return im.convert("RGB")
+        path = self._file(row.image, row, "image")
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as e:  # truncated, corrupt, not an image
+            raise DataError(
+                f"Expected a readable image at {path} ({self._index_path}: line {row.line}), got "
+                f"an error: {e}. Replace the file with a good copy (or remove its row from "
+                "index.csv)."
+            ) from e
 
     @property
     def seg_size(self) -> tuple[int, int]:
