@@ -513,11 +513,22 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {cache.root}")
         return 0
     entries = cache.entries(args.stage)
+    temps = cache.temporaries(args.stage)
     total = sum(e.size for e in entries)
     for e in entries:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
         print(f"{e.stage:<16} {e.key[:16]}  {e.size / 1e6:>9.2f} MB  {stamp}")
-    print(f"{len(entries)} entries, {total / 1e6:.2f} MB in {cache.root}")
+    for t in temps:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.created))
+        held = {True: "being written", False: "left by a killed run", None: "left by a run"}
+        print(
+            f"{t.stage:<16} {t.key[:16]}  {t.size / 1e6:>9.2f} MB  {stamp}  temporary, "
+            f"{held[cache.writer_alive(t)]}"
+        )
+    line = f"{len(entries)} entries, {total / 1e6:.2f} MB"
+    if temps:
+        line += f"; {len(temps)} temporary, {sum(t.size for t in temps) / 1e6:.2f} MB"
+    print(f"{line} in {cache.root}")
     return 0
 
 

@@ -225,6 +225,7 @@ def run(config: RunConfig, *, complete: bool = True) -> RunResult:
         )
     device = resolve_device(config.device)
     cache = Cache(config.cache_dir)
+    cache.clean_stale()  # temporaries of killed runs
 
     target = load_target(
         config.target,
