@@ -298,12 +298,9 @@ def run(config: RunConfig, *, complete: bool = True) -> RunResult:
     run_dir = (
         Path(config.out) if config.out else Path("results") / f"{target.name}-{probe_name}-{run_id}"
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState.open(run_dir, run_id, replace_failed=True)
-    if state.stages:
-        log.info("resuming run %s in %s", run_id, run_dir)
-    state.config = resolved
-    state.provenance = {
+    # Everything that can fail (component identities resolve model revisions) before the run
+    # directory exists, so a failure leaves no empty directory behind.
+    run_provenance = {
         **provenance(),
         "target": target.identity(),
         "probe": probe.identity(),
@@ -314,6 +311,12 @@ def run(config: RunConfig, *, complete: bool = True) -> RunResult:
         ),
         "cache_dir": str(cache.root),
     }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState.open(run_dir, run_id, replace_failed=True)
+    if state.stages:
+        log.info("resuming run %s in %s", run_id, run_dir)
+    state.config = resolved
+    state.provenance = run_provenance
     state.status = "running"
     state.error = None
     state.save(run_dir)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -221,11 +222,14 @@ class BrodenProbe(ProbeSet):
             )
         self._seg_size = sizes.pop()
         self._concepts = self._read_labels()
-        # Hashing 63k images and their PNGs would take minutes on every run; the index and label
-        # files name every file, so they stand for the content (edit them when editing images).
-        # Hashed now, so the identity describes what was loaded even if the files change later.
+        # Hashing 63k images and their PNGs would take minutes on every run; the CSV files are
+        # hashed whole and every image and segmentation PNG of the kept rows by its size and
+        # modification time (os.stat: a second or two for all of Broden), so editing, replacing
+        # or damaging an image changes the identity (README, "Probe identity"). Hashed now, so
+        # the identity describes what was loaded even if the files change later.
         # The c_<category>.csv files decide primary categories, so they belong to the identity.
         h = hashlib.sha256()
+        h.update(self._files_digest().encode() + b"\0")
         for path in (self._index_path, self._label_path):
             h.update(path.read_bytes())
             h.update(b"\0")
@@ -235,6 +239,20 @@ class BrodenProbe(ProbeSet):
                 h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         h.update(json.dumps({"categories": self._categories, "max_images": max_images}).encode())
         self._sha256 = h.hexdigest()
+
+    def _files_digest(self) -> str:
+        """SHA-256 over ``(path, size, mtime in ns)`` of every image and segmentation PNG the
+        kept rows name, in row order (a missing file counts as such; reading it fails later)."""
+        h = hashlib.sha256()
+        images = self.root / "images"
+        for row in self._rows:
+            for rel in (row.image, *(p for c in self._categories for p in row.pixel.get(c, ()))):
+                try:
+                    st = os.stat(images / rel)
+                    h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    h.update(f"{rel}\0missing\n".encode())
+        return h.hexdigest()
 
     # --- parsing -----------------------------------------------------------------------------
 

@@ -130,3 +130,42 @@ def test_depictions_alone_records_nothing(real, tmp_path, capsys, no_recording):
     assert state["stages"]["record"]["skipped"]
     lines = (out / "depictions" / "units.jsonl").read_text().splitlines()
     assert len(lines) == 4
+
+
+def test_an_image_edit_changes_the_broden_identity(tmp_path) -> None:
+    import os
+
+    from bench.probes import load_probe
+    from bench.synth.broden_export import export_broden
+
+    root = export_broden(tmp_path / "broden", n_images=4, seed=0)
+
+    def ident() -> dict:
+        return load_probe("broden", str(root), options={"categories": "object"}).identity()
+
+    first = ident()
+    assert ident() == first  # stable when nothing changes
+    image = root / "images" / "synth" / "000001.png"
+    st = image.stat()
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF  # same size, other content: only the modification time tells
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    second = ident()
+    assert second != first
+    # A segmentation PNG of a kept category counts too.
+    seg = root / "images" / "synth" / "000002_object.png"
+    seg.write_bytes(seg.read_bytes() + b"\0")
+    assert ident() != second
+
+
+def test_dnd_offline_on_a_real_target_leaves_no_run_directory(
+    real, tmp_path, capsys, monkeypatch, no_recording
+):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    code = main(_real_args(real, out, "--methods", "dnd", "--no-suites"))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert not out.exists()
