@@ -75,6 +75,8 @@ class MethodSummary:
     error: int
     computed: int
     resumed: int
+    #: Units served by the describe cache (computed before, by this or another run).
+    cached: int = 0
     seconds: float
 
 
@@ -453,11 +455,13 @@ def _run_method(
         log.info("%s: resuming, %d of %d units already done", method.name, len(done), len(units))
     if todo:
         method.fit(ctx)
-    computed = 0
+    computed = cached = 0
     with progress_bar(total=len(todo), desc=method.name, enabled=ctx.progress) as bar:
         for chunk in chunks(todo, method.chunk_size):
             out, hit = describe_cached(method, chunk, evidence, ctx)
-            if not hit:
+            if hit:
+                cached += len(chunk)
+            else:
                 computed += len(chunk)
             append_descriptions(path, out)
             for d in out:
@@ -480,6 +484,7 @@ def _run_method(
         ok=len(final) - n_err,
         error=n_err,
         computed=computed,
+        cached=cached,
         resumed=len(units) - len(todo),
         seconds=time.perf_counter() - t0,
     )
