@@ -474,6 +474,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     suite_config = _suite_options(args.suite_option)
     if args.no_suites and (args.suites or suite_config):
         raise UsageError("--no-suites cannot be combined with --suites or --suite-option.")
+    if args.no_leaderboard and args.leaderboard:
+        raise UsageError("--no-leaderboard cannot be combined with --leaderboard DIR.")
+    if args.leaderboard and args.no_suites:
+        raise UsageError("--leaderboard needs the suites' results; drop --no-suites.")
     score_options = None if args.no_suites else _score_options(args, download=args.download)
     if suite_config:
         # Suite names and fields are checked before anything runs.
@@ -518,8 +522,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mark_run(result.run_dir, "complete")
         _print_report(report)
         _print_scores(report)
-    if args.no_leaderboard and args.leaderboard:
-        raise UsageError("--no-leaderboard cannot be combined with --leaderboard DIR.")
     if report is not None and report.results and not args.no_leaderboard:
         from pathlib import Path
 
@@ -527,8 +529,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         site = args.leaderboard or Path(result.run_dir).parent / "leaderboard"
         print(f"leaderboard: {build_leaderboard([result.run_dir], site)}")
-    elif args.leaderboard and report is None:
-        raise UsageError("--leaderboard needs the suites' results; drop --no-suites.")
     print(f"total: {time.perf_counter() - t0:.1f} s")
     return result.exit_code
 
