@@ -290,8 +290,10 @@ class Method(Configurable[C], abc.ABC):
         self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
     ) -> None:
         req = self.requires
+        if not req.evidence and not evidence.layers:
+            return  # a method that reads no evidence (a constant label) runs on nothing recorded
         missing_layers = sorted({u.layer for u in units} - set(evidence.layers))
-        if missing_layers and req.evidence:
+        if missing_layers:
             raise RequirementError(
                 f"Method '{self.name}' was asked for layers {missing_layers} "
                 f"that were not recorded (recorded: {sorted(evidence.layers)})."
@@ -313,8 +315,6 @@ class Method(Configurable[C], abc.ABC):
                 f"Method '{self.name}' needs components {missing}; "
                 f"the run provides {sorted(ctx.components) or 'none'}."
             )
-        if not req.evidence:
-            return  # a method that reads no evidence (a constant label) runs on nothing recorded
         for layer in {u.layer for u in units}:
             le = evidence.layers[layer]
             bad = [u.index for u in units if u.layer == layer and u.index >= le.num_units]
