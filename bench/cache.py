@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
+#: Entries are written into ``<stage>/.tmp-<key12>-<pid>-<random>/`` and renamed into place.
+TMP_PREFIX = ".tmp-"
+#: A temporary directory is stale when the process that writes it is gone (same host: its pid
+#: is in the name) and it is older than this; one without a pid (older versions) after a day.
+STALE_GRACE_S = 60.0
+STALE_NO_PID_S = 86400.0
 
 
 #: The one environment variable that moves the cache (the CLI's --cache-dir wins over it).
@@ -107,6 +113,7 @@ class Cache:
         """
         path = self.entry_dir(stage, key)
         if not path.is_dir():
+            self._no_plain_file(path)
             return None
         problem = self._verify(path, stage, key)
         if problem is None:
@@ -124,8 +131,12 @@ class Cache:
     ) -> Path:
         """Create the entry by calling ``write(tmpdir)``, then move it into place atomically."""
         final = self.entry_dir(stage, key)
+        self._no_plain_file(final.parent)
+        self._no_plain_file(final)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=final.parent))
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key[:12]}-{os.getpid()}-", dir=final.parent)
+        )
         try:
             write(tmp)
             files = {}
@@ -196,11 +207,87 @@ class Cache:
         return out
 
     def clear(self, stage: str | None = None) -> int:
-        """Remove every entry (of ``stage``); return how many were removed."""
+        """Remove every entry (of ``stage``) and every temporary directory not held by a live
+        process; return how many were removed."""
         entries = self.entries(stage)
         for e in entries:
             shutil.rmtree(e.path, ignore_errors=True)
-        return len(entries)
+        return len(entries) + self.clean_stale(stage, grace=0.0, no_pid_grace=STALE_GRACE_S)
+
+    def temporaries(self, stage: str | None = None) -> list[Entry]:
+        """Temporary directories of entries being written, or left by a killed writer; their
+        ``key`` is the directory name."""
+        if not self.root.is_dir():
+            return []
+        stages = (
+            [self.root / stage] if stage else sorted(p for p in self.root.iterdir() if p.is_dir())
+        )
+        out = []
+        for sdir in stages:
+            if not sdir.is_dir():
+                continue
+            for tdir in sorted(sdir.iterdir()):
+                if not tdir.name.startswith(TMP_PREFIX) or not tdir.is_dir():
+                    continue
+                try:
+                    size = sum(f.stat().st_size for f in tdir.rglob("*") if f.is_file())
+                    created = tdir.stat().st_mtime
+                except OSError:  # removed meanwhile by its writer
+                    continue
+                out.append(
+                    Entry(stage=sdir.name, key=tdir.name, path=tdir, size=size, created=created)
+                )
+        return out
+
+    @staticmethod
+    def writer_alive(tmp: Entry | Path) -> bool | None:
+        """Whether the process named in a temporary directory's name runs (on this host);
+        ``None`` when the name holds no pid."""
+        name = tmp.path.name if isinstance(tmp, Entry) else tmp.name
+        parts = name[len(TMP_PREFIX) :].split("-")
+        if len(parts) < 3 or not parts[1].isdigit():
+            return None
+        pid = int(parts[1])
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # exists, owned by someone else
+            return True
+        return True
+
+    def clean_stale(
+        self,
+        stage: str | None = None,
+        *,
+        grace: float = STALE_GRACE_S,
+        no_pid_grace: float = STALE_NO_PID_S,
+    ) -> int:
+        """Remove temporary directories left by killed writers: not held by a live process and
+        older than ``grace`` seconds (a day when the name holds no pid). Returns how many."""
+        now = time.time()
+        removed = 0
+        for t in self.temporaries(stage):
+            alive = self.writer_alive(t)
+            age = now - t.created
+            if alive or age < (grace if alive is False else no_pid_grace):
+                continue
+            shutil.rmtree(t.path, ignore_errors=True)
+            log.info("removed a stale temporary cache directory %s (%.1f MB)", t.path, t.size / 1e6)
+            removed += 1
+        return removed
+
+    def _no_plain_file(self, path: Path) -> None:
+        for p in (path, *path.parents):
+            if p == self.root.parent:
+                break
+            if p.exists() and not p.is_dir():
+                raise CacheError(
+                    f"A plain file occupies the cache path {p}, where a directory belongs. "
+                    f"Remove it (it is not a cache entry) or choose another --cache-dir."
+                )
 
     @staticmethod
     def _verify(path: Path, stage: str, key: str) -> str | None:

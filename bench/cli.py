@@ -19,6 +19,21 @@ from bench.options import parse_fields, parse_owned_fields
 log = logging.getLogger("bench")
 
 
+EXAMPLES = """examples:
+  bench run                                  every method on the synthetic world, scored,
+                                             with a leaderboard page (offline, minutes)
+  bench run --methods netdissect,milan --units 0-9
+  bench run --target resnet50 --probe broden --probe-root ~/data/broden1_224 \\
+            --layers layer4 --units 0-31 --methods netdissect,compexp
+  bench run --target resnet18 --weights my_resnet18.pth --probe broden --download
+  bench score --labels tally_layer4.csv --target resnet50 --suite final-layer
+  bench list methods | targets | probes | suites
+  bench cache ls                             what the cache holds (bench cache clear empties it)
+
+'bench COMMAND --help' lists a command's options.
+"""
+
+
 def _csv(value: str) -> tuple[str, ...]:
     items = tuple(v.strip() for v in value.split(",") if v.strip())
     if not items:
@@ -90,6 +105,56 @@ def _print_report(report: Any) -> None:
         print(f"suite {suite:<16} skipped: {reason}")
 
 
+def _print_scores(report: Any) -> None:
+    """Each suite's headline metric (its first available one) per method: mean, interval,
+    significance group; ``*`` marks the best group."""
+    from bench.results import read_suite_result
+
+    for suite, path in report.results.items():
+        result = read_suite_result(path)
+        metric = next((m for m in result.metrics if m.status == "ok" and m.per_method), None)
+        if metric is None:
+            print(f"\n{suite}: no metric could be computed here (see {path})")
+            continue
+        better = "higher" if metric.higher_is_better else "lower"
+        pct = round(100 * metric.confidence)
+        print(f"\n{suite}: {metric.name} ({better} is better; mean and {pct}% interval)")
+        if metric.note or result.offline_note:
+            print(f"  note: {metric.note or result.offline_note}")
+        rows = sorted(
+            metric.per_method.items(),
+            key=lambda kv: (kv[1].group or 10**9, -kv[1].mean if metric.higher_is_better
+                            else kv[1].mean),
+        )  # fmt: skip
+        for name, sc in rows:
+            best = "*" if sc.group == 1 else " "
+            group = f"group {sc.group}" if sc.group is not None else ""
+            print(
+                f"  {best} {name:<22} {sc.mean:>8.3f}  [{sc.ci_low:.3f}, {sc.ci_high:.3f}]  "
+                f"n={sc.n:<5} {group}"
+            )
+    if report.results:
+        print("\n* best group: the best method and those not significantly worse than it")
+    elif report.skipped:
+        print(
+            "\nNo suite could score this run here. Each would apply with what its line above "
+            "says (weights, data, text models: --download, --text-models papers, --suite-option)."
+        )
+
+
+def _first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, without reST markup."""
+    import re
+
+    para = (doc or "").strip().split("\n\n")[0]
+    text = " ".join(line.strip() for line in para.splitlines())
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)  # :class:`X` -> X
+    text = text.replace("``", "").replace("**", "")
+    text = re.sub(r"\s*\((?:see )?(?:the )?module docstring[^)]*\)", "", text)
+    m = re.search(r"(?<!e\.g)(?<!i\.e)(?<!\bvs)\.(\s|$)", text)
+    return text[: m.start() + 1] if m else text
+
+
 def _probe_options(items: Sequence[str]) -> dict[str, str]:
     """``["categories=object,part", "max_images=100"]`` -> ``{"categories": "object,part", ...}``
     (values stay text: the probe set's factory says how to parse them)."""
@@ -100,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench",
         description="Compare methods that label the units of vision networks with text.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
     )
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -149,8 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--units", help="units to describe, e.g. '0-9,15' or 'layer4:0-9' (0-based; default: all)"
     )
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice of the methods and suites (default: 0)",
+    )
+    r.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per forward pass while recording; changes speed and memory, not results "
+        "(default: 64)",
+    )
     r.add_argument(
         "--config",
         action="append",
@@ -180,7 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--leaderboard",
         metavar="DIR",
-        help="after scoring, build the leaderboard site of this run into DIR",
+        help="where to build the leaderboard site of this run after scoring (default: "
+        "leaderboard/ beside the run directory, e.g. results/leaderboard)",
+    )
+    r.add_argument(
+        "--no-leaderboard", action="store_true", help="do not build the leaderboard site"
     )
     r.add_argument(
         "--suites",
@@ -329,6 +411,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        # The file system refused (read-only, full, a file where a directory belongs): the
+        # user's situation, not a bug: say which file and what to do, no traceback.
+        if args.debug:
+            raise
+        from bench.errors import storage_error
+
+        err = storage_error(e)
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -394,6 +486,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     suite_config = _suite_options(args.suite_option)
     if args.no_suites and (args.suites or suite_config):
         raise UsageError("--no-suites cannot be combined with --suites or --suite-option.")
+    if args.no_leaderboard and args.leaderboard:
+        raise UsageError("--no-leaderboard cannot be combined with --leaderboard DIR.")
+    if args.leaderboard and args.no_suites:
+        raise UsageError("--leaderboard needs the suites' results; drop --no-suites.")
     score_options = None if args.no_suites else _score_options(args, download=args.download)
     if suite_config:
         # Suite names and fields are checked before anything runs.
@@ -410,25 +506,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
         probe = resolve_probe_name(config, TARGETS.get(config.target).family)
         parse_probe_options(probe, config.probe_options)
     t0 = time.perf_counter()
-    result = run(config)
+    result = run(config, complete=score_options is None)
     print(f"run directory: {result.run_dir}")
     print(f"recording: {'from cache' if result.record_cached else 'computed'}")
-    print(f"{'method':<24} {'ok':>6} {'failed':>6} {'computed':>8} {'resumed':>7} {'seconds':>8}")
+    # ok + failed = computed + cached + resumed: every unit is one of the three.
+    print(
+        f"{'method':<24} {'ok':>6} {'failed':>6} {'computed':>8} {'resumed':>7} {'cached':>6} "
+        f"{'seconds':>8}"
+    )
     for m in result.methods:
         print(
-            f"{m.name:<24} {m.ok:>6} {m.error:>6} {m.computed:>8} {m.resumed:>7} {m.seconds:>8.2f}"
+            f"{m.name:<24} {m.ok:>6} {m.error:>6} {m.computed:>8} {m.resumed:>7} {m.cached:>6} "
+            f"{m.seconds:>8.2f}"
         )
+    report = None
     if score_options is not None:
         from bench.api import score_run
+        from bench.runner import mark_run
 
-        report = score_run(
-            result.run_dir, args.suites, options=score_options, suite_config=suite_config
-        )
+        try:
+            report = score_run(
+                result.run_dir, args.suites, options=score_options, suite_config=suite_config
+            )
+        except BaseException as e:
+            mark_run(result.run_dir, "failed", error=f"scoring: {e}" if str(e) else "scoring")
+            raise
+        mark_run(result.run_dir, "complete")
         _print_report(report)
-    if args.leaderboard:
+        _print_scores(report)
+    if report is not None and report.results and not args.no_leaderboard:
+        from pathlib import Path
+
         from bench.api import build_leaderboard
 
-        print(f"leaderboard: {build_leaderboard([result.run_dir], args.leaderboard)}")
+        site = args.leaderboard or Path(result.run_dir).parent / "leaderboard"
+        print(f"leaderboard: {build_leaderboard([result.run_dir], site)}")
     print(f"total: {time.perf_counter() - t0:.1f} s")
     return result.exit_code
 
@@ -480,8 +592,7 @@ def _cmd_list(what: str) -> int:
     if what == "methods":
         for name in METHODS.names():
             cls = METHODS.get(name)
-            doc = (cls.__doc__ or "").strip().splitlines()
-            print(f"{name:<24} v{cls.version:<4} {doc[0] if doc else ''}")
+            print(f"{name:<24} v{cls.version:<4} {_first_sentence(cls.__doc__)}")
     elif what == "targets":
         for name in TARGETS.names():
             spec = TARGETS.get(name)
@@ -495,8 +606,7 @@ def _cmd_list(what: str) -> int:
     else:
         for name in PROBES.names():
             factory = PROBES.get(name)
-            doc = (getattr(factory, "__doc__", "") or "").strip().splitlines()
-            print(f"{name:<24} {doc[0] if doc else ''}")
+            print(f"{name:<24} {_first_sentence(getattr(factory, '__doc__', None))}")
     return 0
 
 
@@ -509,11 +619,22 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {cache.root}")
         return 0
     entries = cache.entries(args.stage)
+    temps = cache.temporaries(args.stage)
     total = sum(e.size for e in entries)
     for e in entries:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
         print(f"{e.stage:<16} {e.key[:16]}  {e.size / 1e6:>9.2f} MB  {stamp}")
-    print(f"{len(entries)} entries, {total / 1e6:.2f} MB in {cache.root}")
+    for t in temps:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.created))
+        held = {True: "being written", False: "left by a killed run", None: "left by a run"}
+        print(
+            f"{t.stage:<16} {t.key[:16]}  {t.size / 1e6:>9.2f} MB  {stamp}  temporary, "
+            f"{held[cache.writer_alive(t)]}"
+        )
+    line = f"{len(entries)} entries, {total / 1e6:.2f} MB"
+    if temps:
+        line += f"; {len(temps)} temporary, {sum(t.size for t in temps) / 1e6:.2f} MB"
+    print(f"{line} in {cache.root}")
     return 0
 
 

@@ -80,6 +80,43 @@ class CacheError(BenchError):
     """A cache entry is corrupt or cannot be written."""
 
 
+class StorageError(BenchError):
+    """The file system refused: read-only, no permission, disk full, a file where a directory
+    belongs. Made from the ``OSError`` by :func:`storage_error`."""
+
+
+def storage_error(e: OSError) -> StorageError:
+    """A :class:`StorageError` for ``e`` that names the file and says how to fix it."""
+    import errno
+
+    where = e.filename if e.filename is not None else "(a file)"
+    if e.filename2 is not None:
+        where = f"{where} -> {e.filename2}"
+    code = e.errno
+    if code == errno.ENOSPC or code == getattr(errno, "EDQUOT", -1):
+        fix = (
+            "The disk is full: free space, or put the cache (--cache-dir or $BENCH_CACHE_DIR) "
+            "and the run directory (--out) on a disk with room"
+        )
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = (
+            "The location is read-only or not writable by you: choose a writable --out (the "
+            "default is results/ in the working directory) and --cache-dir (default "
+            "$BENCH_CACHE_DIR or ~/.cache/neuron-bench), or fix the permissions"
+        )
+    elif code == errno.ENOTDIR or code == errno.EEXIST:
+        fix = (
+            "A plain file occupies a path where a directory is expected: move or remove that "
+            "file, or choose another --out / --cache-dir"
+        )
+    elif code == errno.ENOENT:
+        fix = "The file or directory does not exist: check the path"
+    else:
+        fix = "Check the path, the permissions and the free space"
+    reason = e.strerror or type(e).__name__
+    return StorageError(f"{reason}: {where}. {fix}.")
+
+
 class NonFiniteError(DataError):
     """Activations or scores contain NaN or infinity."""
 

@@ -291,18 +291,37 @@ class _Table:
     rows: list[tuple[int, list[str]]]
 
 
+def _one_line(path: Path, start: int, end: int) -> None:
+    """A label file's record is one line: a quoted field over several lines is a quote left
+    open (it would merge the following lines into one label)."""
+    if end > start:
+        raise DataError(
+            f"{path}: line {start}: a quoted field runs on to line {end}; expected one record per "
+            "line. Close the quote on its line (or remove the stray quote)."
+        )
+
+
 def _read_table(path: Path, *, header_only: bool = False) -> _Table:
     if not path.is_file():
         raise DataError(f"Expected a label file at {path}, found nothing there.")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+            # strict: a quote left open to the end of the file is an error, not one label
+            # that swallows every later line.
+            reader = csv.reader(f, strict=True)
+            start = 1
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: expected a CSV header line, got an empty file.")
+            _one_line(path, start, reader.line_num)
             rows: list[tuple[int, list[str]]] = []
             if not header_only:
-                for fields in reader:
+                while True:
+                    start = reader.line_num + 1
+                    fields = next(reader, None)
+                    if fields is None:
+                        break
+                    _one_line(path, start, reader.line_num)
                     if not fields or all(not x.strip() for x in fields):
                         continue
                     rows.append((reader.line_num, fields))
@@ -311,7 +330,10 @@ def _read_table(path: Path, *, header_only: bool = False) -> _Table:
             f"{path}: expected a UTF-8 text CSV file, got undecodable bytes at offset {e.start}."
         ) from e
     except csv.Error as e:
-        raise DataError(f"{path}: not a readable CSV file ({e}).") from e
+        raise DataError(
+            f"{path}: line {start}: not a readable CSV record ({e}); a quote opened on line "
+            f'{start} is never closed. Close it ("...") or remove the stray quote.'
+        ) from e
     columns: dict[str, int] = {}
     for i, name in enumerate(header):
         columns.setdefault(name.strip().lower(), i)

@@ -248,6 +248,11 @@ class Method(Configurable[C], abc.ABC):
                 "implement _describe instead."
             )
 
+    def check(self, ctx: MethodContext) -> None:  # noqa: B027 - optional hook
+        """Cheap preconditions, called by the runner for every method before any expensive
+        stage (recording, training): raise a :class:`~bench.errors.RequirementError` saying what
+        is missing and how to supply it (files, downloads). No heavy work here. Default: none."""
+
     def fit(self, ctx: MethodContext) -> None:  # noqa: B027 - optional hook
         """Train or load what the method needs (MILAN). Default: nothing."""
 
@@ -285,6 +290,8 @@ class Method(Configurable[C], abc.ABC):
         self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
     ) -> None:
         req = self.requires
+        if not req.evidence and not evidence.layers:
+            return  # a method that reads no evidence (a constant label) runs on nothing recorded
         missing_layers = sorted({u.layer for u in units} - set(evidence.layers))
         if missing_layers:
             raise RequirementError(

@@ -921,6 +921,27 @@ def _check_all_ran(target_name: str, names: Sequence[str], seen: set[str]) -> No
         )
 
 
+def layer_sizes(target: Target, layers: Sequence[str]) -> dict[str, int]:
+    """Units of each of ``layers``, without recording: one dummy input of the target's input size
+    through the network on the meta device (:func:`_layer_shapes`: channels of conv maps, features
+    of linear outputs, the embedding width of transformer tokens, as ``Target.spatialize`` gives
+    them to the recorder)."""
+    import torch
+
+    model = target.model
+    was_training = model.training
+    size = target.preprocessing.input_size
+    try:
+        model.eval()
+        with torch.inference_mode():
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            x = torch.zeros(1, 3, size, size, device=device)
+            shapes = _layer_shapes(target, list(layers), x)
+    finally:
+        model.train(was_training)
+    return {layer: shapes[layer][0] for layer in layers}
+
+
 def _layer_shapes(
     target: Target, names: Sequence[str], x: torch.Tensor
 ) -> dict[str, tuple[int, int, int]]:

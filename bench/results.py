@@ -1188,7 +1188,20 @@ def read_exemplar(result_path: str | os.PathLike[str], unit: UnitResult) -> byte
     its result file. Raises :class:`bench.errors.DataError` when missing or not a PNG."""
     if unit.exemplars is None:
         return None
-    path = Path(result_path).parent / unit.exemplars
+    here = Path(result_path).parent
+    # The run directory: results are <run>/suites/<suite>.json, strips <run>/exemplars/*.png.
+    run_dir = here.parent if here.name == "suites" else here
+    path = here / unit.exemplars
+    try:
+        inside = path.resolve().is_relative_to(run_dir.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if Path(unit.exemplars).is_absolute() or not inside:
+        raise DataError(
+            f"{result_path}: unit {unit.unit}: exemplar image '{unit.exemplars}' lies outside the "
+            f"run directory {run_dir}; expected a path inside it (such as "
+            "'../exemplars/<file>.png'). Fix or re-create the result file."
+        )
     try:
         data = path.read_bytes()
     except OSError as e:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.cache import Cache
 from bench.environment import provenance, resolve_device
-from bench.errors import ConfigError, UsageError
+from bench.errors import BenchError, ConfigError, UsageError
 from bench.registry import METHODS
 from bench.schema import (
     Description,
@@ -75,6 +75,8 @@ class MethodSummary:
     error: int
     computed: int
     resumed: int
+    #: Units served by the describe cache (computed before, by this or another run).
+    cached: int = 0
     seconds: float
 
 
@@ -204,11 +206,14 @@ def resolve_probe_name(config: RunConfig, target_family: str) -> str:
     return DEFAULT_PROBE if target_family == "synthetic" else "broden"
 
 
-def run(config: RunConfig) -> RunResult:
-    """Run every method of ``config`` on one target and probe; write the run directory."""
+def run(config: RunConfig, *, complete: bool = True) -> RunResult:
+    """Run every method of ``config`` on one target and probe; write the run directory.
+
+    ``run.json`` says ``running`` until the end, ``failed`` (with the error) when a stage
+    raises, and ``complete`` at the end when ``complete`` (``bench run`` passes ``False`` and
+    marks it complete once the suites are scored: :func:`mark_run`)."""
     from bench.method import MethodContext
     from bench.probes import load_probe
-    from bench.record import record_cached
     from bench.targets import load_target
 
     t0 = time.perf_counter()
@@ -222,6 +227,7 @@ def run(config: RunConfig) -> RunResult:
         )
     device = resolve_device(config.device)
     cache = Cache(config.cache_dir)
+    cache.clean_stale()  # temporaries of killed runs
 
     target = load_target(
         config.target,
@@ -232,6 +238,13 @@ def run(config: RunConfig) -> RunResult:
         cache=cache,
     )
     layers = target.resolve_layers(list(config.layers) if config.layers else None)
+    # Everything the user asked for is checked before the expensive stages: the units against
+    # the layers' sizes (a shape probe, no recording), the probe set, the components, and each
+    # method's own preconditions (Method.check).
+    from bench.record import layer_sizes as probe_layer_sizes
+
+    sizes = probe_layer_sizes(target, layers)
+    units = parse_units(config.units, sizes)
     probe_name = resolve_probe_name(config, target.spec.family)
     probe = load_probe(
         probe_name,
@@ -242,6 +255,22 @@ def run(config: RunConfig) -> RunResult:
     )
 
     components, component_names = _build_components(config, methods, target, device)
+    contexts = {
+        m.name: MethodContext(
+            cache=cache,
+            device=device,
+            seed=config.seed,
+            workdir=None,
+            target=target,
+            progress=config.progress,
+            # Only what the method declares: every component in a context is part of its
+            # describe cache key.
+            components={k: components[k] for k in sorted(m.requires.components)},
+        )
+        for m in methods
+    }
+    for m in methods:
+        m.check(contexts[m.name])
     req = _union_requirements(methods)
     resolved = {
         "methods": [m.identity() for m in methods],
@@ -271,12 +300,9 @@ def run(config: RunConfig) -> RunResult:
     run_dir = (
         Path(config.out) if config.out else Path("results") / f"{target.name}-{probe_name}-{run_id}"
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState.open(run_dir, run_id)
-    if state.stages:
-        log.info("resuming run %s in %s", run_id, run_dir)
-    state.config = resolved
-    state.provenance = {
+    # Everything that can fail (component identities resolve model revisions) before the run
+    # directory exists, so a failure leaves no empty directory behind.
+    run_provenance = {
         **provenance(),
         "target": target.identity(),
         "probe": probe.identity(),
@@ -287,13 +313,80 @@ def run(config: RunConfig) -> RunResult:
         ),
         "cache_dir": str(cache.root),
     }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState.open(run_dir, run_id, replace_failed=True)
+    if state.stages:
+        log.info("resuming run %s in %s", run_id, run_dir)
+    state.config = resolved
+    state.provenance = run_provenance
     state.status = "running"
+    state.error = None
     state.save(run_dir)
     log.info("run directory: %s", run_dir)
+    try:
+        record_hit, summaries = _describe_all(
+            config, methods, contexts, units, layers, req, cache, target, probe, device, state,
+            run_dir,
+        )  # fmt: skip
+    except BaseException as e:
+        mark_run(run_dir, "failed", error=_error_text(e))
+        raise
+    state.status = "complete" if complete else "running"
+    state.summary = {s.name: {"ok": s.ok, "error": s.error} for s in summaries}
+    state.seconds = round(time.perf_counter() - t0, 3)
+    state.save(run_dir)
+    return RunResult(run_dir=run_dir, methods=tuple(summaries), record_cached=record_hit)
 
-    from bench.evidence import QuantileSpec
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(e).__name__}: {e}" if not isinstance(e, BenchError) else str(e)
+
+
+def mark_run(run_dir: str | Path, status: str, *, error: str | None = None) -> None:
+    """Set the status of the run in ``run_dir`` (``complete`` once its suites are scored,
+    ``failed`` with ``error``); a missing or unreadable ``run.json`` is left alone."""
+    from bench.schema import RUN_FILE, read_json
+
+    path = Path(run_dir) / RUN_FILE
+    try:
+        state = RunState.from_json(read_json(path))
+        state.status = status
+        state.error = error
+        state.save(run_dir)
+    except (OSError, ValueError) as e:
+        log.warning("could not mark %s as %s: %s", path, status, e)
+
+
+def _describe_all(
+    config: RunConfig,
+    methods: Sequence[Method],
+    contexts: dict[str, MethodContext],
+    units: list[UnitRef],
+    layers: list[str],
+    req: dict[str, Any],
+    cache: Cache,
+    target: Any,
+    probe: Any,
+    device: str,
+    state: RunState,
+    run_dir: Path,
+) -> tuple[bool, list[MethodSummary]]:
+    from bench.evidence import Evidence, QuantileSpec
+    from bench.record import record_cached
 
     t_rec = time.perf_counter()
+    if not any(m.requires.evidence for m in methods):
+        # Nothing to record: the methods (a constant label) read no evidence.
+        from bench.cache import sha256_bytes
+
+        ident = {"target": target.identity(), "probe": probe.identity(), "layers": layers}
+        key = "none-" + sha256_bytes(dumps(ident).encode())[:16]
+        evidence = Evidence(target=target, probe=probe, layers={}, key=key)
+        state.stages["record"] = {"status": "done", "skipped": "no method reads evidence"}
+        state.save(run_dir)
+        return False, [_describe_one(m, contexts, units, evidence, run_dir, state) for m in methods]
     evidence = record_cached(
         cache,
         target,
@@ -316,29 +409,23 @@ def run(config: RunConfig) -> RunResult:
     }
     state.save(run_dir)
 
-    layer_sizes = {l: evidence.layer(l).num_units for l in layers}
-    units = parse_units(config.units, layer_sizes)
-    summaries = []
-    for method in methods:
-        ctx = MethodContext(
-            cache=cache,
-            device=device,
-            seed=config.seed,
-            workdir=run_dir,
-            target=target,
-            progress=config.progress,
-            # Only what the method declares: every component in a context is part of its
-            # describe cache key.
-            components={k: components[k] for k in sorted(method.requires.components)},
-        )
-        summaries.append(_run_method(method, units, evidence, ctx, run_dir, state))
-        state.save(run_dir)
+    summaries = [_describe_one(m, contexts, units, evidence, run_dir, state) for m in methods]
+    return record_hit, summaries
 
-    state.status = "complete"
-    state.summary = {s.name: {"ok": s.ok, "error": s.error} for s in summaries}
-    state.seconds = round(time.perf_counter() - t0, 3)
+
+def _describe_one(
+    method: Method,
+    contexts: dict[str, MethodContext],
+    units: list[UnitRef],
+    evidence: Evidence,
+    run_dir: Path,
+    state: RunState,
+) -> MethodSummary:
+    ctx = contexts[method.name]
+    ctx.workdir = run_dir
+    summary = _run_method(method, units, evidence, ctx, run_dir, state)
     state.save(run_dir)
-    return RunResult(run_dir=run_dir, methods=tuple(summaries), record_cached=record_hit)
+    return summary
 
 
 def _run_method(
@@ -368,11 +455,13 @@ def _run_method(
         log.info("%s: resuming, %d of %d units already done", method.name, len(done), len(units))
     if todo:
         method.fit(ctx)
-    computed = 0
+    computed = cached = 0
     with progress_bar(total=len(todo), desc=method.name, enabled=ctx.progress) as bar:
         for chunk in chunks(todo, method.chunk_size):
             out, hit = describe_cached(method, chunk, evidence, ctx)
-            if not hit:
+            if hit:
+                cached += len(chunk)
+            else:
                 computed += len(chunk)
             append_descriptions(path, out)
             for d in out:
@@ -395,6 +484,7 @@ def _run_method(
         ok=len(final) - n_err,
         error=n_err,
         computed=computed,
+        cached=cached,
         resumed=len(units) - len(todo),
         seconds=time.perf_counter() - t0,
     )

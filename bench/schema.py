@@ -184,12 +184,19 @@ class RunState:
 
     @classmethod
     def open(
-        cls, run_dir: str | os.PathLike[str], run_id: str, *, kind: RunKind = "run"
+        cls,
+        run_dir: str | os.PathLike[str],
+        run_id: str,
+        *,
+        kind: RunKind = "run",
+        replace_failed: bool = False,
     ) -> RunState:
         """The state of ``run_dir`` for run ``run_id``: the one there (resuming), or a new one.
 
         A directory that holds another run (another configuration) is refused with a
-        :class:`UsageError` saying what to do; so is an unreadable ``run.json``."""
+        :class:`UsageError` saying what to do; so is an unreadable ``run.json``. With
+        ``replace_failed``, another run that *failed* is replaced instead: its ``run.json``, its
+        methods' ``units.jsonl`` and its ``suites/`` results are removed, nothing else."""
         import time
 
         path = Path(run_dir) / RUN_FILE
@@ -202,6 +209,23 @@ class RunState:
             raise UsageError(
                 f"{path} is not readable JSON ({e}); delete it or choose another --out."
             ) from e
+        if state.run_id not in ("None", run_id) and replace_failed and state.status == "failed":
+            import logging
+            import shutil
+
+            logging.getLogger(__name__).warning(
+                "%s held run %s, which failed; replacing it with run %s.",
+                run_dir,
+                state.run_id,
+                run_id,
+            )
+            for stage in state.stages:
+                if stage.startswith("method:"):
+                    (Path(run_dir) / stage.split(":", 1)[1] / "units.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(Path(run_dir) / "suites", ignore_errors=True)
+            path.unlink(missing_ok=True)
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            return cls(run_id=run_id, kind=kind, created=created)
         if state.run_id not in ("None", run_id):
             raise UsageError(
                 f"{run_dir} holds run {state.run_id} with a different configuration; "

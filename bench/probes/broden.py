@@ -145,18 +145,26 @@ def decode_segmentation_png(path: str | os.PathLike[str]) -> np.ndarray:
     :func:`decode_png_rgb` (zlib and a compiled row unfilter, about twice as fast as PIL on small
     images); any other PNG goes through PIL. Both give the same numbers (tested).
     """
+    import zlib
+
     import numpy as np
 
-    with open(path, "rb") as f:
-        data = f.read()
-    rgb = decode_png_rgb(data)
-    if rgb is None:
-        import io
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        rgb = decode_png_rgb(data)
+        if rgb is None:
+            import io
 
-        from PIL import Image
+            from PIL import Image
 
-        with Image.open(io.BytesIO(data)) as im:
-            rgb = np.asarray(im.convert("RGB"))
+            with Image.open(io.BytesIO(data)) as im:
+                rgb = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, zlib.error) as e:  # truncated, corrupt, not an image
+        raise DataError(
+            f"Expected a readable segmentation PNG at {path}, got an error: {e}. Replace the "
+            "file with a good copy (or remove its row from index.csv)."
+        ) from e
     out = rgb[:, :, 1].astype(np.int32)
     out <<= 8
     out += rgb[:, :, 0]
@@ -344,11 +352,14 @@ class BrodenProbe(ProbeSet):
         self._seg_size = sizes.pop()
         self._category_order = self._read_category_order()
         self._concepts = self._read_labels()
-        # Hashing 63k images and their PNGs would take minutes on every run; the index and label
-        # files name every file, so they stand for the content (edit them when editing images).
-        # Hashed now, so the identity describes what was loaded even if the files change later.
+        # Hashing 63k images and their PNGs would take minutes on every run; the CSV files are
+        # hashed whole and every image and segmentation PNG of the kept rows by its size and
+        # modification time (os.stat: a second or two for all of Broden), so editing, replacing
+        # or damaging an image changes the identity (README, "Probe identity"). Hashed now, so
+        # the identity describes what was loaded even if the files change later.
         # The c_<category>.csv files decide primary categories, so they belong to the identity.
         h = hashlib.sha256()
+        h.update(self._files_digest().encode() + b"\0")
         for path in (self._index_path, self._label_path):
             h.update(path.read_bytes())
             h.update(b"\0")
@@ -362,6 +373,20 @@ class BrodenProbe(ProbeSet):
             h.update(json.dumps({"category_order": self._category_order}).encode())
         h.update(json.dumps({"categories": self._categories, "max_images": max_images}).encode())
         self._sha256 = h.hexdigest()
+
+    def _files_digest(self) -> str:
+        """SHA-256 over ``(path, size, mtime in ns)`` of every image and segmentation PNG the
+        kept rows name, in row order (a missing file counts as such; reading it fails later)."""
+        h = hashlib.sha256()
+        images = self.root / "images"
+        for row in self._rows:
+            for rel in (row.image, *(p for c in self._categories for p in row.pixel.get(c, ()))):
+                try:
+                    st = os.stat(images / rel)
+                    h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    h.update(f"{rel}\0missing\n".encode())
+        return h.hexdigest()
 
     # --- parsing -----------------------------------------------------------------------------
 
@@ -512,8 +537,16 @@ class BrodenProbe(ProbeSet):
         from PIL import Image
 
         row = self._rows[i]
-        with Image.open(self._file(row.image, row, "image")) as im:
-            return im.convert("RGB")
+        path = self._file(row.image, row, "image")
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as e:  # truncated, corrupt, not an image
+            raise DataError(
+                f"Expected a readable image at {path} ({self._index_path}: line {row.line}), got "
+                f"an error: {e}. Replace the file with a good copy (or remove its row from "
+                "index.csv)."
+            ) from e
 
     @property
     def seg_size(self) -> tuple[int, int]:

@@ -238,8 +238,17 @@ def score_run(
     _check_config_names(suite_config, suites)
     identity = read_run_identity(run_dir)
     state = read_json(run_dir / "run.json")
-    if state.get("status") != "complete":
-        log.warning("Scoring %s, whose run is %s.", run_dir, state.get("status", "incomplete"))
+    unfinished = [
+        k for k, v in (state.get("stages") or {}).items() if (v or {}).get("status") != "done"
+    ]
+    if state.get("status") == "failed" or unfinished:
+        # A run being scored by its own `bench run` is "running" with every stage done.
+        log.warning(
+            "Scoring %s, whose run is %s%s.",
+            run_dir,
+            state.get("status", "incomplete"),
+            f" (unfinished: {', '.join(unfinished)})" if unfinished else "",
+        )
     config = state.get("config") or {}
     methods = run_methods(run_dir, state)
     if not methods:

@@ -118,7 +118,10 @@ class _Unit:
 
 
 class DnD(Method[DnDConfig]):
-    """Describe-and-Dissect with injected components (module docstring)."""
+    """Describe-and-Dissect: captions of a unit's exemplars summarised by an LLM into candidate
+    concepts, the best chosen by generating images of each and running the target on them.
+
+    The steps are described in the module docstring."""
 
     name = "dnd"
     version = "2"

@@ -348,6 +348,27 @@ def train_cached(
     return checkpoint.load(entry), entry, hit
 
 
+def _missing_weights(arch: str, ctx: MethodContext, allow: str) -> list[str]:
+    """A problem line when the ImageNet weights of the encoder ``arch`` are not on disk."""
+    from bench.registry import TARGETS
+    from bench.targets import _download_dest
+
+    try:
+        spec = TARGETS.get(arch)
+    except UsageError:
+        return []  # an unknown encoder is reported by make_encoder with the choices
+    if not spec.weights_url:
+        return []
+    dest = _download_dest(spec.weights_url, ctx.cache)
+    if dest.is_file():
+        return []
+    return [
+        f"the ImageNet weights of its frozen encoder {arch} ({spec.weights_url}), not at {dest}: "
+        f"put the file there, or allow the download with {allow} (--weights applies to the "
+        "target, not to MILAN's encoder)"
+    ]
+
+
 # --- the methods --------------------------------------------------------------------------------
 
 
@@ -371,6 +392,73 @@ class Milan(Method[MilanConfig]):
         self._model: MilanModel | None = None
         self._encoder: PyramidEncoder | None = None
         self._source: dict[str, Any] = {}
+
+    def check(self, ctx: MethodContext) -> None:
+        """What MILAN needs offline, before anything is recorded: a released model file (or its
+        download allowed), or MILANNOTATIONS for training plus the encoder's weights."""
+        from methods.milan import checkpoint
+
+        cfg = self.config
+        if cfg.download:
+            return  # missing files are fetched in fit (a failed download then says why)
+        family = ctx.target.spec.family if ctx.target is not None else None
+        target_name = ctx.target.name if ctx.target is not None else None
+        allow = "--config milan.download=true (downloads when first needed)"
+        problems: list[str] = []
+        if cfg.model == "train":
+            from bench import milannotations as M
+
+            keys = (
+                default_train_keys(target_name, family)
+                if cfg.train_keys == "auto"
+                else cfg.train_keys
+            )
+            resolved = M.resolve_keys([k.strip() for k in keys.split(",") if k.strip()])
+            real = [k for k in resolved if not M.key_info(k).synthetic]
+            if real:
+                missing = [
+                    k for k in real if M.locate(k, cfg.annotations_root, cache=ctx.cache) is None
+                ]
+                if missing:
+                    root = (
+                        Path(cfg.annotations_root).expanduser()
+                        if cfg.annotations_root
+                        else M.default_root(ctx.cache)
+                    )
+                    problems.append(
+                        f"MILANNOTATIONS keys {', '.join(missing)} to train on (train_keys="
+                        f"{keys!r}), not found under {root}: put their directories there (or "
+                        "point --config milan.annotations_root=DIR or $MILAN_DATA_DIR at them; "
+                        "`bench milan train --download` fetches them), or allow the download with "
+                        f"{allow}"
+                    )
+            encoder = cfg.encoder
+            if encoder == "auto":
+                encoder = "synthetic" if family == "synthetic" else REAL_ENCODER
+            if encoder != "synthetic":
+                problems += _missing_weights(encoder, ctx, allow)
+        elif cfg.model in checkpoint.RELEASED_KEYS and not Path(cfg.model).expanduser().exists():
+            dest = ctx.cache.datasets_dir() / "milan-models" / f"milan-{cfg.model}.pth"
+            if not dest.is_file():
+                problems.append(
+                    f"the released MILAN model '{cfg.model}' "
+                    f"({checkpoint.released_url(cfg.model)}), not at {dest}: put the file "
+                    "there (or pass --config milan.model=PATH to a "
+                    f"local milan-{cfg.model}.pth), or allow the download with {allow}"
+                )
+            problems += _missing_weights(REAL_ENCODER, ctx, allow)
+        if problems:
+            raise RequirementError(
+                "Method 'milan' cannot run offline as configured; it needs "
+                + "; and ".join(problems)
+                + "."
+                + (
+                    " Alternatively use a released model (--config milan.model=base, with "
+                    "milan-base.pth in the cache or a path), or leave milan out (--methods ...)."
+                    if cfg.model == "train"
+                    else ""
+                )
+            )
 
     def fit(self, ctx: MethodContext) -> None:
         """Load or train the model (cached), and build its encoder."""

@@ -210,10 +210,9 @@ def test_config_comes_from_the_type_parameter() -> None:
 
 
 def test_the_baseline_is_found_through_the_registry() -> None:
-    from bench.suites.runner import BASELINE, baseline_labels, method_kind
-
     from bench.method import Baseline
     from bench.registry import METHODS
+    from bench.suites.scoring import BASELINE, baseline_labels, method_kind
 
     @dataclass(frozen=True, kw_only=True, slots=True)
     class BlankConfig:

@@ -104,8 +104,9 @@ def test_default_run_writes_a_run_directory_and_reruns_from_cache(tmp_path: Path
     assert not first.record_cached and first.methods[0].computed == n_units
 
     second = run(RunConfig(methods=("depictions",), out=str(tmp_path / "run2"), cache_dir=cache))
-    assert second.record_cached
+    assert not second.record_cached  # depictions reads no evidence: nothing is recorded
     assert second.methods[0].computed == 0  # every chunk came from the describe cache
+    assert second.methods[0].cached == n_units  # and is counted as such: the counts add up
     assert read_descriptions(tmp_path / "run2" / "depictions" / "units.jsonl") == descs
 
 

@@ -825,3 +825,23 @@ def test_module_entry_point(
     assert main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.json" in err and err.count("\n") == 1
+
+
+def test_exemplar_paths_that_leave_the_run_are_refused(results: list[Path], tmp_path: Path) -> None:
+    run_dir = results[0].parent.parent
+    secret = run_dir.parent / "outside.png"
+    shutil.copy(run_dir / "exemplars" / "layer3-0.png", secret)  # a valid PNG outside the run
+    doc = json.loads(results[0].read_text(encoding="utf-8"))
+    unit = next(u for u in doc["units"] if u.get("exemplars"))
+    unit["exemplars"] = "../../outside.png"
+    results[0].write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(DataError, match=r"outside the run directory"):
+        build(results[:1], tmp_path / "site")
+    assert not (tmp_path / "site").exists()
+    # A link inside the run that points out of it is refused too.
+    link = run_dir / "exemplars" / "link.png"
+    link.symlink_to(secret)
+    unit["exemplars"] = "../exemplars/link.png"
+    results[0].write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(DataError, match=r"outside the run directory"):
+        build(results[:1], tmp_path / "site")
