@@ -132,7 +132,12 @@ class ConceptTable:
         from bench.schema import write_json
 
         sig_path = directory / "sig.npy"
-        if not (isinstance(self.sig, np.memmap) and Path(self.sig.filename) == sig_path):
+        in_place = (
+            isinstance(self.sig, np.memmap)
+            and self.sig.filename is not None
+            and Path(self.sig.filename) == sig_path
+        )
+        if not in_place:
             np.save(sig_path, np.ascontiguousarray(self.sig, dtype=np.int32))
         m = self.members
         save_arrays(
@@ -337,13 +342,13 @@ def _reduce_shard(probe: ProbeSet, plan: _ShardPlan, start: int, stop: int) -> _
         width = max(width, len(pix) + len(whole))
     # One row per pixel: the codes right-aligned in ``width`` columns, then the category bits.
     block = np.zeros((n * s, width + 1), dtype=np.int64)
-    for k, (pix, bits, whole) in enumerate(rows):
+    for k, (pix, bits, whole_codes) in enumerate(rows):
         at = slice(k * s, (k + 1) * s)
-        c0 = width - len(pix) - len(whole)
+        c0 = width - len(pix) - len(whole_codes)
         if len(pix):
             block[at, c0 : c0 + len(pix)] = pix.T
-        if whole:
-            block[at, width - len(whole) : width] = whole
+        if whole_codes:
+            block[at, width - len(whole_codes) : width] = whole_codes
         block[at, width] = bits
     uniq, inverse = unique_rows(block)
     counts = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
@@ -472,6 +477,7 @@ def build_concept_table(
         lut=lut,
         seg_size=(sh, sw),
     )
+    sig: np.ndarray
     if directory is not None:
         sig = np.lib.format.open_memmap(
             Path(directory) / "sig.npy", mode="w+", dtype=np.int32, shape=(n, s)

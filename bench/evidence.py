@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from bench.errors import CacheError, UnknownNameError
 
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from bench.targets import Target
 
 TOPK_MODES = ("max", "mean")
-QUANTILE_METHODS = ("linear", "hazen", "lower", "higher", "nearest")
+QuantileMethod = Literal["linear", "hazen", "lower", "higher", "nearest"]
+QUANTILE_METHODS: tuple[QuantileMethod, ...] = ("linear", "hazen", "lower", "higher", "nearest")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, order=True)
@@ -42,7 +43,7 @@ class QuantileSpec:
     """
 
     q: float
-    method: str = "linear"
+    method: QuantileMethod = "linear"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.q < 1.0:
@@ -57,7 +58,8 @@ class QuantileSpec:
     @classmethod
     def parse(cls, key: str) -> QuantileSpec:
         q, _, method = key.partition("/")
-        return cls(q=float(q), method=method or "linear")
+        # __post_init__ rejects a method outside QUANTILE_METHODS
+        return cls(q=float(q), method=cast(QuantileMethod, method or "linear"))
 
 
 NETDISSECT_QUANTILE = QuantileSpec(q=994 / 999, method="hazen")
@@ -134,7 +136,12 @@ class LayerEvidence:
             import numpy as np
 
             target = directory / f"{stem}.maps.npy"
-            if not (isinstance(self.maps, np.memmap) and Path(self.maps.filename) == target):
+            in_place = (
+                isinstance(self.maps, np.memmap)
+                and self.maps.filename is not None
+                and Path(self.maps.filename) == target
+            )
+            if not in_place:
                 np.save(target, np.ascontiguousarray(self.maps, dtype=np.float32))
         write_json(
             directory / f"{stem}.json",

@@ -222,6 +222,8 @@ class _ExactTail:
 
     def update(self, acts: torch.Tensor) -> None:
         """``acts`` float32 contiguous ``[B, U, h, w]`` on any device."""
+        import numpy as np
+
         b, u, h, w = acts.shape
         if self.thr is not None:
             self._insert_above(acts, self.thr)
@@ -230,7 +232,10 @@ class _ExactTail:
             cut = None
             if b * h * w > 4 * self.m and stride >= 4:
                 cut = self._sampled_cut(acts, stride, (3 * self.m) // 2)
-                counts = sum(self._counts_above(chunk, cut) for chunk in self._chunks(acts))
+                counts = sum(
+                    (self._counts_above(chunk, cut) for chunk in self._chunks(acts)),
+                    np.zeros(u, dtype=np.int64),
+                )
                 if int(counts.min()) < self.m or int(counts.max()) > 2 * self.m:
                     cut = None
             if cut is None:
@@ -845,7 +850,7 @@ def record(
                     if kind == "sample"
                     else None
                 )
-                maps = None
+                maps: np.ndarray | None = None
                 if store_maps:
                     shape = (n_images, u, h, w)
                     if maps_dir is not None:
@@ -870,8 +875,11 @@ def record(
                     accumulators=[f() for f in factories.get(layer, ())],
                     device=dev,
                 )
+            loader: torch.utils.data.DataLoader[tuple[torch.Tensor, int]]
             loader = torch.utils.data.DataLoader(
-                dataset,
+                # ProbeImages is a duck-typed map-style dataset, not a torch Dataset subclass
+                # (torch is imported lazily here), which torch's stubs do not accept.
+                dataset,  # type: ignore[arg-type]
                 batch_size=batch_size,
                 shuffle=False,
                 num_workers=num_workers,

@@ -180,12 +180,20 @@ def run_label_tests(
     variants["constant"] = np.broadcast_to(c[int(np.argmax(counts))], c.shape)
     out = []
     for test, perturbed in variants.items():
-        kw = {"value_range": value_range, "epsilon": epsilon, "threshold": threshold}
+        judged, scores = correct, fn(a, perturbed)
         if test == "constant":
             # a unit whose own concept is the constant one cannot lose to it: leave it out
             same = np.all(c == variants["constant"], axis=1)
-            scores = fn(a, perturbed)
-            out.append(judge(test, metric, correct[~same], scores[~same], **kw))
-        else:
-            out.append(judge(test, metric, correct, fn(a, perturbed), **kw))
+            judged, scores = correct[~same], scores[~same]
+        out.append(
+            judge(
+                test,
+                metric,
+                judged,
+                scores,
+                value_range=value_range,
+                epsilon=epsilon,
+                threshold=threshold,
+            )
+        )
     return out

@@ -111,9 +111,9 @@ def write_broden(
         rows.append(row)
 
     with open(root / "index.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+        index = csv.DictWriter(f, fieldnames=list(INDEX_COLUMNS), lineterminator="\n")
+        index.writeheader()
+        index.writerows(rows)
 
     with open(root / "label.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")

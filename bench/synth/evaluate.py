@@ -100,7 +100,8 @@ def forward_units(
     import torch
 
     layers = [u.layer for u in units]
-    logits, maps = [], [[] for _ in units]
+    logits: list[np.ndarray] = []
+    maps: list[list[np.ndarray]] = [[] for _ in units]
     with torch.no_grad(), capture(model, layers) as store:
         for i in range(0, len(images), batch_size):
             out = model(to_input(images[i : i + batch_size]))
@@ -140,7 +141,7 @@ def unit_selectivity(
     p, c = above / total, covered / total
     peaks = maps.reshape(n, -1).max(axis=1)
     order = np.argsort(-peaks, kind="stable")[:top]
-    has = mask.reshape(n, -1).any(axis=1)
+    has = np.any(mask.reshape(n, -1), axis=1)
     return {
         "iou": inter / union if union else 0.0,
         "top15_fraction": float(has[order].mean()),

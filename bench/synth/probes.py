@@ -70,18 +70,18 @@ def synthetic_probe(
         "size": int(size),
         "color_weights": dict(sorted(PROBE_COLOR_WEIGHTS.items())),
     }
-    cache = Cache(root) if root is not None else (cache if cache is not None else Cache())
-    path, hit = cache.get_or_create(
-        "synth-broden",
-        parts,
-        lambda d: write_broden(
-            d,
+
+    def write(directory: Path) -> None:
+        write_broden(
+            directory,
             n_images=int(n_images),
             seed=int(seed),
             size=int(size),
             color_weights=PROBE_COLOR_WEIGHTS,
-        ),
-    )
+        )
+
+    cache = Cache(root) if root is not None else (cache if cache is not None else Cache())
+    path, hit = cache.get_or_create("synth-broden", parts, write)
     if not hit:
         log.info("exported the synthetic Broden set (%d images) to %s", n_images, path)
     probe = BrodenProbe(path, **options)

@@ -316,8 +316,12 @@ def train_model(
         n_units = len(rec.planted)
         log_scale = torch.zeros(n_units, requires_grad=True)
         params = list(model.parameters())
+        param_groups: list[dict[str, Any]] = [
+            {"params": params},
+            {"params": [log_scale], "weight_decay": 0.0},
+        ]
         opt = torch.optim.AdamW(
-            [{"params": params}, {"params": [log_scale], "weight_decay": 0.0}],
+            param_groups,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
         )
@@ -360,10 +364,12 @@ def train_model(
                     for k, u in enumerate(rec.planted):
                         pre = store[u.layer][:, u.unit]
                         if u.objective == "regression":
+                            groups = gb[k]
+                            assert groups is not None  # group_maps has one per regression unit
                             loss_k = unit_loss(
                                 pre * log_scale[k].exp(),
                                 tb[k],
-                                gb[k],
+                                groups,
                                 margin=cfg.margin,
                                 over_weight=cfg.over_weight,
                                 hard_weight=cfg.hard_weight,

@@ -46,17 +46,21 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 240),
     "black": (25, 25, 30),
 }
+
+
 # The second shade patterns are drawn in: a darker tone of the same hue, so a pattern pixel
 # still reads as the object's colour (lighter for black, which has no darker tone).
+def _pattern_shade(name: str, rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    if name == "black":
+        return (105, 105, 110)
+    if name == "white":
+        return (165, 165, 160)
+    r, g, b = (int(round(v * 0.55)) for v in rgb)
+    return (r, g, b)
+
+
 PATTERN_RGB: dict[str, tuple[int, int, int]] = {
-    name: (
-        (105, 105, 110)
-        if name == "black"
-        else (165, 165, 160)
-        if name == "white"
-        else tuple(int(round(v * 0.55)) for v in rgb)
-    )  # type: ignore[misc]
-    for name, rgb in COLOR_RGB.items()
+    name: _pattern_shade(name, rgb) for name, rgb in COLOR_RGB.items()
 }
 # Object colours never drawn on a background of nearly the same colour (they would vanish).
 CLASHES: dict[str, tuple[str, ...]] = {
@@ -195,7 +199,7 @@ def sample_scene(
         obj_shapes = _check_values("object", spec.get("object", shapes))
         obj_patterns = _check_values("pattern", spec.get("pattern", patterns))
         ok_colors = tuple(c for c in obj_colors if c not in CLASHES[material]) or obj_colors
-        size = main_sizes[rng.integers(len(main_sizes))] if k == 0 else "small"
+        size = main_sizes[int(rng.integers(len(main_sizes)))] if k == 0 else "small"
         r_lo, r_hi = SIZE_RANGES[size]
         if k > 0:  # distractors stay clearly smaller than the main object
             r_hi = min(r_hi, placed_objects[0].radius * DISTRACTOR_RATIO)
