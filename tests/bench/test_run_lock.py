@@ -125,6 +125,7 @@ def test_two_runs_sharing_a_cache_both_succeed(tmp_path: Path) -> None:
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
+        assert "I bench" not in err  # INFO messages only with -v
     for method in ("netdissect", "depictions"):
         a, b = (read_descriptions(o / method / "units.jsonl") for o in outs)
         # the same labels, scores and evidence (only the timing may differ)
