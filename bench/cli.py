@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from bench.errors import BenchError, UsageError
@@ -170,7 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: also INFO messages and the libraries' progress bars; -vv: DEBUG too",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors (the default; overrides -v)",
+    )
     p.add_argument(
         "--cache-dir",
         dest="global_cache_dir",
@@ -382,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     mi.add_argument("--out", help="train: directory for the model (safetensors + JSON)")
     mi.add_argument("--cache-dir")
+    for command in sub.choices.values():  # -v also after the command name: `bench run -v`
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="count",
+            default=argparse.SUPPRESS,
+            help="-v: also INFO messages and the libraries' progress bars; -vv: DEBUG too",
+        )
     return p
 
 
@@ -391,13 +413,31 @@ def _version() -> str:
     return f"bench {__version__}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+def configure_logging(*, verbose: int) -> None:
+    """The one place that configures logging: warnings and errors by default, INFO with ``-v``,
+    DEBUG with ``-vv`` (or ``--debug``). Below ``-v`` the libraries' own progress bars
+    (huggingface_hub downloads, transformers' "Loading weights"; sentence-transformers shows its
+    bars only at INFO) are silenced, through the environment before those libraries load."""
+    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(
         level=level, format="%(levelname).1s %(name)s: %(message)s", stream=sys.stderr
     )
+    if verbose < 1:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "huggingface_hub" in sys.modules:  # already imported: tell it directly
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+        if "transformers" in sys.modules:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(verbose=2 if args.debug else 0 if args.quiet else args.verbose)
     if args.command is None:
         parser.print_help()
         return 2
@@ -428,7 +468,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         args.cache_dir = args.global_cache_dir
     _keep_library_caches_in(getattr(args, "cache_dir", None))
     if args.command == "run":
-        return _cmd_run(args)
+        with ExitStack() as hold:  # the run directory stays locked through scoring
+            return _cmd_run(args, hold)
     if args.command == "score":
         return _cmd_score(args)
     if args.command == "list":
@@ -457,7 +498,7 @@ def _keep_library_caches_in(cache_dir: str | None) -> None:
     os.environ.setdefault("MPLCONFIGDIR", str(Cache(cache_dir).root / "matplotlib"))
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, hold: ExitStack) -> int:
     from bench.api import DEFAULT_TARGET, RunConfig, run
     from bench.components import parse_component_names, parse_component_options
 
@@ -506,7 +547,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         probe = resolve_probe_name(config, TARGETS.get(config.target).family)
         parse_probe_options(probe, config.probe_options)
     t0 = time.perf_counter()
-    result = run(config, complete=score_options is None)
+    result = run(config, complete=score_options is None, hold=hold)
     print(f"run directory: {result.run_dir}")
     print(f"recording: {'from cache' if result.record_cached else 'computed'}")
     # ok + failed = computed + cached + resumed: every unit is one of the three.

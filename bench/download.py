@@ -153,8 +153,26 @@ def download(
     Raises :class:`DownloadError` naming ``what``, the URL, the reason and where to put the file
     by hand. A checksum mismatch deletes the ``.part`` file; other failures keep it for resume.
     """
+    from bench.runlock import file_lock
+
     dest = Path(dest)
     sha256, md5 = _check_expected(sha256, md5)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # One writer of ``dest.part`` at a time: a second process waits, then finds ``dest``.
+    with file_lock(dest.with_name(f".{dest.name}.lock")):
+        return _download_locked(url, dest, sha256, md5, timeout, resume, progress, what)
+
+
+def _download_locked(
+    url: str,
+    dest: Path,
+    sha256: str | None,
+    md5: str | None,
+    timeout: float,
+    resume: bool,
+    progress: bool,
+    what: str,
+) -> Path:
     name = _describe(what, dest)
     if dest.is_file():
         if sha256 is None and md5 is None:

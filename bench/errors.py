@@ -68,6 +68,10 @@ class UnsafeArchiveError(DataError):
     archive never holds (a link, a device file, a FIFO, a duplicate name)."""
 
 
+class RunLockedError(BenchError):
+    """The run directory is being written by another process (:mod:`bench.runlock`)."""
+
+
 class DownloadError(BenchError):
     """A download failed: offline, timed out, or the content did not match its checksum."""
 

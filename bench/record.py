@@ -788,7 +788,10 @@ def record(
     import numpy as np
     import torch
 
+    from bench.environment import tune_allocator
+
     start = time.perf_counter()
+    tune_allocator()  # else every batch's activations page-fault afresh (glibc mmap threshold)
     names = target.resolve_layers(list(layers) if layers else None)
     specs = _quantile_specs(quantiles)
     modes = _topk_modes(topk_by)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from bench.cache import Cache
 from bench.environment import provenance, resolve_device
 from bench.errors import BenchError, ConfigError, UsageError
 from bench.registry import METHODS
+from bench.runlock import run_lock
 from bench.schema import (
     Description,
     RunState,
@@ -206,12 +208,23 @@ def resolve_probe_name(config: RunConfig, target_family: str) -> str:
     return DEFAULT_PROBE if target_family == "synthetic" else "broden"
 
 
-def run(config: RunConfig, *, complete: bool = True) -> RunResult:
+def run(config: RunConfig, *, complete: bool = True, hold: ExitStack | None = None) -> RunResult:
     """Run every method of ``config`` on one target and probe; write the run directory.
 
     ``run.json`` says ``running`` until the end, ``failed`` (with the error) when a stage
     raises, and ``complete`` at the end when ``complete`` (``bench run`` passes ``False`` and
-    marks it complete once the suites are scored: :func:`mark_run`)."""
+    marks it complete once the suites are scored: :func:`mark_run`).
+
+    The run directory is locked while it is written (:func:`bench.runlock.run_lock`: another
+    process writing it raises :class:`~bench.errors.RunLockedError`). With ``hold`` the lock is
+    entered into that stack and stays held until the caller closes it (``bench run`` keeps it
+    through scoring); otherwise it is released on return.
+    """
+    with ExitStack() as own:
+        return _run(config, hold if hold is not None else own, complete)
+
+
+def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
     from bench.method import MethodContext
     from bench.probes import load_probe
     from bench.targets import load_target
@@ -314,6 +327,7 @@ def run(config: RunConfig, *, complete: bool = True) -> RunResult:
         "cache_dir": str(cache.root),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
+    hold.enter_context(run_lock(run_dir))
     state = RunState.open(run_dir, run_id, replace_failed=True)
     if state.stages:
         log.info("resuming run %s in %s", run_id, run_dir)

@@ -268,7 +268,10 @@ def score_run(
             run_dir, state, cache, count=options.exemplars_per_unit, progress=options.progress
         ),
     )
-    return _score_suites(ctx, suites, suite_config, run_dir)
+    from bench.runlock import run_lock
+
+    with run_lock(run_dir):  # re-entrant: `bench run` already holds it
+        return _score_suites(ctx, suites, suite_config, run_dir)
 
 
 def _import_target(target: str, suite: str, suite_config: Mapping[str, Any]) -> TargetInfo:

@@ -165,7 +165,7 @@ def test_killed_run_resumes_without_duplicates_or_recomputation(
     assert 2 <= len(before) < 10, "the kill should land mid-way"
     computed_before = log.read_text().split()
 
-    done = _bench(args, plugin_env, timeout=300)
+    done = _bench(["-v", *args], plugin_env, timeout=300)  # -v: INFO shows the cache hit
     assert done.returncode == 0, done.stderr
     assert "cache hit: record" in done.stderr, "the recording stage was recomputed"
     after = read_descriptions(out / "slow-echo" / "units.jsonl")
