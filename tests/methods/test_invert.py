@@ -133,12 +133,10 @@ class MaskIoU:
     def expansions(self, beam):
         out = np.full((len(beam), len(self.masks), 3), -np.inf)
         for j, b in enumerate(beam):
-            f = evaluate(b.tree, self.masks.T)
             for a in range(1, len(self.masks)):
                 for k, op in enumerate(self.operators):
                     m = evaluate(expand(b.tree, ["leaf", a], op), self.masks.T)
                     out[j, a, k] = self.iou(m)
-            del f
         return out, out
 
 
@@ -186,7 +184,7 @@ def test_image_concepts_any_pixel_or_whole_image(tmp_path) -> None:
 def test_invert_labels_the_tiny_colour_detectors(tmp_path) -> None:
     from bench.cache import Cache
     from bench.schema import UnitRef
-    from bench.testing import tiny_evidence
+    from bench.testing import TinyProbe, tiny_evidence
     from methods.base import MethodContext
     from methods.invert import Invert
 
@@ -200,9 +198,5 @@ def test_invert_labels_the_tiny_colour_detectors(tmp_path) -> None:
         assert d.score_name == "auroc" and d.score > 0.9
         assert 0.0 <= d.extras["p_value"] < 0.01
         acts = np.asarray(ev.layer("conv").pooled_mean[:, d.unit.index], dtype=np.float64)
-        member = np.array([TinyProbeColour(i) == colour for i in range(len(acts))])
+        member = np.array([TinyProbe()._colour(i) == colour for i in range(len(acts))])
         assert d.score == pytest.approx(roc_auc_score(member, acts), abs=1e-12)
-
-
-def TinyProbeColour(i: int) -> str:  # noqa: N802 - mirrors TinyProbe._colour
-    return ("red", "green", "blue")[i % 3]
