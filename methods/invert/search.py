@@ -6,8 +6,8 @@ Atoms are the concepts and their negations (the original's atomic formulas ``c``
 with C concepts (codes 1..C) atom ``a`` is ``["leaf", a]`` for ``a <= C`` and
 ``["not", ["leaf", a - C - 1]]`` above; atoms 0 and C + 1 are none. Operators: AND and OR.
 
-A beam step builds the memberships of every ``F AND a`` and ``F OR a`` for one entry (``[A,
-N]`` boolean, in chunks bounded by ``memory_budget``) and scores them with
+A beam step builds the memberships of every ``F AND a`` and ``F OR a`` of every beam entry
+(boolean rows of length N, in chunks bounded by ``memory_budget``) and scores them with
 :func:`metrics.faithfulness.auroc_of_labels`, which computes every AUROC from the unit's
 mid-ranks as one matrix product (Mann-Whitney: ``U_f = labels_f . r - n_f (n_f + 1) / 2``).
 
@@ -58,7 +58,8 @@ class AurocObjective:
         self.is_atom[[0, self.n_codes]] = False
         self.min_fraction = min_fraction
         self.max_fraction = max_fraction
-        self.chunk = max(1, int(memory_budget) // max(1, n * 9))
+        # bytes per candidate row in a chunk: memberships and temporaries (bool), float64 labels
+        self.chunk = max(1, int(memory_budget) // max(1, n * 12))
         self._memo: dict[str, np.ndarray] = {}
         self.allowed = self.is_atom.copy()
         if search_limit is not None:
@@ -102,40 +103,48 @@ class AurocObjective:
 
     # --- scoring ---
 
-    def _score(self, memberships: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(AUROC with ``-inf`` where undefined or out of the fraction range, concept count)."""
-        from metrics.faithfulness import auroc_of_labels
-
-        out = np.empty(memberships.shape[0])
-        for start in range(0, memberships.shape[0], self.chunk):
-            out[start : start + self.chunk] = auroc_of_labels(
-                self.activations, memberships[start : start + self.chunk]
-            )
-        count = memberships.sum(axis=1)
+    def _in_range(self, count: np.ndarray) -> np.ndarray:
         fraction = count / self.n
-        ok = np.isfinite(out) & (fraction >= self.min_fraction) & (fraction <= self.max_fraction)
-        return np.where(ok, out, -np.inf), count
+        return (fraction >= self.min_fraction) & (fraction <= self.max_fraction)
 
     def primitives(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from metrics.faithfulness import auroc_of_labels
 
         value = auroc_of_labels(self.activations, self.members)
         score = np.where(self.is_atom & np.isfinite(value), value, -np.inf)
-        fraction = self.members.sum(axis=1) / self.n
-        eligible = (fraction >= self.min_fraction) & (fraction <= self.max_fraction)
-        return score, value, eligible
+        return score, value, self._in_range(np.count_nonzero(self.members, axis=1))
 
     def expansions(self, beam: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        from metrics.faithfulness import auroc_of_labels
+
         n_atoms = self.members.shape[0]
-        score = np.full((len(beam), n_atoms, len(OPERATORS)), -np.inf)
-        for j, entry in enumerate(beam):
-            f = self.membership(entry.tree)
-            f_count = int(f.sum())
-            for k, op in enumerate(OPERATORS):
-                cand = (self.members & f) if op == "and" else (self.members | f)
-                s, count = self._score(cand)
-                # an expansion that changes nothing is no new formula (the original drops it)
-                s[count == f_count] = -np.inf
-                s[~self.allowed] = -np.inf
-                score[j, :, k] = s
+        n_ops = len(OPERATORS)
+        f = np.stack([self.membership(b.tree) for b in beam])  # [J, N]
+        f_count = np.count_nonzero(f, axis=1)
+        total = len(beam) * n_ops * n_atoms
+        score = np.full(total, -np.inf)
+        # Candidates in (entry, operator, atom) order, as many at a time as the budget allows:
+        # each chunk is one call, so the unit's activations are ranked once per chunk.
+        rows = min(total, self.chunk)
+        buf = np.empty((rows, self.n), dtype=bool)
+        for start in range(0, total, rows):
+            stop = min(total, start + rows)
+            r = start
+            while r < stop:  # fill the buffer block by block: one (entry, operator) per block
+                j, k, a0 = r // (n_ops * n_atoms), (r // n_atoms) % n_ops, r % n_atoms
+                a1 = min(n_atoms, a0 + stop - r)
+                op = np.logical_and if k == 0 else np.logical_or
+                op(self.members[a0:a1], f[j], out=buf[r - start : r - start + a1 - a0])
+                r += a1 - a0
+            cand = buf[: stop - start]
+            idx = np.arange(start, stop)
+            j, a = idx // (n_ops * n_atoms), idx % n_atoms
+            count = np.count_nonzero(cand, axis=1)
+            auroc = auroc_of_labels(self.activations, cand)
+            # an expansion that changes nothing is no new formula (the original drops it)
+            ok = (
+                np.isfinite(auroc) & self._in_range(count) & (count != f_count[j]) & self.allowed[a]
+            )
+            score[start:stop] = np.where(ok, auroc, -np.inf)
+        score = score.reshape(len(beam), n_ops, n_atoms).transpose(0, 2, 1)
         return score, score
