@@ -1238,3 +1238,30 @@ class SignatureAlgebra:
             self._memo.clear()
         self._memo[key] = out
         return out
+
+
+# --- image-level concepts (INVERT) ------------------------------------------------------------
+
+
+def image_concepts(table: ConceptTable, *, chunk_images: int = 256) -> np.ndarray:
+    """bool [N, C + 1] (column 0 False): image ``i`` has concept ``c`` when any of its pixels
+    does (pixel-level labels), or when ``c`` labels the whole image (scene, texture: the table
+    holds those as whole-image masks). Computed from the signatures, ``chunk_images`` images at
+    a time."""
+    import numpy as np
+    import scipy.sparse
+
+    n, s = table.sig.shape
+    n_sig = table.num_signatures
+    members = table.members.tocsr()
+    out = np.zeros((n, table.num_concepts + 1), dtype=bool)
+    for start in range(0, n, chunk_images):
+        block = np.asarray(table.sig[start : start + chunk_images], dtype=np.int64)
+        rows = np.repeat(np.arange(block.shape[0]), s)
+        present = scipy.sparse.csr_matrix(
+            (np.ones(rows.size, dtype=np.float64), (rows, block.ravel())),
+            shape=(block.shape[0], n_sig),
+        )
+        out[start : start + block.shape[0]] = (present @ members).toarray() > 0
+    out[:, 0] = False
+    return out

@@ -19,12 +19,13 @@ IoU = intersection / (|candidate| + |M_u| - intersection), over the whole probe 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from bench.search import tree_key
 
 if TYPE_CHECKING:
     from bench.dissect import ConceptTable, SignatureAlgebra
@@ -43,28 +44,6 @@ class Scored:
     length: int
 
 
-def tree_length(tree: Sequence[Any]) -> int:
-    """Leaves plus one per NOT (the original's ``len``)."""
-    op = tree[0]
-    if op == "leaf":
-        return 1
-    if op == "not":
-        return 1 + tree_length(tree[1])
-    return sum(tree_length(t) for t in tree[1:])
-
-
-def tree_key(tree: Any) -> str:
-    return json.dumps(tree, separators=(",", ":"))
-
-
-def expand(tree: Any, code: int, op: str) -> list[Any]:
-    if op == "or":
-        return ["or", tree, ["leaf", code]]
-    if op == "and":
-        return ["and", tree, ["leaf", code]]
-    return ["and", tree, ["not", ["leaf", code]]]
-
-
 def iou_of(inter: np.ndarray, area: np.ndarray, unit_area: float) -> np.ndarray:
     """IoU of candidates with intersection ``inter`` and area ``area`` (0 where both are empty)."""
     from bench.dissect import safe_ratio
@@ -73,11 +52,78 @@ def iou_of(inter: np.ndarray, area: np.ndarray, unit_area: float) -> np.ndarray:
     return safe_ratio(inter, np.asarray(area, dtype=np.float64) + unit_area - inter)
 
 
+class IoUObjective:
+    """CompExp's objective for one unit: penalised IoU over the whole probe set, every
+    candidate of a beam step from two signature products (see the module docstring).
+
+    Atoms are the concept codes ``0..C`` (0 is no atom).
+    """
+
+    operators = OPERATORS
+
+    def __init__(self, search: BeamSearch, u: int):
+        self.s = search
+        self.prim = search.primitives(u)
+        n_codes = self.prim.shape[0]
+        if search.search_limit is not None:
+            order = np.argsort(-self.prim[1:], kind="stable") + 1
+            allowed = np.zeros(n_codes, dtype=bool)
+            allowed[order[: search.search_limit]] = True
+        else:
+            allowed = np.ones(n_codes, dtype=bool)
+        allowed[0] = False
+        self.allowed = allowed
+        self.h = np.asarray(search.hist[u].toarray(), dtype=np.float64).ravel()
+        self.unit_area = float(search.unit_area[u])
+        self.lu = search.inter[u]
+
+    def atom(self, a: int) -> list[Any]:
+        return ["leaf", a]
+
+    def primitives(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        score = self.prim.copy()
+        score[0] = -np.inf
+        return score, self.prim, self.prim > 0
+
+    def expansions(self, beam: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        s = self.s
+        trees = [b.tree for b in beam]
+        fmask = np.stack([s.algebra.evaluate(t) for t in trees])  # [J, n_sig]
+        hu = fmask * self.h  # [J, n_sig]
+        c_fu = np.asarray(s.members_t @ hu.T).T  # [J, C + 1] |F and L and M_u|
+        fu = hu.sum(axis=1)  # [J] |F and M_u|
+        c_f = np.empty_like(c_fu)
+        f_area = np.empty(len(trees))
+        for j, t in enumerate(trees):
+            c_f[j], f_area[j] = s._formula_counts(t)
+        lu = self.lu
+        inter = np.stack(
+            [fu[:, None] + lu[None, :] - c_fu, c_fu, fu[:, None] - c_fu], axis=2
+        )  # [J, C + 1, 3]
+        area = np.stack(
+            [
+                f_area[:, None] + s.label_area[None, :] - c_f,
+                c_f,
+                f_area[:, None] - c_f,
+            ],
+            axis=2,
+        )
+        iou = iou_of(inter, area, self.unit_area)
+        lengths = np.array([b.length for b in beam])[:, None, None] + np.array([1, 1, 2])
+        score = iou * s.length_penalty ** (lengths - 1).astype(np.float64)
+        valid = np.broadcast_to(self.allowed[None, :, None], score.shape).copy()
+        if s.skip_trivial:
+            for j, t in enumerate(trees):
+                if t[0] == "leaf":
+                    valid[j, int(t[1]), :] = False
+        return np.where(valid, score, -np.inf), iou
+
+
 class BeamSearch:
     """Beam search for one layer: the tally's histogram, the table, and the algebra.
 
     ``hist`` CSR [U, n_sig] (mask pixels per signature), ``unit_area`` [U], ``inter`` [U, C + 1]
-    (|M_u and L|).
+    (|M_u and L|). The search is :func:`bench.search.beam_search` with :class:`IoUObjective`.
     """
 
     def __init__(
@@ -128,86 +174,16 @@ class BeamSearch:
 
     def search(self, u: int) -> tuple[Scored, Scored, int]:
         """Best formula, best single concept, and how many candidates were scored."""
-        prim = self.primitives(u)
-        n_codes = prim.shape[0]
-        order = np.argsort(-prim[1:], kind="stable") + 1
-        best_code = int(order[0])
-        single = Scored(["leaf", best_code], float(prim[best_code]), float(prim[best_code]), 1)
-        nonzero = [int(c) for c in order if prim[c] > 0]
-        beam = [Scored(["leaf", c], float(prim[c]), float(prim[c]), 1) for c in nonzero]
-        beam = beam[: self.beam_size]
-        if not beam:
-            return single, single, n_codes - 1
-        if self.search_limit is not None:
-            allowed = np.zeros(n_codes, dtype=bool)
-            allowed[order[: self.search_limit]] = True
-        else:
-            allowed = np.ones(n_codes, dtype=bool)
-        allowed[0] = False
-        scored = n_codes - 1
-        h = np.asarray(self.hist[u].toarray(), dtype=np.float64).ravel()
-        unit_area = float(self.unit_area[u])
-        lu = self.inter[u]
-        penalty = self.length_penalty
-        for _ in range(self.max_length - 1):
-            trees = [b.tree for b in beam]
-            fmask = np.stack([self.algebra.evaluate(t) for t in trees])  # [J, n_sig]
-            hu = fmask * h  # [J, n_sig]
-            c_fu = np.asarray(self.members_t @ hu.T).T  # [J, C + 1] |F and L and M_u|
-            fu = hu.sum(axis=1)  # [J] |F and M_u|
-            c_f = np.empty_like(c_fu)
-            f_area = np.empty(len(trees))
-            for j, t in enumerate(trees):
-                c_f[j], f_area[j] = self._formula_counts(t)
-            inter = np.stack(
-                [fu[:, None] + lu[None, :] - c_fu, c_fu, fu[:, None] - c_fu], axis=2
-            )  # [J, C + 1, 3]
-            area = np.stack(
-                [
-                    f_area[:, None] + self.label_area[None, :] - c_f,
-                    c_f,
-                    f_area[:, None] - c_f,
-                ],
-                axis=2,
-            )
-            iou = iou_of(inter, area, unit_area)
-            lengths = np.array([b.length for b in beam])[:, None, None] + np.array([1, 1, 2])
-            score = iou * penalty ** (lengths - 1).astype(np.float64)
-            valid = np.broadcast_to(allowed[None, :, None], score.shape).copy()
-            if self.skip_trivial:
-                for j, t in enumerate(trees):
-                    if t[0] == "leaf":
-                        valid[j, int(t[1]), :] = False
-            score = np.where(valid, score, -np.inf)
-            scored += int(valid.sum())
-            # Candidates: the beam itself first (shorter formulas keep competing), then every
-            # expansion in (entry, concept, operator) order; a stable sort keeps that order on ties.
-            flat = score.reshape(-1)
-            all_scores = np.concatenate([[b.score for b in beam], flat])
-            ranked = np.argsort(-all_scores, kind="stable")
-            new_beam: list[Scored] = []
-            seen: set[str] = set()
-            for idx in ranked:
-                if len(new_beam) == self.beam_size or not np.isfinite(all_scores[idx]):
-                    break
-                if idx < len(beam):
-                    cand = beam[idx]
-                else:
-                    j, code, op = np.unravel_index(idx - len(beam), score.shape)
-                    tree = expand(trees[j], int(code), OPERATORS[op])
-                    cand = Scored(
-                        tree,
-                        float(score[j, code, op]),
-                        float(iou[j, code, op]),
-                        int(lengths[j, 0, op]),
-                    )
-                key = tree_key(cand.tree)
-                if key in seen:
-                    continue
-                seen.add(key)
-                new_beam.append(cand)
-            beam = new_beam
-        return beam[0], single, scored
+        from bench.search import beam_search
+
+        found = beam_search(
+            IoUObjective(self, u), beam_size=self.beam_size, max_length=self.max_length
+        )
+
+        def ours(s: Any) -> Scored:
+            return Scored(s.tree, s.score, s.value, s.length)
+
+        return ours(found.best), ours(found.single), found.scored
 
 
 def tree_to_names(tree: Any, table: ConceptTable) -> list[Any]:
