@@ -59,7 +59,7 @@ class IoUObjective:
     Atoms are the concept codes ``0..C`` (0 is no atom).
     """
 
-    operators = OPERATORS
+    operators: tuple[str, ...] = OPERATORS
 
     def __init__(self, search: BeamSearch, u: int):
         self.s = search

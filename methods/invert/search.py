@@ -35,7 +35,7 @@ class AurocObjective:
     activation on every probe image).
     """
 
-    operators = OPERATORS
+    operators: tuple[str, ...] = OPERATORS
 
     def __init__(
         self,
