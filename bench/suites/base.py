@@ -37,6 +37,7 @@ from bench.results import (
     RunIdentity,
     SuiteResult,
     UnitResult,
+    publishable,
 )
 from bench.schema import Description, UnitRef
 
@@ -360,7 +361,8 @@ class Suite(Configurable[C], abc.ABC):
 
             notes.insert(0, f"text models: {OFFLINE_NOTE}")
         settings = {
-            "suite": self.identity(),
+            # File names, not this machine's paths: result files are meant for publishing.
+            "suite": publishable(self.identity()),
             "text_models": ctx.options.text,
             "bootstrap": ctx.options.bootstrap_settings(),
             "baseline": ctx.options.baseline,

@@ -731,7 +731,8 @@ def test_unit_page_shows_labels_references_scores(results: list[Path], tmp_path:
         "red things",
         "Planted concept",
         "red AND circle",  # from the planted suite, merged onto the same unit page
-        '<a href="../index.html#milannotations--3f2a9c81d0e4">milannotations</a>',
+        f'<a href="../index.html#milannotations--{TARGET}--',  # the table's id names suite, target
+        f"milannotations \u00b7 {TARGET}</a>",
         "0.600",  # milan's BERTScore on this unit
         ">no</td>",  # milan did not recover the planted concept
         ">yes</td>",  # clip-dissect did
