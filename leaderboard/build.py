@@ -288,7 +288,8 @@ def _method_name_cell(info: MethodInfo) -> str:
 def _cost_cell(info: MethodInfo) -> str:
     sec = info.cost.seconds_per_unit
     if sec is None:
-        return f'<td class="num" data-sort="" title="no cost recorded">{_DASH}</td>'
+        why = info.cost.note or "no cost recorded"
+        return f'<td class="num" data-sort="" title="{esc(why)}">{_DASH}</td>'
     return f'<td class="num" data-sort="{sec!r}">{esc(fmt_seconds(sec))}</td>'
 
 
@@ -419,16 +420,28 @@ def _plots(sec: _Section) -> str:
                     group=s.group,
                 )
             )
-        left_out = f" Not plotted (no cost recorded): {esc(', '.join(missing))}." if missing else ""
-        if points:
+        left_out = (
+            f" Not plotted, no cost measured: {esc(', '.join(_no_cost(r, n) for n in missing))}."
+            if missing
+            else ""
+        )
+        if any(r.methods[p.name].kind != "baseline" for p in points):
             svg = cost_plot(points, metric=primary.name, higher_is_better=primary.higher_is_better)
             figures.append(
-                f"<figure>{svg}<figcaption>Quality ({esc(primary.name)}) against cost per unit."
-                f"{left_out}</figcaption></figure>"
+                f"<figure>{svg}<figcaption>Quality ({esc(primary.name)}) against cost per unit, "
+                f"for the methods with a measured cost.{left_out}</figcaption></figure>"
             )
         elif missing:
-            figures.append(f'<p class="muted">No method recorded its cost.{left_out}</p>')
+            figures.append(
+                '<p class="muted">No quality-against-cost plot: no method but the constant '
+                f"baseline has a measured cost.{left_out}</p>"
+            )
     return f'<div class="plots">{"".join(figures)}</div>' if figures else ""
+
+
+def _no_cost(r: SuiteResult, name: str) -> str:
+    info = r.methods[name]
+    return f"{name} (imported labels)" if info.kind == "imported" else name
 
 
 def _per_layer(sec: _Section) -> str:

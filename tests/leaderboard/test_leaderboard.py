@@ -702,7 +702,7 @@ def test_index_shows_tables_groups_ceiling_unavailable_and_plots(
     assert '<tr data-method="clip-dissect">' in planted and '<span class="tag">imported</span>' in (
         planted
     )
-    assert "Not plotted (no cost recorded): clip-dissect." in planted
+    assert "Not plotted, no cost measured: clip-dissect (imported labels)." in planted
     cifar = index[index.index('data-suite="cifar-auroc"') : index.index('data-suite="planted"')]
     assert '<table class="sortable perclass">' in cifar and "anything &lt;red&gt;" in cifar
     assert cifar.count('href="units/layer4-0.html"') >= 2
