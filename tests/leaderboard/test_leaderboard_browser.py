@@ -345,3 +345,29 @@ def test_every_page_loads_cleanly(browser: Browser, site: Path) -> None:
             ".forEach(th => th.click())"
         )
         assert browser.problems(mark) == [], p.name
+
+
+def test_contents_list_names_suite_target_and_methods(browser: Browser, site: Path) -> None:
+    browser.goto((site / "index.html").as_uri())
+    items = browser.eval(
+        "Array.from(document.querySelectorAll('header nav li')).map(li => li.innerText)"
+    )
+    sections = browser.eval(
+        "Array.from(document.querySelectorAll('main section.suite')).map(s => "
+        "[s.dataset.suite, Array.from(s.querySelectorAll('table.results tbody tr[data-method]'))"
+        ".map(r => r.dataset.method)])"
+    )
+    assert len(items) == len(sections) > 1
+    # Each entry, as the reader sees it, names its suite, the target and every method of its
+    # table; entries come in the sections' order (suite, then target).
+    for text, (suite, methods) in zip(items, sections, strict=True):
+        assert text.startswith(suite), (text, suite)
+        assert "synth.resnet" in text
+        for method in methods:
+            assert method in text, (text, method)
+    # And the links go to those sections.
+    hrefs = browser.eval(
+        "Array.from(document.querySelectorAll('header nav a')).map(a => a.getAttribute('href'))"
+    )
+    ids = browser.eval("Array.from(document.querySelectorAll('main section.suite')).map(s => s.id)")
+    assert hrefs == [f"#{i}" for i in ids]
