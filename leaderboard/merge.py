@@ -161,7 +161,17 @@ def _merge_metric(
     settings["groups_over_items"] = len(shared)
     per_method: dict[str, MethodScore] = {}
     groups = None
-    if scored and shared:
+    minimum = settings.get("groups_min_units")
+    withheld = ""
+    if isinstance(minimum, int) and scored and 0 < len(shared) < minimum:
+        withheld = (
+            f"significance groups withheld: {len(shared)} units shared by every method, fewer "
+            f"than the {minimum} a paired comparison needs here"
+        )
+        settings["groups_withheld"] = withheld
+    else:
+        settings.pop("groups_withheld", None)
+    if scored and shared and not withheld:
         groups = significance_groups(
             {m: [values[m][u] for u in shared] for m in scored},
             alpha=metric.alpha,
@@ -169,19 +179,20 @@ def _merge_metric(
             n_resamples=int(boot.get("n_resamples", 10_000)),
             seed=int(boot.get("seed", 0)),
         )
+    if scored and shared:
         for m in scored:
             e = _estimate([values[m][u] for u in shared], boot, metric.confidence)
             by_layer: dict[str, list[float]] = {}
             for u in shared:
                 by_layer.setdefault(u.layer, []).append(values[m][u])
-            cmp = groups.versus_best.get(m)
+            cmp = None if groups is None else groups.versus_best.get(m)
             p = None if cmp is None else cmp.p_value
             per_method[m] = MethodScore(
                 mean=e.mean,
                 ci_low=e.ci_low,
                 ci_high=e.ci_high,
                 n=e.n,
-                group=groups.group[m],
+                group=None if groups is None else groups.group[m],
                 p_vs_best=None if p is None or math.isnan(p) else min(1.0, max(0.0, p)),
                 per_layer={la: _estimate(v, boot, metric.confidence) for la, v in by_layer.items()},
             )
@@ -194,13 +205,17 @@ def _merge_metric(
     if ceilings:
         best, path = max(ceilings, key=lambda cp: cp[0].n)  # type: ignore[union-attr]
         assert best is not None
-        note = f"{best.note}; over the {best.n} units of {path.name}" if best.note else None
+        note = f"{best.note}; over the {best.n} units of {path.name}" if best.note else best.note
         ceiling = replace(best, note=note)
-    note = metric.note
+    note = metric.note.split("; significance groups withheld")[0]
+    if note.startswith("Significance groups withheld"):
+        note = ""
     shared_note = (
         f"Merged from {len(sources)} result files: means, intervals and groups over the "
         f"{len(shared)} units every method was scored on."
     )
+    if withheld:
+        shared_note += f" {withheld[0].upper()}{withheld[1:]}."
     note = f"{note} {shared_note}" if note else shared_note
     return replace(metric, per_method=per_method, settings=settings, ceiling=ceiling, note=note)
 

@@ -219,8 +219,38 @@ def test_dnd_protocol_keeps_only_reliable_units(tmp_path: Path, no_weights) -> N
     assert [u.unit.index for u in r.units] == [0, 2]
     assert all(u.details["reliable"] and u.details["max_pair_cosine"] > 0.81 for u in r.units)
     assert r.settings["units_reliable"] == 2 and r.settings["protocol"] == "dnd"
-    assert r.settings["reliable_threshold"] == 0.81
-    assert "stands in" in r.offline_note  # no offline CLIP
+    # Offline there is no CLIP: the threshold is calibrated to the stand-in encoder, keeping
+    # the share of units CLIP's 0.81 keeps in DnD's notebook (103 of 200), and says so.
+    assert "calibrated to this encoder" in r.settings["reliable_calibration"]
+    threshold = r.settings["reliable_threshold"]
+    assert threshold != 0.81
+    assert all(u.details["max_pair_cosine"] > threshold for u in r.units)
+    assert "stands in" in r.offline_note and f"{threshold:.4f}" in r.offline_note
+    # Two units are too few for significance groups: withheld, and the result says why.
+    for m in r.metrics:
+        if m.ok:
+            assert all(s.group is None for s in m.per_method.values())
+            assert "significance groups withheld: 2 units" in m.note
+            assert m.settings["groups_min_units"] == 20
+    # DnD's 0.81 given explicitly: used as given.
+    given = score_labels(
+        labels,
+        "milan",
+        target="alexnet",
+        suite="milannotations",
+        out=tmp_path / "o3",
+        options=OPTIONS,
+        suite_config={
+            "milannotations": {
+                "annotations": str(ann),
+                "protocol": "dnd",
+                "reliable_threshold": 0.81,
+            }
+        },
+    )
+    g = read_suite_result(given.results["milannotations"])
+    assert g.settings["reliable_threshold"] == 0.81
+    assert g.settings["reliable_calibration"].startswith("given")
     with pytest.raises(UsageError, match="none of 3 units is reliable"):
         score_labels(
             labels,
