@@ -19,7 +19,7 @@ So this suite reports, per metric (BERTScore, sentence cosine, CLIP text cosine)
   and how it was chosen). Significance groups are withheld below :data:`MIN_GROUP_UNITS` units
   shared by every method, and the result says so.
 
-What the papers' numbers rest on (DnD, Table 9; ``/work/shared/reference/anchors.md``): on the
+What the papers' numbers rest on (DnD, Bai, Oikarinen et al. 2024, Table 9): on the
 103 reliable ResNet-152 units, CLIP cos MILAN 0.7698, CLIP-Dissect 0.7390, DnD 0.7766, constant
 "depiction" 0.7864, annotators 0.7884; mpnet cos 0.1391, 0.1970, 0.1089, **0.2496**, 0.1215;
 BERTScore 0.8472, 0.8368, 0.8489, 0.8541, 0.8482. The mpnet column is not an agreement with the
