@@ -15,7 +15,9 @@ scores (``cifar-auroc`` scores classes, not units) is never merged.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -108,7 +110,31 @@ def differing_settings(results: Sequence[SuiteResult]) -> list[dict[str, str]]:
     flat = [{**f, "offline": dumps(r.offline)} for f, r in zip(flat, results, strict=True)]
     keys = sorted({k for f in flat for k in f})
     differ = [k for k in keys if len({f.get(k) for f in flat}) > 1]
-    return [{k: f.get(k, "(unset)") for k in differ} for f in flat]
+    # The suite's own options name the difference best ("class_names = names.txt"); what they
+    # expand to in the settings (class_names.kind, .sha256, ...) is left to the details.
+    prefix = "suite.config."
+    options = {k[len(prefix) :] for k in differ if k.startswith(prefix)}
+    shown = [
+        k
+        for k in differ
+        if k.startswith(prefix) or re.split(r"[.\[]", k, maxsplit=1)[0] not in options
+    ]
+    return [
+        {(k[len(prefix) :] if k.startswith(prefix) else k): _short(f.get(k)) for k in shown}
+        for f in flat
+    ]
+
+
+def _short(value: str | None, limit: int = 48) -> str:
+    """A setting's JSON value for a heading: strings without quotes, long values cut."""
+    if value is None:
+        return "(unset)"
+    try:
+        v = json.loads(value)
+    except ValueError:
+        v = value
+    text = v if isinstance(v, str) else value
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def _mergeable(result: SuiteResult) -> bool:

@@ -205,8 +205,8 @@ def test_the_same_labels_under_two_settings_are_two_tables(
     sections = _sections(html)
     assert len(sections) == 2
     heads = [re.search(r"<h2>(.*?)</h2>", s, re.S).group(1) for s in sections]
-    assert any("protocol = &quot;all&quot;" in h for h in heads), heads
-    assert any("protocol = &quot;dnd&quot;" in h for h in heads), heads
+    assert any("protocol = all" in h for h in heads), heads
+    assert any("protocol = dnd" in h for h in heads), heads
 
 
 def test_final_layer_class_name_settings_are_two_tables(tmp_path: Path) -> None:
@@ -235,7 +235,9 @@ def test_final_layer_class_name_settings_are_two_tables(tmp_path: Path) -> None:
     html = site.read_text(encoding="utf-8")
     sections = re.findall(r'<section class="suite" id="[^"]*" data-suite="final-layer">', html)
     assert len(sections) == 2
-    assert "class_names" in html.split("<nav>", 1)[1].split("</nav>", 1)[0]
+    nav = html.split("<nav>", 1)[1].split("</nav>", 1)[0]
+    assert "final-layer \u00b7 resnet50 \u00b7 class_names = target<" in nav
+    assert "final-layer \u00b7 resnet50 \u00b7 class_names = names.txt<" in nav
 
 
 def test_no_page_or_result_file_holds_an_input_path(
