@@ -33,6 +33,7 @@ from bench.results import (
     SuiteResult,
     UnitResult,
     load_suite_results,
+    publishable,
     read_exemplar,
 )
 from bench.schema import SCHEMA_VERSION, UnitRef, atomic_write, dumps
@@ -363,8 +364,7 @@ def _metric_notes(sec: _Section) -> str:
         if m.note and (m.ok or (m.reason or "") not in m.note):  # not the reason twice
             parts.append(esc(m.note))
         settings = (
-            f"<details><summary>settings</summary><pre>{esc(dumps(m.settings, indent=2))}</pre>"
-            "</details>"
+            f"<details><summary>settings</summary>{_json_pre(m.settings)}</details>"
             if m.settings
             else ""
         )
@@ -591,8 +591,7 @@ def _section_html(sec: _Section, units: _Units) -> str:
         else ""
     )
     settings = (
-        f"<details><summary>suite settings</summary><pre>{esc(dumps(r.settings, indent=2))}"
-        "</pre></details>"
+        f"<details><summary>suite settings</summary>{_json_pre(r.settings)}</details>"
         if r.settings
         else ""
     )
@@ -635,7 +634,9 @@ def _shared_note(sec: _Section) -> str:
 
 
 def _json_pre(obj: Any) -> str:
-    return f"<pre>{esc(dumps(obj, indent=2))}</pre>"
+    """JSON for a page, with any absolute path of the machine that wrote it cut to its name
+    (result files written before paths were kept out of them)."""
+    return f"<pre>{esc(dumps(publishable(obj), indent=2))}</pre>"
 
 
 def _provenance(sections: Sequence[_Section]) -> str:

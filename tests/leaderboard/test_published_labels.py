@@ -257,3 +257,18 @@ def test_no_page_or_result_file_holds_an_input_path(
     # The names and content hashes are there instead.
     html = site.read_text(encoding="utf-8")
     assert "annotations.csv" in html and "resnet152_imagenet_layer2.csv" in html
+
+
+def test_pages_cut_paths_from_older_result_files(
+    imported: dict[str, object], tmp_path: Path
+) -> None:
+    # A result file written before paths were kept out of them: its run's provenance and its
+    # suite settings still name this machine's directories.
+    path = imported["results"]["milan"]
+    d = json.loads(path.read_text(encoding="utf-8"))
+    d["run"]["provenance"]["cache_dir"] = str(tmp_path / "cache")
+    d["settings"]["suite"]["config"]["annotations"] = str(imported["annotations"])
+    path.write_text(json.dumps(d), encoding="utf-8")
+    build([tmp_path / "runs"], tmp_path / "site")
+    for page in (tmp_path / "site").rglob("*.html"):
+        assert str(tmp_path) not in page.read_text(encoding="utf-8"), page
