@@ -294,7 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the suite needs (final-layer and milannotations need text alone), or re-score a run "
         "directory with --run.",
     )
-    sc.add_argument("--labels", help="label file (formats: bench.imports.FORMATS)")
+    sc.add_argument(
+        "--labels",
+        nargs="+",
+        action="extend",
+        metavar="FILE",
+        help="label file(s) or glob pattern(s) (formats: bench.imports.FORMATS); several files "
+        "(e.g. DnD's per-layer '..._layer1.csv' ... '..._layer4.csv') are one method and one "
+        "result, each file's layer from its layer column, --layer, or its name ('_layer3')",
+    )
     sc.add_argument(
         "--format",
         default="auto",
@@ -308,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.add_argument(
         "--layer",
-        help="layer of files without a layer column (NetDissect, compexp, DnD); final-layer "
-        "defaults to the target's final layer",
+        help="layer of files without a layer column (NetDissect, compexp, DnD) whose name "
+        "does not state it ('_layer3', '_fc'); final-layer defaults to the target's final layer",
     )
     sc.add_argument("--name", help="method name in the results (default: the format's name)")
     sc.add_argument(

@@ -26,8 +26,10 @@ Conversions, so imported labels compare with the harness's own methods:
   removed (the set MILAN's baseline strips), and rendered as the harness's CompExp renders them
   (``(water OR river) AND NOT blue``), with the JSON tree in ``extras["formula"]``;
 * formats without a layer column (NetDissect, compexp, DnD) take ``layer=``; compexp and the
-  original NetDissect's ``<layer>-result.csv`` fall back to the layer in the file name. For
-  formats with a layer column, ``layer=`` keeps that layer's rows only.
+  original NetDissect's ``<layer>-result.csv`` fall back to the layer in the file name, and any
+  of them to a per-layer name such as DnD's ``resnet152_imagenet_layer3.csv`` (``layer3``) or
+  ``..._fc.csv`` (:func:`layer_in_file_name`). For formats with a layer column, ``layer=`` keeps
+  that layer's rows only.
 
 A malformed file is a :class:`~bench.errors.DataError` naming the file, the line and the columns
 expected.
@@ -55,6 +57,7 @@ __all__ = [
     "detect_format",
     "format_names",
     "import_labels",
+    "layer_in_file_name",
     "milan_normalise_formula",
     "parse_compexp_formula",
     "read_labels",
@@ -471,11 +474,28 @@ def _layer_from_name(path: Path, pattern: str) -> str | None:
     return m.group(1) if m else None
 
 
+#: A layer named in a per-layer file name: ``resnet152_imagenet_layer3.csv``,
+#: ``BLIP2-Layer1.csv``, ``resnet50_imagenet_broden_fc.csv`` (DnD's published layouts).
+_LAYER_IN_NAME = re.compile(r"(?:^|[_\-.])(layer\d+|fc|conv\d+)(?=[_\-.]|$)", re.IGNORECASE)
+
+
+def layer_in_file_name(path: str | Path) -> str | None:
+    """The layer a per-layer file's name states (``..._layer3.csv`` -> ``layer3``,
+    ``..._fc.csv`` -> ``fc``), lower-cased; ``None`` when it names none or several."""
+    stem = Path(path).name
+    stem = stem[: -len(Path(stem).suffix)] if Path(stem).suffix else stem
+    found = {m.group(1).lower() for m in _LAYER_IN_NAME.finditer(stem)}
+    return found.pop() if len(found) == 1 else None
+
+
 def _require_layer(table: _Table, fmt: str, layer: str | None, inferred: str | None) -> str:
     if layer is not None:
         return layer
     if inferred:
         return inferred
+    from_name = layer_in_file_name(table.path)
+    if from_name:
+        return from_name
     raise UsageError(
         f"{table.path}: {FORMATS[fmt].tool} {FORMATS[fmt].file} files do not name the layer; "
         "pass layer=... (on the command line: --layer NAME)."

@@ -59,6 +59,31 @@ _SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _is_machine_path(v: str) -> bool:
+    """An absolute path of the machine that wrote it (POSIX, Windows, or ``~/``)."""
+    return (
+        (v.startswith("/") and len(v) > 1 and "\n" not in v)
+        or v.startswith("~/")
+        or bool(re.match(r"^[A-Za-z]:[\\/]", v))
+    )
+
+
+def publishable(obj: Any) -> Any:
+    """``obj`` (JSON) with every absolute path of this machine replaced by its last part, so a
+    result file or page names ``annotations.csv``, never ``/home/me/data/annotations.csv``.
+    Where identity matters the writers keep a content hash beside the name."""
+    if isinstance(obj, str):
+        if _is_machine_path(obj):
+            name = re.split(r"[\\/]", obj.rstrip("/\\"))[-1]
+            return name or obj[:1]
+        return obj
+    if isinstance(obj, dict):
+        return {k: publishable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [publishable(v) for v in obj]
+    return obj
+
+
 def _jtype(v: Any) -> str:
     if v is None:
         return "null"
@@ -604,8 +629,8 @@ class RunIdentity:
             target=config.get("target"),  # type: ignore[arg-type]
             probe=config.get("probe"),
             seed=config.get("seed"),
-            config=config,
-            provenance=dict(state.get("provenance") or {}),
+            config=publishable(config),
+            provenance=publishable(dict(state.get("provenance") or {})),
             schema_version=state.get("schema_version", SCHEMA_VERSION),
             created=state.get("created"),
         )
@@ -1169,18 +1194,24 @@ def load_suite_results(
     paths: Iterable[str | os.PathLike[str]],
 ) -> list[tuple[Path, SuiteResult]]:
     """Find, read and validate suite results (see :func:`find_suite_results`); two files holding
-    the same suite of the same run are an error."""
+    the same suite of the same run with the same settings are an error (the same result twice);
+    the same labels scored with other settings are another result."""
     loaded = [(p, read_suite_result(p)) for p in find_suite_results(paths)]
-    first: dict[tuple[str, str], Path] = {}
+    first: dict[tuple[str, str, str], Path] = {}
     for p, r in loaded:
-        key = (r.run.run_id, r.suite)
+        key = result_identity(r)
         if key in first:
             raise DataError(
-                f"{first[key]} and {p} both hold suite '{r.suite}' of run {r.run.run_id}; "
-                "pass only one of them."
+                f"{first[key]} and {p} both hold suite '{r.suite}' of run {r.run.run_id} with "
+                "the same settings; pass only one of them."
             )
         first[key] = p
     return loaded
+
+
+def result_identity(result: SuiteResult) -> tuple[str, str, str]:
+    """What makes a result one result: its run, its suite and the suite's settings."""
+    return (result.run.run_id, result.suite, dumps(result.settings))
 
 
 def read_exemplar(result_path: str | os.PathLike[str], unit: UnitResult) -> bytes | None:

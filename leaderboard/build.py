@@ -29,9 +29,11 @@ from bench.results import (
     Estimate,
     MethodInfo,
     MetricSummary,
+    RunIdentity,
     SuiteResult,
     UnitResult,
     load_suite_results,
+    publishable,
     read_exemplar,
 )
 from bench.schema import SCHEMA_VERSION, UnitRef, atomic_write, dumps
@@ -84,15 +86,16 @@ def safe_name(text: str, max_len: int = 60) -> str:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Section:
-    """One result file: one suite on one run."""
+    """One table: one suite on one target with one set of reference settings, merging every
+    comparable result file (see :mod:`leaderboard.merge`)."""
 
     sid: str
     display: str
-    sha256: str
-    path: Path
+    sources: tuple[tuple[Path, SuiteResult, str], ...]  # (path, result, sha256) merged here
     result: SuiteResult
     methods: tuple[str, ...]  # display order: best first on the primary metric
     layers: tuple[str, ...]  # the target's order (first appearance among units)
+    differs: dict[str, str]  # settings that set this table apart from others of its suite
 
     @property
     def primary(self) -> MetricSummary | None:
@@ -141,23 +144,71 @@ def _layer_order(result: SuiteResult) -> tuple[str, ...]:
 
 
 def _sections(loaded: Sequence[tuple[Path, SuiteResult]]) -> list[_Section]:
+    from leaderboard.merge import differing_settings, tables
+
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p, _ in loaded}
+    found = tables(loaded)
+    by_suite_target: dict[tuple[str, str], list[int]] = {}
+    for i, t in enumerate(found):
+        by_suite_target.setdefault((t.result.suite, t.result.run.target), []).append(i)
+    differs: dict[int, dict[str, str]] = {}
+    for idx in by_suite_target.values():
+        diffs = differing_settings([found[i].result for i in idx])
+        for i, d in zip(idx, diffs, strict=True):
+            differs[i] = d
     sections = []
-    for path, result in loaded:
+    for i, t in enumerate(found):
+        r = t.result
+        sources = tuple((p, res, digests[p]) for p, res in t.sources)
         sections.append(
             _Section(
-                sid=f"{safe_name(result.suite)}--{safe_name(result.run.run_id)}",
-                display=_display_path(path),
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                path=path,
-                result=result,
-                methods=_method_order(result),
-                layers=_layer_order(result),
+                sid=f"{safe_name(r.suite)}--{safe_name(r.run.target)}--"
+                + hashlib.sha256(t.key.encode("utf-8")).hexdigest()[:10],
+                display=", ".join(_display_path(p) for p, _ in t.sources),
+                sources=sources,
+                result=r,
+                methods=_method_order(r),
+                layers=_layer_order(r),
+                differs=differs.get(i, {}),
             )
         )
     sections.sort(
-        key=lambda s: (_suite_rank(s.result.suite), s.result.run.target, s.result.run.run_id)
+        key=lambda s: (
+            _suite_rank(s.result.suite),
+            s.result.run.target,
+            dumps(s.differs),
+            s.display,
+        )
     )
-    return sections
+    seen: dict[str, int] = {}
+    out = []
+    for s in sections:  # two tables with equal keys (unmergeable results) keep distinct ids
+        n = seen.get(s.sid, 0)
+        seen[s.sid] = n + 1
+        out.append(s if n == 0 else _replace(s, sid=f"{s.sid}-{n + 1}"))
+    return out
+
+
+def _replace(sec: _Section, **kw: Any) -> _Section:
+    from dataclasses import replace
+
+    return replace(sec, **kw)
+
+
+def _settings_text(differs: dict[str, str]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in differs.items())
+
+
+def _title(sec: _Section) -> str:
+    """``suite · target`` and the settings that set this table apart, if any."""
+    r = sec.result
+    title = f"{r.suite} \u00b7 {r.run.target}"
+    return f"{title} \u00b7 {_settings_text(sec.differs)}" if sec.differs else title
+
+
+def _coverage(sec: _Section, method: str) -> int:
+    """Units of the table this method labelled (or failed on)."""
+    return sum(1 for u in sec.result.units if method in u.labels or method in u.status)
 
 
 class _Units:
@@ -238,7 +289,8 @@ def _method_name_cell(info: MethodInfo) -> str:
 def _cost_cell(info: MethodInfo) -> str:
     sec = info.cost.seconds_per_unit
     if sec is None:
-        return f'<td class="num" data-sort="" title="no cost recorded">{_DASH}</td>'
+        why = info.cost.note or "no cost recorded"
+        return f'<td class="num" data-sort="" title="{esc(why)}">{_DASH}</td>'
     return f'<td class="num" data-sort="{sec!r}">{esc(fmt_seconds(sec))}</td>'
 
 
@@ -253,14 +305,19 @@ def _main_table(sec: _Section) -> str:
     head = (
         '<th scope="col" data-type="text">Method</th>'
         '<th scope="col" data-type="num" title="wall seconds per unit">s / unit</th>'
-        + "".join(_metric_header(m) for m in metrics)
+        '<th scope="col" data-type="num" title="units of this table the method labelled">'
+        "units labelled</th>" + "".join(_metric_header(m) for m in metrics)
     )
     rows = []
+    total = len(r.units)
     for name in sec.methods:
         info = r.methods[name]
         cells = "".join(_score_cell(m, name) for m in metrics)
+        n = _coverage(sec, name)
+        cover = f'<td class="num" data-sort="{n}">{n} / {total}</td>'
         rows.append(
-            f'<tr data-method="{esc(name)}">{_method_name_cell(info)}{_cost_cell(info)}{cells}</tr>'
+            f'<tr data-method="{esc(name)}">{_method_name_cell(info)}{_cost_cell(info)}'
+            f"{cover}{cells}</tr>"
         )
     ceiling = ""
     if any(m.ceiling is not None for m in metrics):
@@ -272,7 +329,7 @@ def _main_table(sec: _Section) -> str:
         )
         ceiling = (
             f'<tbody class="ceiling"><tr data-ceiling="1"><th scope="row">'
-            f"{esc(_ceiling_name(sec))}</th><td>{_DASH}</td>{cells}</tr></tbody>"
+            f"{esc(_ceiling_name(sec))}</th><td>{_DASH}</td><td>{_DASH}</td>{cells}</tr></tbody>"
         )
     caption = (
         "Mean over units with its 95% bootstrap interval. Shaded with a green badge: significance "
@@ -307,8 +364,7 @@ def _metric_notes(sec: _Section) -> str:
         if m.note and (m.ok or (m.reason or "") not in m.note):  # not the reason twice
             parts.append(esc(m.note))
         settings = (
-            f"<details><summary>settings</summary><pre>{esc(dumps(m.settings, indent=2))}</pre>"
-            "</details>"
+            f"<details><summary>settings</summary>{_json_pre(m.settings)}</details>"
             if m.settings
             else ""
         )
@@ -364,16 +420,28 @@ def _plots(sec: _Section) -> str:
                     group=s.group,
                 )
             )
-        left_out = f" Not plotted (no cost recorded): {esc(', '.join(missing))}." if missing else ""
-        if points:
+        left_out = (
+            f" Not plotted, no cost measured: {esc(', '.join(_no_cost(r, n) for n in missing))}."
+            if missing
+            else ""
+        )
+        if any(r.methods[p.name].kind != "baseline" for p in points):
             svg = cost_plot(points, metric=primary.name, higher_is_better=primary.higher_is_better)
             figures.append(
-                f"<figure>{svg}<figcaption>Quality ({esc(primary.name)}) against cost per unit."
-                f"{left_out}</figcaption></figure>"
+                f"<figure>{svg}<figcaption>Quality ({esc(primary.name)}) against cost per unit, "
+                f"for the methods with a measured cost.{left_out}</figcaption></figure>"
             )
         elif missing:
-            figures.append(f'<p class="muted">No method recorded its cost.{left_out}</p>')
+            figures.append(
+                '<p class="muted">No quality-against-cost plot: no method but the constant '
+                f"baseline has a measured cost.{left_out}</p>"
+            )
     return f'<div class="plots">{"".join(figures)}</div>' if figures else ""
+
+
+def _no_cost(r: SuiteResult, name: str) -> str:
+    info = r.methods[name]
+    return f"{name} (imported labels)" if info.kind == "imported" else name
 
 
 def _per_layer(sec: _Section) -> str:
@@ -523,20 +591,23 @@ def _section_html(sec: _Section, units: _Units) -> str:
         else ""
     )
     settings = (
-        f"<details><summary>suite settings</summary><pre>{esc(dumps(r.settings, indent=2))}"
-        "</pre></details>"
+        f"<details><summary>suite settings</summary>{_json_pre(r.settings)}</details>"
         if r.settings
         else ""
     )
     return (
         f'<section class="suite" id="{esc(sec.sid)}" data-suite="{esc(r.suite)}">'
-        f"<h2>{esc(r.suite)} <small>target {esc(run.target)}{probe} \u00b7 run "
-        f"{esc(run.run_id)}</small></h2>"
+        f"<h2>{esc(r.suite)} <small>target {esc(run.target)}{probe}"
+        + (f" \u00b7 {esc(_settings_text(sec.differs))}" if sec.differs else "")
+        + "</small></h2>"
+        + f'<p class="methods">Methods: {esc(", ".join(sec.methods))}</p>'
         + (f"<p>{esc(blurb)}</p>" if blurb else "")
         + offline
         + f'<p class="muted">{_count(len(r.units), "unit")} \u00b7 '
         f"{_count(len(r.methods), 'method')} \u00b7 "
-        f"result file {esc(sec.display)}</p>"
+        f"{'result files' if len(sec.sources) > 1 else 'result file'} {esc(sec.display)}"
+        + _shared_note(sec)
+        + "</p>"
         + _main_table(sec)
         + _metric_notes(sec)
         + settings
@@ -548,35 +619,53 @@ def _section_html(sec: _Section, units: _Units) -> str:
     )
 
 
+def _shared_note(sec: _Section) -> str:
+    if len(sec.sources) < 2:
+        return ""
+    r = sec.result
+    shared = {m.settings.get("groups_over_items") for m in r.metrics if m.ok and m.per_method} - {
+        None
+    }
+    n = ", ".join(str(x) for x in sorted(shared)) or "0"
+    return (
+        f" \u00b7 merged from {len(sec.sources)} comparable results; means, intervals and paired "
+        f"groups over the {esc(n)} units every method was scored on of {len(r.units)}"
+    )
+
+
 def _json_pre(obj: Any) -> str:
-    return f"<pre>{esc(dumps(obj, indent=2))}</pre>"
+    """JSON for a page, with any absolute path of the machine that wrote it cut to its name
+    (result files written before paths were kept out of them)."""
+    return f"<pre>{esc(dumps(publishable(obj), indent=2))}</pre>"
 
 
 def _provenance(sections: Sequence[_Section]) -> str:
     files = "".join(
-        f"<tr><td>{esc(s.display)}</td><td><code>{esc(s.sha256[:16])}</code></td>"
-        f'<td><a href="#{esc(s.sid)}">{esc(s.result.suite)}</a></td>'
-        f"<td>{esc(s.result.run.run_id)}</td><td>{esc(s.result.run.target)}</td>"
-        f"<td>{esc(s.result.run.probe or _DASH)}</td>"
-        f"<td>{esc(_DASH if s.result.run.seed is None else s.result.run.seed)}</td>"
-        f"<td>{esc(s.result.run.created or _DASH)}</td>"
-        f"<td>{'yes' if s.result.offline else 'no'}</td></tr>"
+        f"<tr><td>{esc(_display_path(p))}</td><td><code>{esc(sha[:16])}</code></td>"
+        f'<td><a href="#{esc(s.sid)}">{esc(r.suite)}</a></td>'
+        f"<td>{esc(r.run.run_id)}</td><td>{esc(r.run.target)}</td>"
+        f"<td>{esc(r.run.probe or _DASH)}</td>"
+        f"<td>{esc(_DASH if r.run.seed is None else r.run.seed)}</td>"
+        f"<td>{esc(r.run.created or _DASH)}</td>"
+        f"<td>{'yes' if r.offline else 'no'}</td></tr>"
         for s in sections
+        for p, r, sha in s.sources
     )
     out = [
         '<h2 id="provenance">Provenance</h2>',
-        f"<p>Built from {len(sections)} suite result file{'s' if len(sections) != 1 else ''} "
+        f"<p>Built from {_count(sum(len(s.sources) for s in sections), 'suite result file')} "
         f"(result schema version {SCHEMA_VERSION}). Each number above is a pure function of "
         "these files.</p>",
         '<div class="scroll"><table><thead><tr><th>Result file</th><th>SHA-256</th><th>Suite</th>'
         "<th>Run</th><th>Target</th><th>Probe</th><th>Seed</th><th>Run created</th>"
         f"<th>Offline</th></tr></thead><tbody>{files}</tbody></table></div>",
     ]
-    runs: dict[str, _Section] = {}
+    runs: dict[str, RunIdentity] = {}
     for s in sections:
-        runs.setdefault(s.result.run.run_id, s)
+        for _, r, _ in s.sources:
+            runs.setdefault(r.run.run_id, r.run)
     for run_id in sorted(runs):
-        run = runs[run_id].result.run
+        run = runs[run_id]
         prov = run.provenance
         raw_versions = prov.get("versions")
         versions: dict[str, Any] = raw_versions if isinstance(raw_versions, dict) else {}
@@ -623,7 +712,7 @@ def _provenance(sections: Sequence[_Section]) -> str:
                 "</tr>"
             )
         out.append(
-            f"<h3>Methods in {esc(s.result.suite)} (run {esc(s.result.run.run_id)})</h3>"
+            f"<h3>Methods in {esc(_title(s))}</h3>"
             '<div class="scroll"><table><thead><tr><th>Method</th><th>Kind</th><th>Version</th>'
             "<th>Source</th><th>s / unit</th><th>Model calls / unit</th><th>Device</th>"
             f"<th>Config</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
@@ -638,8 +727,9 @@ def _index_data(sections: Sequence[_Section]) -> dict[str, Any]:
             {
                 "id": s.sid,
                 "suite": s.result.suite,
-                "run_id": s.result.run.run_id,
+                "run_ids": [r.run.run_id for _, r, _ in s.sources],
                 "target": s.result.run.target,
+                "settings": s.differs,
                 "offline": s.result.offline,
                 "methods": list(s.methods),
                 "metrics": [
@@ -668,8 +758,8 @@ def _index_data(sections: Sequence[_Section]) -> dict[str, Any]:
 
 def _index(sections: Sequence[_Section], units: _Units) -> str:
     nav = "".join(
-        f'<li><a href="#{esc(s.sid)}">{esc(s.result.suite)}</a> '
-        f"<small>{esc(s.result.run.target)} \u00b7 run {esc(s.result.run.run_id)}"
+        f'<li><a href="#{esc(s.sid)}">{esc(_title(s))}</a> '
+        f"<small>{esc(', '.join(s.methods))}"
         f"{_OFFLINE_TAG if s.result.offline else ''}</small></li>"
         for s in sections
     )
@@ -718,7 +808,7 @@ def _unit_page(
             f'<figure><img class="exemplars" src="../{esc(rel)}" '
             f'alt="{esc(f"Top images of unit {name} with the activation regions outlined")}">'
             f"<figcaption>Top images of unit {esc(name)}, activation regions outlined (from "
-            f"{esc(sec.result.suite)}, run {esc(sec.result.run.run_id)}).</figcaption></figure>"
+            f"{esc(_title(sec))}).</figcaption></figure>"
         )
     exemplars = "".join(figures) or '<p class="muted">No exemplar images in these results.</p>'
     refs: dict[str, list[str]] = {}
@@ -761,8 +851,7 @@ def _unit_page(
         )
         blocks.append(
             f'<section class="suite" data-suite="{esc(sec.result.suite)}"><h2>'
-            f'<a href="../index.html#{esc(sec.sid)}">{esc(sec.result.suite)}</a> <small>run '
-            f"{esc(sec.result.run.run_id)}</small></h2>"
+            f'<a href="../index.html#{esc(sec.sid)}">{esc(_title(sec))}</a></h2>'
             + (
                 f'<p class="offline"><strong>Offline:</strong> {esc(sec.result.offline_note)}</p>'
                 if sec.result.offline
@@ -815,13 +904,16 @@ def render(loaded: Sequence[tuple[Path, SuiteResult]]) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     exemplar_files: dict[tuple[str, UnitRef], str] = {}
     for sec in sections:
-        for u in sec.result.units:
-            data = read_exemplar(sec.path, u)
-            if data is None:
-                continue
-            rel = f"{_EXEMPLAR_DIR}/{hashlib.sha256(data).hexdigest()[:24]}.png"
-            files[rel] = data
-            exemplar_files[(sec.sid, u.unit)] = rel
+        for path, result, _ in sec.sources:
+            for u in result.units:
+                if (sec.sid, u.unit) in exemplar_files:
+                    continue
+                data = read_exemplar(path, u)
+                if data is None:
+                    continue
+                rel = f"{_EXEMPLAR_DIR}/{hashlib.sha256(data).hexdigest()[:24]}.png"
+                files[rel] = data
+                exemplar_files[(sec.sid, u.unit)] = rel
     files["index.html"] = _index(sections, units).encode("utf-8")
     for key in sorted(units.pages):
         target, layer, index = key
@@ -830,7 +922,9 @@ def render(loaded: Sequence[tuple[Path, SuiteResult]]) -> dict[str, bytes]:
     manifest = {
         "files": {p: hashlib.sha256(b).hexdigest() for p, b in sorted(files.items())},
         "generator": "neuron-bench leaderboard",
-        "results": [{"file": s.display, "sha256": s.sha256} for s in sections],
+        "results": [
+            {"file": _display_path(p), "sha256": sha} for s in sections for p, _, sha in s.sources
+        ],
         "schema_version": SCHEMA_VERSION,
     }
     files[MANIFEST] = (dumps(manifest, indent=2) + "\n").encode("utf-8")

@@ -37,6 +37,7 @@ from bench.results import (
     RunIdentity,
     SuiteResult,
     UnitResult,
+    publishable,
 )
 from bench.schema import Description, UnitRef
 
@@ -287,7 +288,9 @@ class UnitEntry:
 class SuiteScores:
     """What ``_score`` returns. ``order``: the items in display order (default: the units);
     ``layer_of``: item -> layer for the per-layer breakdown (default: a unit's layer; items
-    without a layer get none). ``offline_notes``: what offline stand-ins mean for the numbers."""
+    without a layer get none). ``offline_notes``: what offline stand-ins mean for the numbers.
+    ``groups_min_units``: significance groups are withheld (and the result says why) when fewer
+    items than this are shared by every method."""
 
     units: list[UnitEntry]
     metrics: list[MetricValues]
@@ -296,6 +299,7 @@ class SuiteScores:
     classes: list[ClassResult] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     offline_notes: list[str] = field(default_factory=list)
+    groups_min_units: int = 0
 
 
 # --- the contract --------------------------------------------------------------------------------
@@ -344,7 +348,15 @@ class Suite(Configurable[C], abc.ABC):
             layer_of = {k: k.layer for k in order if isinstance(k, UnitRef)}
         methods = list(ctx.methods)
         summaries = tuple(
-            summarise(mv, methods, order, layer_of, ctx.options) for mv in scores.metrics
+            summarise(
+                mv,
+                methods,
+                order,
+                layer_of,
+                ctx.options,
+                groups_min_units=scores.groups_min_units,
+            )
+            for mv in scores.metrics
         )
         exemplars: dict[UnitRef, str] = {}
         if ctx.exemplar_writer is not None and ctx.options.exemplars and scores.units:
@@ -360,7 +372,8 @@ class Suite(Configurable[C], abc.ABC):
 
             notes.insert(0, f"text models: {OFFLINE_NOTE}")
         settings = {
-            "suite": self.identity(),
+            # File names, not this machine's paths: result files are meant for publishing.
+            "suite": publishable(self.identity()),
             "text_models": ctx.options.text,
             "bootstrap": ctx.options.bootstrap_settings(),
             "baseline": ctx.options.baseline,
@@ -447,8 +460,11 @@ def summarise(
     order: Sequence[Hashable],
     layer_of: dict[Hashable, str],
     options: ScoreOptions,
+    *,
+    groups_min_units: int = 0,
 ) -> MetricSummary:
-    """One metric's :class:`~bench.results.MetricSummary`: means, intervals, groups, ceiling."""
+    """One metric's :class:`~bench.results.MetricSummary`: means, intervals, groups, ceiling.
+    Groups are withheld when fewer than ``groups_min_units`` items are shared by all methods."""
     from metrics.stats import significance_groups
 
     settings = {**mv.settings, "bootstrap": options.bootstrap_settings()}
@@ -471,7 +487,17 @@ def summarise(
     }
     common = [k for k in order if all(k in mv.values[m] for m in scored)]
     groups = None
-    if scored and common:
+    note = mv.note
+    if groups_min_units:
+        settings["groups_min_units"] = groups_min_units
+    if scored and common and len(common) < groups_min_units:
+        withheld = (
+            f"significance groups withheld: {len(common)} units shared by every method, fewer "
+            f"than the {groups_min_units} a paired comparison needs here"
+        )
+        settings["groups_withheld"] = withheld
+        note = f"{note}; {withheld}" if note else withheld[0].upper() + withheld[1:]
+    elif scored and common:
         groups = significance_groups(
             {m: [mv.values[m][k] for k in common] for m in scored},
             alpha=options.alpha,
@@ -508,7 +534,7 @@ def summarise(
         name=mv.name,
         settings=settings,
         comparable_with_papers=mv.comparable_with_papers,
-        note=mv.note,
+        note=note,
         higher_is_better=mv.higher_is_better,
         value_type=mv.value_type,  # type: ignore[arg-type]
         per_method=per_method,

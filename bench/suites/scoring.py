@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, UnknownNameError, UsageError
+from bench.errors import BenchError, DataError, UnknownNameError, UsageError
 from bench.results import (
     MethodCost,
     MethodInfo,
@@ -291,8 +291,46 @@ def _import_target(target: str, suite: str, suite_config: Mapping[str, Any]) -> 
     )
 
 
+def label_paths(labels: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The label files named by ``labels``: paths or glob patterns (``dnd/*_layer*.csv``),
+    globs expanded in sorted order, each file once. A pattern matching nothing is an error."""
+    import glob
+
+    items = [labels] if isinstance(labels, (str, Path)) else list(labels)
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        if any(ch in text for ch in "*?[") and not Path(text).expanduser().exists():
+            found = sorted(glob.glob(str(Path(text).expanduser())))
+            if not found:
+                raise UsageError(f"--labels {text}: the pattern matches no file.")
+            paths = [Path(f) for f in found]
+        else:
+            paths = [Path(text).expanduser()]
+        for p in paths:
+            if p not in out:
+                out.append(p)
+    if not out:
+        raise UsageError("Expected at least one label file, got none.")
+    return out
+
+
+def _config_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A suite's options for the import's identity: files by content hash (a path of this
+    machine is no part of it), other values as given."""
+    from bench.cache import sha256_file
+
+    out: dict[str, Any] = {}
+    for k, v in sorted(config.items()):
+        if isinstance(v, str) and Path(v).expanduser().is_file():
+            out[k] = {"file": Path(v).name, "sha256": sha256_file(Path(v).expanduser())}
+        else:
+            out[k] = v
+    return out
+
+
 def score_labels(
-    labels: str | Path,
+    labels: str | Path | Sequence[str | Path],
     format: str = "auto",
     *,
     target: str,
@@ -304,41 +342,66 @@ def score_labels(
     options: ScoreOptions | None = None,
     suite_config: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ScoreReport:
-    """Score the labels in file ``labels`` (a format of :data:`bench.imports.FORMATS`,
-    NetDissect's 1-based units converted) on ``suite`` for ``target`` as the method ``name``
-    (default: the format's name), beside the ``depictions`` baseline.
+    """Score the labels in ``labels`` (one file, several, or glob patterns; formats of
+    :data:`bench.imports.FORMATS`, NetDissect's 1-based units converted) on ``suite`` for
+    ``target`` as the method ``name`` (default: the format's name), beside the ``depictions``
+    baseline. Several files (DnD's ``..._layer1.csv`` ... ``..._layer4.csv``) are one method and
+    one result; each file's layer comes from its ``layer`` column, else ``layer``, else its name
+    (``_layer3``, ``_fc``; :func:`bench.imports.layer_in_file_name`).
 
     Writes ``<out>/run.json`` and ``<out>/suites/<suite>.json`` (default ``out``:
-    ``results/<target>-import-<name>-<id>``). Formats without a layer column take ``layer``;
-    ``final-layer`` defaults it to the target's final layer. Text-only suites load no weights
-    and no images.
+    ``results/<target>-import-<name>-<id>``, the id a digest of the files' contents, the name,
+    the target, the suite and its options, so the same labels scored with other settings go
+    elsewhere). Formats without a layer column take ``layer``; ``final-layer`` defaults it to
+    the target's final layer. Text-only suites load no weights and no images.
     """
     from bench.cache import sha256_bytes
     from bench.environment import provenance
-    from bench.imports import FORMATS, import_labels
+    from bench.imports import FORMATS, detect_format, import_labels, layer_in_file_name
 
     options = options or ScoreOptions()
     suite_config = dict(suite_config or {})
     _check_config_names(suite_config, [suite])
     _suite(suite, suite_config)  # unknown suites and bad options fail before any reading
     info = _import_target(target, suite, suite_config.get(suite) or {})
-    if (
-        layer is None
-        and suite == "final-layer"
-        and info.spec is not None
-        and (format == "auto" or (format in FORMATS and not FORMATS[format].has_layer_column))
-    ):
-        from bench.imports import detect_format
-
-        fmt = format if format != "auto" else detect_format(labels)
-        if fmt is not None and not FORMATS[fmt].has_layer_column:
-            layer = info.spec.final_layer
-    imported = import_labels(labels, format, layer=layer)
-    name = name or imported.format
+    paths = label_paths(labels)
+    imports = []
+    for path in paths:
+        file_layer = layer
+        fmt = format if format != "auto" else (detect_format(path) if path.is_file() else None)
+        no_layer_column = fmt is not None and fmt in FORMATS and not FORMATS[fmt].has_layer_column
+        if (
+            file_layer is None
+            and suite == "final-layer"
+            and info.spec is not None
+            and no_layer_column
+            and layer_in_file_name(path) is None
+        ):
+            file_layer = info.spec.final_layer
+        imports.append(import_labels(path, format, layer=file_layer))
+    formats = sorted({i.format for i in imports})
+    if name is None and len(formats) > 1:
+        raise UsageError(
+            f"The label files are of several formats ({', '.join(formats)}); pass --name to "
+            "score them as one method."
+        )
+    name = name or imports[0].format
     if options.baseline and name == BASELINE:
         raise UsageError(
             f"The imported labels cannot be named '{BASELINE}': that is the constant baseline "
             "scored beside them. Pass another --name."
+        )
+    if len(imports) == 1:
+        source = imports[0].provenance()
+        source_text = f"{source['file']} ({imports[0].format})"
+    else:
+        source = {
+            "format": "+".join(formats),
+            "files": [i.provenance() for i in imports],
+            "units": sum(len(i.descriptions) for i in imports),
+        }
+        source_text = f"{len(imports)} files ({'+'.join(formats)}): " + ", ".join(
+            Path(i.path).name for i in imports
         )
     key = None
     if suite == "milannotations":
@@ -346,31 +409,48 @@ def score_labels(
 
         key = milannotations_key(info, (suite_config.get(suite) or {}).get("key"))
     descriptions: dict[UnitRef, Description] = {}
-    for d in imported.descriptions:
-        unit = d.unit
-        if key is not None:
-            unit = UnitRef(layer=canonical_layer(key, unit.layer), index=unit.index)
-        descriptions[unit] = d if unit == d.unit else d.replace(unit=unit)
+    where: dict[UnitRef, str] = {}
+    for imported in imports:
+        for d in imported.descriptions:
+            unit = d.unit
+            if key is not None:
+                unit = UnitRef(layer=canonical_layer(key, unit.layer), index=unit.index)
+            if unit in descriptions:
+                raise DataError(
+                    f"Unit {unit} is labelled in both {where[unit]} and "
+                    f"{Path(imported.path).name}; expected each unit in one file. Pass files of "
+                    "distinct layers (or --layer for one of them)."
+                )
+            where[unit] = Path(imported.path).name
+            descriptions[unit] = d if unit == d.unit else d.replace(unit=unit)
     file_layers = list(dict.fromkeys(u.layer for u in descriptions))
     spec_layers = list(info.spec.layers) if info.spec is not None else []
     layers = [la for la in spec_layers if la in file_layers] + [
         la for la in file_layers if la not in spec_layers
     ]
     info = TargetInfo(name=info.name, spec=info.spec, layers=tuple(layers))
-    source = imported.provenance()
     method = MethodLabels(
         info=MethodInfo(
             name=name,
             version=IMPORT_VERSION,
             config=source,
             kind="imported",
-            source=f"{source['file']} ({imported.format})",
+            source=source_text,
             cost=MethodCost(note="imported labels: no cost measured here"),
         ),
         descriptions=descriptions,
     )
     run_config = {"import": source, "name": name, "target": target, "probe": None, "layers": layers}
-    run_id = sha256_bytes(dumps({"import": source, "name": name, "target": target}).encode())[:12]
+    identity = {
+        "import": source,
+        "name": name,
+        "target": target,
+        "suite": suite,
+        "suite_config": _config_fingerprint(suite_config.get(suite) or {}),
+        "baseline": options.baseline,
+        "text": options.text,
+    }
+    run_id = sha256_bytes(dumps(identity).encode())[:12]
     out_dir = Path(out) if out is not None else Path("results") / f"{target}-import-{name}-{run_id}"
     state = RunState.open(out_dir, run_id, kind="import")
     state.status = "complete"

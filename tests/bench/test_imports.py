@@ -246,6 +246,23 @@ def test_dnd_final_results(tmp_path: Path) -> None:
     assert detect_format(path) == "dnd"
 
 
+def test_layer_from_per_layer_file_names(tmp_path: Path) -> None:
+    from bench.imports import layer_in_file_name
+
+    # DnD's published layouts: one file per layer, the layer in the name.
+    assert layer_in_file_name("resnet152_imagenet_layer3.csv") == "layer3"
+    assert layer_in_file_name("BLIP2-Layer1.csv") == "layer1"
+    assert layer_in_file_name("resnet50_imagenet_broden_fc.csv") == "fc"
+    assert layer_in_file_name("final_results.csv") is None
+    assert layer_in_file_name("x_layer1_layer2.csv") is None  # ambiguous: not guessed
+    assert layer_in_file_name("player10.csv") is None  # not a separate word
+    text = "Neuron ID,Label 1,Label 2,Label 3\n6,stripes,lines,bars\n"
+    path = _write(tmp_path, "resnet152_imagenet_layer2.csv", text)
+    assert [d.unit for d in read_labels(path, "dnd")] == [UnitRef(layer="layer2", index=6)]
+    # layer= still wins over the name.
+    assert read_labels(path, "dnd", layer="layer4")[0].unit.layer == "layer4"
+
+
 def test_dnd_fc_variant(tmp_path: Path) -> None:
     text = 'Neuron ID,label\n0,fishing and catching fish\n416,"""womens gymnastics"""\n'
     path = _write(tmp_path, "final_results.csv", text)

@@ -219,8 +219,38 @@ def test_dnd_protocol_keeps_only_reliable_units(tmp_path: Path, no_weights) -> N
     assert [u.unit.index for u in r.units] == [0, 2]
     assert all(u.details["reliable"] and u.details["max_pair_cosine"] > 0.81 for u in r.units)
     assert r.settings["units_reliable"] == 2 and r.settings["protocol"] == "dnd"
-    assert r.settings["reliable_threshold"] == 0.81
-    assert "stands in" in r.offline_note  # no offline CLIP
+    # Offline there is no CLIP: the threshold is calibrated to the stand-in encoder, keeping
+    # the share of units CLIP's 0.81 keeps in DnD's notebook (103 of 200), and says so.
+    assert "calibrated to this encoder" in r.settings["reliable_calibration"]
+    threshold = r.settings["reliable_threshold"]
+    assert threshold != 0.81
+    assert all(u.details["max_pair_cosine"] > threshold for u in r.units)
+    assert "stands in" in r.offline_note and f"{threshold:.4f}" in r.offline_note
+    # Two units are too few for significance groups: withheld, and the result says why.
+    for m in r.metrics:
+        if m.ok:
+            assert all(s.group is None for s in m.per_method.values())
+            assert "significance groups withheld: 2 units" in m.note
+            assert m.settings["groups_min_units"] == 20
+    # DnD's 0.81 given explicitly: used as given.
+    given = score_labels(
+        labels,
+        "milan",
+        target="alexnet",
+        suite="milannotations",
+        out=tmp_path / "o3",
+        options=OPTIONS,
+        suite_config={
+            "milannotations": {
+                "annotations": str(ann),
+                "protocol": "dnd",
+                "reliable_threshold": 0.81,
+            }
+        },
+    )
+    g = read_suite_result(given.results["milannotations"])
+    assert g.settings["reliable_threshold"] == 0.81
+    assert g.settings["reliable_calibration"].startswith("given")
     with pytest.raises(UsageError, match="none of 3 units is reliable"):
         score_labels(
             labels,
@@ -455,4 +485,65 @@ def test_cifar_auroc_on_cifar10_with_local_weights(tmp_path: Path) -> None:
             out=tmp_path / "out2",
             options=options,
             suite_config={"cifar-auroc": {"root": str(tmp_path / "none"), "datasets": "cifar10"}},
+        )
+
+
+def test_cli_scores_several_label_files_as_one_result(
+    tmp_path: Path, no_weights, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.cli import main
+
+    ann = _annotations(
+        tmp_path / "annotations.csv",
+        [
+            (la, u, t)
+            for la in ("layer1", "layer2")
+            for u in (0, 1)
+            for t in ("sky", "blue sky", "a")
+        ],
+    )
+    header = ["Neuron ID", "Label 1", "Label 2", "Label 3"]
+    (tmp_path / "dnd").mkdir()
+    (tmp_path / "dup").mkdir()
+    one = _write_csv(tmp_path / "dnd" / "rn_layer1.csv", header, [[0, "sky", "", ""]])
+    _write_csv(
+        tmp_path / "dnd" / "rn_layer2.csv", header, [[0, "clouds", "", ""], [1, "a", "", ""]]
+    )
+    argv = ["score", "--labels", str(tmp_path / "dnd" / "rn_layer*.csv"), "--format", "dnd"]
+    argv += ["--target", "resnet152", "--suite", "milannotations", "--annotations", str(ann)]
+    argv += ["--out", str(tmp_path / "out"), "--bootstrap", "200", "--device", "cpu"]
+    assert main(argv) == 0
+    r = read_suite_result(tmp_path / "out" / "suites" / "milannotations.json")
+    assert [u.unit for u in r.units] == [
+        UnitRef(layer="layer1", index=0),
+        UnitRef(layer="layer2", index=0),
+        UnitRef(layer="layer2", index=1),
+    ]
+    assert r.methods["dnd"].source == "2 files (dnd): rn_layer1.csv, rn_layer2.csv"
+    # Several --labels given one by one: the same files, the same result.
+    argv2 = ["score", "--labels", str(one), "--labels", str(tmp_path / "dnd" / "rn_layer2.csv")]
+    before = (tmp_path / "out" / "suites" / "milannotations.json").read_bytes()
+    assert main(argv2 + argv[3:]) == 0
+    assert (tmp_path / "out" / "suites" / "milannotations.json").read_bytes() == before
+    # A unit in two files is an error naming both.
+    _write_csv(tmp_path / "dup" / "a_layer1.csv", header, [[0, "sky", "", ""]])
+    dup = _write_csv(tmp_path / "dup" / "b_layer1.csv", header, [[0, "sea", "", ""]])
+    with pytest.raises(DataError, match="a_layer1.csv and b_layer1.csv"):
+        score_labels(
+            [tmp_path / "dup" / "a_layer1.csv", dup],
+            "dnd",
+            target="resnet152",
+            suite="milannotations",
+            out=tmp_path / "o",
+            options=OPTIONS,
+            suite_config={"milannotations": {"annotations": str(ann)}},
+        )
+    with pytest.raises(UsageError, match="matches no file"):
+        score_labels(
+            str(tmp_path / "none_*.csv"),
+            "dnd",
+            target="resnet152",
+            suite="milannotations",
+            options=OPTIONS,
+            suite_config={"milannotations": {"annotations": str(ann)}},
         )

@@ -702,7 +702,7 @@ def test_index_shows_tables_groups_ceiling_unavailable_and_plots(
     assert '<tr data-method="clip-dissect">' in planted and '<span class="tag">imported</span>' in (
         planted
     )
-    assert "Not plotted (no cost recorded): clip-dissect." in planted
+    assert "Not plotted, no cost measured: clip-dissect (imported labels)." in planted
     cifar = index[index.index('data-suite="cifar-auroc"') : index.index('data-suite="planted"')]
     assert '<table class="sortable perclass">' in cifar and "anything &lt;red&gt;" in cifar
     assert cifar.count('href="units/layer4-0.html"') >= 2
@@ -731,7 +731,8 @@ def test_unit_page_shows_labels_references_scores(results: list[Path], tmp_path:
         "red things",
         "Planted concept",
         "red AND circle",  # from the planted suite, merged onto the same unit page
-        '<a href="../index.html#milannotations--3f2a9c81d0e4">milannotations</a>',
+        f'<a href="../index.html#milannotations--{TARGET}--',  # the table's id names suite, target
+        f"milannotations \u00b7 {TARGET}</a>",
         "0.600",  # milan's BERTScore on this unit
         ">no</td>",  # milan did not recover the planted concept
         ">yes</td>",  # clip-dissect did

@@ -286,7 +286,7 @@ def test_index_loads_without_errors_and_payloads_stay_text(browser: Browser, sit
 
 def test_clicking_a_header_sorts_the_table(browser: Browser, site: Path) -> None:
     browser.goto((site / "index.html").as_uri())
-    table = "#milannotations--3f2a9c81d0e4-table"
+    table = "section[data-suite=milannotations] table.results"
     header = f"document.querySelector({json.dumps(table)}).tHead.rows[0].cells"
     assert _rows(browser, table) == ["milan", "depictions", "netdissect"]
     mark = len(browser.events)
@@ -297,11 +297,11 @@ def test_clicking_a_header_sorts_the_table(browser: Browser, site: Path) -> None
     assert _rows(browser, table) == ["depictions", "netdissect", "milan"]
     browser.eval(f"{header}[0].click()")  # method names: alphabetical
     assert _rows(browser, table) == ["depictions", "milan", "netdissect"]
-    browser.eval(f"{header}[2].click()")  # bertscore, best first
+    browser.eval(f"{header}[3].click()")  # bertscore, best first (after units labelled)
     assert _rows(browser, table) == ["milan", "depictions", "netdissect"]
-    browser.eval(f"{header}[4].click()")  # sentence-cosine
+    browser.eval(f"{header}[5].click()")  # sentence-cosine
     assert _rows(browser, table) == ["milan", "netdissect", "depictions"]
-    browser.eval(f"{header}[3].click()")  # the unavailable column keeps the order
+    browser.eval(f"{header}[4].click()")  # the unavailable column keeps the order
     assert _rows(browser, table) == ["milan", "netdissect", "depictions"]
     # The ceiling row stays apart, after the methods.
     assert browser.eval(
@@ -345,3 +345,29 @@ def test_every_page_loads_cleanly(browser: Browser, site: Path) -> None:
             ".forEach(th => th.click())"
         )
         assert browser.problems(mark) == [], p.name
+
+
+def test_contents_list_names_suite_target_and_methods(browser: Browser, site: Path) -> None:
+    browser.goto((site / "index.html").as_uri())
+    items = browser.eval(
+        "Array.from(document.querySelectorAll('header nav li')).map(li => li.innerText)"
+    )
+    sections = browser.eval(
+        "Array.from(document.querySelectorAll('main section.suite')).map(s => "
+        "[s.dataset.suite, Array.from(s.querySelectorAll('table.results tbody tr[data-method]'))"
+        ".map(r => r.dataset.method)])"
+    )
+    assert len(items) == len(sections) > 1
+    # Each entry, as the reader sees it, names its suite, the target and every method of its
+    # table; entries come in the sections' order (suite, then target).
+    for text, (suite, methods) in zip(items, sections, strict=True):
+        assert text.startswith(suite), (text, suite)
+        assert "synth.resnet" in text
+        for method in methods:
+            assert method in text, (text, method)
+    # And the links go to those sections.
+    hrefs = browser.eval(
+        "Array.from(document.querySelectorAll('header nav a')).map(a => a.getAttribute('href'))"
+    )
+    ids = browser.eval("Array.from(document.querySelectorAll('main section.suite')).map(s => s.id)")
+    assert hrefs == [f"#{i}" for i in ids]
