@@ -31,9 +31,9 @@ def _explicit_masks(probe, i: int) -> dict[str, np.ndarray]:  # type: ignore[no-
     out = {}
     for c in probe.concepts():
         m = np.zeros((sh, sw), dtype=bool)
-        for cat, layers in seg.pixel.items():
+        for layers in seg.pixel.values():
             m |= np.any(np.asarray(layers) == c.number, axis=0)
-        for cat, numbers in seg.image.items():
+        for numbers in seg.image.values():
             if c.number in numbers:
                 m[:] = True
         out[c.name] = m
