@@ -28,7 +28,7 @@ from metrics.classification import auroc, average_precision
 
 TARGET = "synth.resnet"
 OPTIONS = ScoreOptions(n_resamples=1000, device="cpu")
-SUITES = ("milannotations", "final-layer", "cifar-auroc", "planted")
+SUITES = ("milannotations", "final-layer", "cifar-auroc", "planted", "faithfulness")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def _unit_scores(result: SuiteResult, metric: str, method: str) -> dict[UnitRef,
 
 def test_every_suite_scores_the_run_with_baseline_ceiling_and_offline_notes(scored) -> None:
     run_dir, results = scored
-    assert suite_names()[:4] == list(SUITES)
+    assert suite_names()[:5] == list(SUITES)
     for name, r in results.items():
         assert (run_dir / "suites" / f"{name}.json").is_file()
         assert r.suite == name and r.run.target == TARGET
