@@ -42,6 +42,7 @@ __all__ = [
     "ScoreReport",
     "build_leaderboard",
     "describe_cached",
+    "metrics_check",
     "milan_evaluate",
     "milan_train",
     "parse_units",
@@ -111,3 +112,33 @@ def milan_evaluate(
         progress=progress,
     )
     return rows
+
+
+def metrics_check(
+    targets: Sequence[str] | None = None,
+    out: str | Path = "results/metrics",
+    *,
+    n_images: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    cache_dir: str | None = None,
+) -> dict[str, Path]:
+    """``bench metrics check``: the metric report card (NeuronEval's sanity tests on units whose
+    truth is known) of each target (default: every synthetic target), written to
+    ``<out>/<target>/suites/sanity.json``. Returns target -> result file."""
+    from bench.registry import TARGETS
+    from bench.results import suite_result_path, write_suite_result
+    from bench.suites.sanity import SanityConfig
+    from bench.suites.sanity import metrics_check as check
+
+    if not targets:
+        targets = [t for t in TARGETS.names() if TARGETS.get(t).family == "synthetic"]
+    options = ScoreOptions(baseline=False, device=device, cache_dir=cache_dir, seed=seed)
+    config = SanityConfig(n_images=n_images, seed=seed)
+    written = {}
+    for target in targets:
+        result = check(target, config=config, options=options)
+        written[target] = write_suite_result(
+            suite_result_path(Path(out) / target, "sanity"), result
+        )
+    return written

@@ -373,6 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lb.add_argument("--out", required=True, metavar="DIR", help="directory for the site")
 
+    mc = sub.add_parser(
+        "metrics",
+        help="put every faithfulness metric through NeuronEval's sanity tests on units whose "
+        "truth is known (planted units, final-layer classes)",
+    )
+    mc.add_argument("action", choices=["check"])
+    mc.add_argument("--target", help="one target (default: every synthetic target)")
+    mc.add_argument("--n-images", type=int, help="images of the synthetic probe (default: all)")
+    mc.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
+    mc.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    mc.add_argument(
+        "--out", default="results/metrics", help="report cards go to OUT/<target>/suites/"
+    )
+    mc.add_argument("--cache-dir")
+
     mi = sub.add_parser(
         "milan", help="train MILAN on MILANNOTATIONS keys; run its generalisation splits"
     )
@@ -492,6 +507,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_leaderboard(args)
     if args.command == "milan":
         return _cmd_milan(args)
+    if args.command == "metrics":
+        return _cmd_metrics(args)
     raise UsageError(f"Unknown command '{args.command}'.")
 
 
@@ -719,6 +736,33 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         return 0
     names = [args.target] if args.target else None
     print(json.dumps(synth_train.report_all(names=names), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from bench.api import metrics_check
+    from bench.results import read_suite_result
+
+    written = metrics_check(
+        [args.target] if args.target else None,
+        args.out,
+        n_images=args.n_images,
+        seed=args.seed,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    for target, path in written.items():
+        result = read_suite_result(path)
+        verdicts = result.settings["verdicts"]
+        tests = list(next(iter(verdicts.values())))
+        print(f"{target}: {result.settings['units']} known units -> {path}")
+        print(f"  {'metric':<20}" + "".join(f"{t:>18}" for t in tests))
+        for metric, per in verdicts.items():
+            cells = [
+                f"{'pass' if v['passed'] else 'FAIL'} {v['passed_units']}/{v['judged_units']}"
+                for v in per.values()
+            ]
+            print(f"  {metric:<20}" + "".join(f"{c:>18}" for c in cells))
     return 0
 
 

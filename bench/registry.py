@@ -185,6 +185,11 @@ PROBES: Registry[Any] = Registry(
 MILANNOTATIONS_SOURCES: Registry[Any] = Registry(
     "MILANNOTATIONS key source", populate=(f"{_SYNTH}:register_milannotations",)
 )
+#: probe name -> reader(label) -> JSON formula tree over the probe's concepts, or None
+#: (bench.presence: free text read into a probe's concepts)
+LABEL_READERS: Registry[Any] = Registry(
+    "label reader", populate=(f"{_SYNTH}:register_label_readers",)
+)
 SUITES: Registry[Any] = Registry("suite", populate="bench.suites:register_builtin_suites")
 METRICS: Registry[Any] = Registry("metric")
 

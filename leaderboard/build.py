@@ -623,10 +623,12 @@ def _shared_note(sec: _Section) -> str:
     if len(sec.sources) < 2:
         return ""
     r = sec.result
-    shared = {m.settings.get("groups_over_items") for m in r.metrics if m.ok and m.per_method} - {
-        None
+    shared = {
+        str(v)
+        for m in r.metrics
+        if m.ok and m.per_method and (v := m.settings.get("groups_over_items")) is not None
     }
-    n = ", ".join(str(x) for x in sorted(shared)) or "0"
+    n = ", ".join(sorted(shared)) or "0"
     return (
         f" \u00b7 merged from {len(sec.sources)} comparable results; means, intervals and paired "
         f"groups over the {esc(n)} units every method was scored on of {len(r.units)}"

@@ -338,7 +338,7 @@ def tables(loaded: Sequence[tuple[Path, SuiteResult]]) -> list[Table]:
         if _mergeable(result):
             groups.setdefault(key, []).append((path, result))
         else:
-            origin = {n: ((0, n),) for n in result.methods}
+            origin: dict[str, tuple[tuple[int, str], ...]] = {n: ((0, n),) for n in result.methods}
             out.append(Table(key=key, sources=((path, result),), result=result, origin=origin))
     for key, members in groups.items():
         members.sort(key=lambda pr: (pr[1].run.run_id, pr[0].as_posix()))

@@ -35,6 +35,9 @@ __all__ = [
     "derange",
     "drop_positives",
     "judge",
+    "label_test_scores",
+    "run_label_tests",
+    "unit_passes",
 ]
 
 DEFAULT_EPSILON = 0.001
@@ -114,6 +117,32 @@ def derange(n: int, rng: np.random.Generator) -> np.ndarray:
             return perm
 
 
+def unit_passes(
+    correct: Any,
+    perturbed: Any,
+    *,
+    value_range: tuple[float, float] | None = None,
+    epsilon: float = DEFAULT_EPSILON,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit: ``(passed, defined)``, both ``bool [U]``. A unit passes when both scores are
+    defined and the score dropped by more than ``epsilon`` in units of the metric's range (for
+    an unbounded metric, of the spread of the correct scores)."""
+    c = np.asarray(correct, dtype=np.float64)
+    p = np.asarray(perturbed, dtype=np.float64)
+    if c.shape != p.shape:
+        raise DataError(f"Expected matching score arrays, got {c.shape} and {p.shape}.")
+    defined = np.isfinite(c) & np.isfinite(p)
+    if value_range is not None:
+        scale = value_range[1] - value_range[0]
+    else:
+        finite = c[np.isfinite(c)]
+        scale = float(finite.max() - finite.min()) if finite.size > 1 else 1.0
+        scale = scale if scale > 0 else 1.0
+    with np.errstate(invalid="ignore"):
+        drop = (c - p) / scale
+        return defined & (drop > epsilon), defined
+
+
 def judge(
     test: str,
     metric: str,
@@ -126,19 +155,8 @@ def judge(
 ) -> SanityOutcome:
     """Count the units whose score dropped by more than ``epsilon`` (in units of the metric's
     range; for an unbounded metric, of the spread of the correct scores)."""
-    c = np.asarray(correct, dtype=np.float64)
-    p = np.asarray(perturbed, dtype=np.float64)
-    if c.shape != p.shape:
-        raise DataError(f"Expected matching score arrays, got {c.shape} and {p.shape}.")
-    defined = np.isfinite(c) & np.isfinite(p)
-    if value_range is not None:
-        scale = value_range[1] - value_range[0]
-    else:
-        finite = c[np.isfinite(c)]
-        scale = float(finite.max() - finite.min()) if finite.size > 1 else 1.0
-        scale = scale if scale > 0 else 1.0
-    drop = (c - p) / scale
-    passed = int(np.count_nonzero(defined & (drop > epsilon)))
+    passes, defined = unit_passes(correct, perturbed, value_range=value_range, epsilon=epsilon)
+    passed = int(np.count_nonzero(passes))
     return SanityOutcome(
         test=test,
         metric=metric,
@@ -165,6 +183,34 @@ def run_label_tests(
 
     ``presence`` is the correct concept of each unit; the permutation and constant tests reuse the
     other units' concepts, so the rows should be distinct concepts of distinct units."""
+    out = []
+    for test, (correct, perturbed) in label_test_scores(
+        fn, activations, presence, seed=seed
+    ).items():
+        out.append(
+            judge(
+                test,
+                metric,
+                correct,
+                perturbed,
+                value_range=value_range,
+                epsilon=epsilon,
+                threshold=threshold,
+            )
+        )
+    return out
+
+
+def label_test_scores(
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    activations: Any,
+    presence: Any,
+    *,
+    seed: int = 0,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """test -> ``(correct, perturbed)`` scores ``float64 [U]`` of ``fn`` under the four tests
+    (:data:`SANITY_TESTS`). For ``constant``, the units whose own concept is the constant one are
+    left out of both arrays (they cannot lose to it), so its arrays may be shorter."""
     a = np.asarray(activations, dtype=np.float64)
     c = np.asarray(presence, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -178,22 +224,13 @@ def run_label_tests(
     # the constant exploit: the most common concept among the units, given to every unit
     counts = binary.sum(axis=1)
     variants["constant"] = np.broadcast_to(c[int(np.argmax(counts))], c.shape)
-    out = []
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for test, perturbed in variants.items():
-        judged, scores = correct, fn(a, perturbed)
         if test == "constant":
             # a unit whose own concept is the constant one cannot lose to it: leave it out
             same = np.all(c == variants["constant"], axis=1)
-            judged, scores = correct[~same], scores[~same]
-        out.append(
-            judge(
-                test,
-                metric,
-                judged,
-                scores,
-                value_range=value_range,
-                epsilon=epsilon,
-                threshold=threshold,
-            )
-        )
+            scores = fn(a, perturbed)
+            out[test] = (correct[~same], scores[~same])
+        else:
+            out[test] = (correct, fn(a, perturbed))
     return out

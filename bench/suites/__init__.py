@@ -10,6 +10,8 @@ the statistics and the result file, a suite writes ``_score``):
 ``cifar-auroc``     per class, the unit whose label is closest to the class name, used as a
                     one-class classifier by its mean activation (AUROC, AUPRC)
 ``planted``         synthetic targets: whether labels name the concepts planted in units
+``faithfulness``    each unit's activation over the probe against its label's concept presence
+                    (AUROC, AUPRC, IoU, F1, Pearson, MAD; unparsed labels counted)
 ==================  ===========================================================================
 
 :func:`bench.scoring.score_run` scores a run directory with them and writes
@@ -29,6 +31,7 @@ BUILTIN_SUITES: dict[str, str] = {
     "final-layer": "bench.suites.final_layer:FinalLayerSuite",
     "cifar-auroc": "bench.suites.cifar_auroc:CifarAurocSuite",
     "planted": "bench.suites.planted:PlantedSuite",
+    "faithfulness": "bench.suites.faithfulness:FaithfulnessSuite",
 }
 
 

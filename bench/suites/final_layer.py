@@ -213,6 +213,15 @@ class FinalLayerSuite(Suite[FinalLayerConfig]):
             if (label := m.label(u)) is not None
         ]
         metrics = text_metrics(jobs, options=ctx.options, device=ctx.device, bertscore=preset)
+        from bench.suites.identification import identification_metrics
+
+        metrics += identification_metrics(
+            ctx.methods,
+            units,
+            {u: (names[u.index],) for u in units},
+            options=ctx.options,
+            device=ctx.device,
+        )
         entries = [UnitEntry(unit=u, references={"class_name": (names[u.index],)}) for u in units]
         settings = {
             "layer": final,

@@ -119,3 +119,21 @@ def register_milannotations() -> None:
                 origin="simulated annotators, bench.synth.annotators.synthetic_milannotations",
             ),
         )
+
+
+def read_phrase(label: str) -> list | None:
+    """The synthetic probe's label reader (``bench.presence``): free text read by the world's
+    phrase parser (plurals, synonyms, Broden suffixes; ``and``/``with``/``on`` conjoin), as a
+    JSON formula tree over the world's concept names, or ``None`` when it names none."""
+    from bench.synth.text import parse_phrase
+
+    _, tree = parse_phrase(label)
+    return tree
+
+
+def register_label_readers() -> None:
+    """The phrase parser as the label reader of the ``synthetic`` probe (idempotent)."""
+    from bench.registry import LABEL_READERS
+
+    if "synthetic" not in LABEL_READERS:
+        LABEL_READERS.register("synthetic", read_phrase)

@@ -28,7 +28,7 @@ from metrics.classification import auroc, average_precision
 
 TARGET = "synth.resnet"
 OPTIONS = ScoreOptions(n_resamples=1000, device="cpu")
-SUITES = ("milannotations", "final-layer", "cifar-auroc", "planted")
+SUITES = ("milannotations", "final-layer", "cifar-auroc", "planted", "faithfulness")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def _unit_scores(result: SuiteResult, metric: str, method: str) -> dict[UnitRef,
 
 def test_every_suite_scores_the_run_with_baseline_ceiling_and_offline_notes(scored) -> None:
     run_dir, results = scored
-    assert suite_names()[:4] == list(SUITES)
+    assert suite_names()[:5] == list(SUITES)
     for name, r in results.items():
         assert (run_dir / "suites" / f"{name}.json").is_file()
         assert r.suite == name and r.run.target == TARGET
@@ -77,6 +77,9 @@ def test_every_suite_scores_the_run_with_baseline_ceiling_and_offline_notes(scor
             if m.name == "clip-cosine":  # no offline CLIP: reported, never faked
                 assert m.status == "unavailable" and "CLIP" in (m.reason or "")
                 assert not m.per_method
+            elif name == "faithfulness" and m.name != "parsed":
+                # the constant label reads into no concept: unparsed, never scored
+                assert m.ok and set(m.per_method) == {"netdissect"}
             else:
                 assert m.ok and set(m.per_method) == {"netdissect", "depictions"}
                 for s in m.per_method.values():
@@ -327,10 +330,11 @@ def test_suites_that_do_not_apply_are_errors_when_asked_for_and_skipped_otherwis
     with pytest.raises(UsageError, match="not among the suites"):
         score_run(run_dir, ["final-layer"], options=OPTIONS, suite_config={"planted": {}})
     # Automatic choice: final-layer runs on text alone; cifar-auroc needs weights (offline here)
-    # and CIFAR, so it is skipped with the reason; the others do not apply.
+    # and CIFAR, faithfulness weights and a probe, so they are skipped with the reason; the
+    # others do not apply.
     report = score_run(run_dir, options=OPTIONS)
     assert set(report.results) == {"final-layer"}
-    assert set(report.skipped) == {"cifar-auroc"}
+    assert set(report.skipped) == {"cifar-auroc", "faithfulness"}
     r = read_suite_result(report.results["final-layer"])
     assert [u.unit.index for u in r.units] == list(range(5))
     assert r.units[0].references["class_name"] == ("tench",)
@@ -465,3 +469,41 @@ def test_strip_outlines_the_mask_and_is_deterministic() -> None:
     assert strip_file(UnitRef(layer="features.0", index=3)) == "features.0-3.png"
     odd = strip_file(UnitRef(layer="a/b", index=1))
     assert "/" not in odd and odd != strip_file(UnitRef(layer="a_b", index=1))
+
+
+def test_faithfulness_reads_the_recorded_evidence_and_matches_a_forward_pass(scored) -> None:
+    from bench.cache import Cache
+    from bench.dissect import concept_table_cached
+    from bench.presence import SegmentationPresence, label_reader, segmentation_presence
+    from bench.probes import load_probe
+    from bench.suites.faithfulness import pooled_activations
+    from bench.targets import load_target
+    from metrics.faithfulness import auroc as faith_auroc
+
+    run_dir, results = scored
+    r = results["faithfulness"]
+    assert r.settings["activations_from"] == "the run's recorded evidence"
+    labels = r.settings["labels"]
+    assert labels["depictions"]["unparsed"] == labels["depictions"]["units"] == len(r.units)
+    assert r.metric("parsed").per_method["depictions"].mean == 0.0
+    # the same AUROC from an independent forward pass over the probe
+    cache = Cache(r.run.provenance["cache_dir"])
+    config = r.run.config
+    probe = load_probe(config["probe"], None, options=config["probe_options"], cache=cache)
+    source = SegmentationPresence(concept_table_cached(cache, probe))
+    target = load_target(TARGET, device="cpu", cache=cache)
+    descriptions = _descriptions(run_dir, "netdissect")
+    checked = 0
+    for u in r.units[:12]:
+        value = u.scores.get("auroc", {}).get("netdissect")
+        if value is None:
+            continue
+        acts = pooled_activations(target, probe, [u.unit.layer], cache=cache, device="cpu")
+        d = descriptions[u.unit]
+        pres = segmentation_presence(
+            [d.label], source, extras=[d.extras], reader=label_reader(probe.name)
+        )
+        a = acts[u.unit.layer]["mean"][:, u.unit.index]
+        assert value == pytest.approx(float(faith_auroc(a, pres.presence[0])[0]), abs=1e-3)
+        checked += 1
+    assert checked >= 5

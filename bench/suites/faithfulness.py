@@ -1,0 +1,449 @@
+"""``faithfulness``: does a label predict what its unit does on the probe images?
+
+NeuronEval's framing (Oikarinen et al. 2025; reference/evaluation.md): for every described unit,
+its pooled activation over the probe images (``a_k``: spatial mean by default, CoSy's and
+INVERT's pooling; ``pool=max`` by option) against the presence of its label's concept over the
+same images (``c_t``, :mod:`bench.presence`: the label read into the probe's own concepts,
+presence from the ground-truth segmentations). Per unit and method:
+
+* ``auroc``: presence as the class, activation as the score (CoSy's and INVERT's direction);
+* ``auprc``: average precision of the activation retrieving the concept's images;
+* ``iou``, ``f1``: of the unit's top-``alpha`` images (default 0.5%, NetDissect's quantile)
+  against the concept's images;
+* ``pearson``: correlation of activation and presence;
+* ``mad``: mean activation on the concept minus off it, over the off-concept standard deviation
+  (CoSy's MAD with the probe's off-concept images as the control);
+* ``parsed``: 1 when the label reads into the probe's concepts, 0 when it does not.
+
+A label that does not read into concepts is **unparsed**: it gets ``parsed = 0`` and no other
+score (never a zero presence scored as if it were a concept), and it is counted per method in
+the result's settings. So the constant ``depictions`` baseline shows up as unparsed, not as a
+score. A label whose concept is on no probe image (or on every one) has undefined scores; it is
+counted as ``degenerate`` and left out. Means are over the units a method has a defined score
+for; significance groups compare methods on the units all of them were scored on.
+
+All units and labels of a layer are scored at once: presence is one matrix product over the
+concept table's signatures, each metric one array operation over ``[units, images]``
+(:mod:`metrics.faithfulness`). Activations come from the run's recorded evidence when it is
+still in the cache (pooled maxima and means are an evidence kind), else from one forward pass
+over the probe (cached).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.errors import BenchError, DataError, UsageError
+from bench.schema import UnitRef
+from bench.suites.base import (
+    MetricValues,
+    Suite,
+    SuiteContext,
+    SuiteScores,
+    TargetInfo,
+    UnitEntry,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bench.cache import Cache
+    from bench.probes.base import ProbeSet
+    from bench.targets import Target
+
+log = logging.getLogger(__name__)
+
+POOLS: tuple[str, ...] = ("mean", "max")
+#: Cache stage of per-image pooled activations of several layers (spatial mean and max).
+POOLED_STAGE = "suite-pooled-layers"
+POOLED_VERSION = "1"
+#: The metrics, in display order: name -> (function name in metrics.faithfulness, takes alpha).
+METRICS: dict[str, tuple[str, bool]] = {
+    "auroc": ("auroc", False),
+    "auprc": ("auprc", False),
+    "iou": ("iou", True),
+    "f1": ("f1", True),
+    "pearson": ("pearson", False),
+    "mad": ("mad", False),
+}
+_DEFINITIONS = {
+    "auroc": "AUROC, the label's concept presence as the class and the unit's activation as the "
+    "score (CoSy, INVERT direction); ties 1/2",
+    "auprc": "average precision of the activation retrieving the concept's images",
+    "iou": "IoU of the unit's top-alpha images and the concept's images",
+    "f1": "F1 of the unit's top-alpha images against the concept's images",
+    "pearson": "Pearson correlation of activation and presence",
+    "mad": "(mean activation on concept - mean off concept) / std off concept",
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FaithfulnessConfig:
+    #: Top fraction of images where a unit counts as "on" (IoU, F1): NeuronEval's and
+    #: NetDissect's 0.5%.
+    alpha: float = 0.005
+    #: Pooling of a unit's map per image: ``mean`` (CoSy, INVERT) or ``max``.
+    pool: str = "mean"
+    #: Where presence comes from; only ``segmentation`` (the probe's ground-truth labels) here.
+    presence: str = "segmentation"
+    #: An image shows a concept when more than this share of its pixels does (0: any pixel).
+    min_fraction: float = 0.0
+    #: Probe set; ``None``: the run's probe (labels scored without a run on a synthetic target:
+    #: ``synthetic``).
+    probe: str | None = None
+    probe_root: str | None = None
+    #: Images of the synthetic probe (its ``n_images`` option) when this suite loads it itself.
+    n_images: int | None = None
+    #: Layers to score; empty: every described layer.
+    layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"Expected 0 < alpha <= 1, got {self.alpha}")
+        if self.pool not in POOLS:
+            raise ValueError(f"Expected pool in {POOLS}, got {self.pool!r}")
+        if self.presence != "segmentation":
+            raise ValueError(
+                f"Expected presence 'segmentation', got {self.presence!r} (CLIP presence is not "
+                "implemented yet)"
+            )
+        if not 0.0 <= self.min_fraction < 1.0:
+            raise ValueError(f"Expected 0 <= min_fraction < 1, got {self.min_fraction}")
+        if self.n_images is not None and self.n_images < 10:
+            raise ValueError(f"Expected n_images >= 10, got {self.n_images}")
+        layers = self.layers
+        if isinstance(layers, str):
+            object.__setattr__(self, "layers", tuple(x for x in layers.split(",") if x))
+
+
+# --- activations ---------------------------------------------------------------------------------
+
+
+def pooled_activations(
+    target: Target,
+    probe: ProbeSet,
+    layers: Sequence[str],
+    *,
+    cache: Cache,
+    device: str,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, dict[str, np.ndarray]]:
+    """layer -> pool (``mean``, ``max``) -> float32 ``[N, U]``, one forward pass, cached."""
+    import numpy as np
+    import torch
+
+    parts = {
+        "version": POOLED_VERSION,
+        "target": target.identity(),
+        "probe": probe.identity(),
+        "fixed_geometry": bool(probe.fixed_geometry),
+        "layers": list(layers),
+        "device": torch.device(device).type,
+    }
+
+    def write(directory: Path) -> None:
+        out = _forward_pooled(target, probe, list(layers), device, batch_size, progress)
+        for i, layer in enumerate(layers):
+            for pool in POOLS:
+                np.save(directory / f"{i}.{pool}.npy", out[layer][pool], allow_pickle=False)
+
+    path, _ = cache.get_or_create(POOLED_STAGE, parts, write)
+    return {
+        layer: {pool: np.load(path / f"{i}.{pool}.npy", allow_pickle=False) for pool in POOLS}
+        for i, layer in enumerate(layers)
+    }
+
+
+def _forward_pooled(
+    target: Target,
+    probe: ProbeSet,
+    layers: list[str],
+    device: str,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, dict[str, np.ndarray]]:
+    import numpy as np
+    import torch
+
+    from bench.progress import progress_bar
+    from bench.record import ProbeImages, hooks
+
+    n = len(probe)
+    if n == 0:
+        raise DataError(f"Probe set '{probe.name}' has no images; expected at least one.")
+    loader: Any = torch.utils.data.DataLoader(
+        ProbeImages(probe, target.preprocessing),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+    )
+    model = target.model.to(device).eval()
+    out: dict[str, dict[str, np.ndarray]] = {}
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(name: str, output: Any) -> None:
+        seen[name] = target.spatialize(name, output).float().flatten(2).cpu()
+
+    with (
+        torch.inference_mode(),
+        hooks(model, layers, grab),
+        progress_bar(total=n, desc="activations", enabled=progress, unit="img") as bar,
+    ):
+        for images, index in loader:
+            seen.clear()
+            model(images.to(device))
+            rows = index.numpy()
+            for layer in layers:
+                if layer not in seen:
+                    raise UsageError(f"Layer '{layer}' of '{target.name}' did not run.")
+                acts = seen[layer]
+                if layer not in out:
+                    u = acts.shape[1]
+                    out[layer] = {p: np.empty((n, u), dtype=np.float32) for p in POOLS}
+                out[layer]["mean"][rows] = acts.mean(dim=2).numpy()
+                out[layer]["max"][rows] = acts.amax(dim=2).numpy()
+            bar.update(len(rows))
+    for layer, pools in out.items():
+        if not all(np.all(np.isfinite(a)) for a in pools.values()):
+            from bench.errors import NonFiniteError
+
+            raise NonFiniteError(f"Layer '{layer}' of '{target.name}' gave NaN or infinite values.")
+    return out
+
+
+def _recorded_pooled(
+    ctx: SuiteContext, layers: Sequence[str], pool: str
+) -> dict[str, np.ndarray] | None:
+    """The run's recorded pooled activations (``[N, U]`` per layer) when its evidence is still
+    in the cache, else ``None``."""
+    from bench.evidence import QuantileSpec
+    from bench.record import STAGE, record_cached, record_key_parts
+
+    config = ctx.run.config or {}
+    rec = config.get("record") or {}
+    run_layers = list(config.get("layers") or [])
+    if not run_layers or not set(layers) <= set(run_layers) or not config.get("probe"):
+        return None
+    try:
+        target = ctx.load_target()
+        probe = _load_probe(ctx, config["probe"], config.get("probe_root"), None)
+        kwargs: dict[str, Any] = {
+            "k": int(rec.get("k", 15)),
+            "topk_by": tuple(rec.get("topk_by") or ("max",)),
+            "quantiles": tuple(QuantileSpec.parse(q) for q in rec.get("quantiles") or ()),
+            "device": str(config.get("device") or "cpu"),
+            "store_maps": bool(rec.get("maps", False)),
+        }
+        key = ctx.cache.key(STAGE, record_key_parts(target, probe, run_layers, **kwargs))
+        if not ctx.cache.entry_dir(STAGE, key).is_dir():
+            return None
+        evidence = record_cached(ctx.cache, target, probe, run_layers, **kwargs)
+    except (BenchError, KeyError, TypeError, ValueError) as e:
+        log.info("faithfulness: the run's recorded evidence is not usable (%s)", e)
+        return None
+    return {
+        layer: (ev.pooled_mean if pool == "mean" else ev.pooled_max)
+        for layer, ev in evidence.layers.items()
+        if layer in layers
+    }
+
+
+def _load_probe(ctx: SuiteContext, name: str, root: str | None, n_images: int | None) -> ProbeSet:
+    from bench.probes import load_probe
+
+    options = dict((ctx.run.config or {}).get("probe_options") or {})
+    if name != (ctx.run.config or {}).get("probe"):
+        options = {}
+    if n_images is not None:
+        options["n_images"] = n_images
+    return load_probe(name, root, options=options, cache=ctx.cache)
+
+
+# --- the suite -----------------------------------------------------------------------------------
+
+
+class FaithfulnessSuite(Suite[FaithfulnessConfig]):
+    """Each unit's activation over the probe against its label's concept presence."""
+
+    name = "faithfulness"
+    version = "1"
+    summary = "does the label predict the unit's activations (AUROC, AUPRC, IoU, F1, r, MAD)"
+
+    def applicable(self, target: TargetInfo) -> str | None:
+        if target.spec is None:
+            return "it is not a registered target, so it cannot be run on images"
+        return None
+
+    def _probe(self, ctx: SuiteContext) -> tuple[ProbeSet, bool]:
+        """The probe, and whether it is the run's own (so its recorded evidence may serve)."""
+        cfg = self.config
+        run_probe = (ctx.run.config or {}).get("probe") or ctx.run.probe
+        name = cfg.probe or run_probe
+        if name is None:
+            if not ctx.target.synthetic:
+                raise UsageError(
+                    "Suite 'faithfulness' needs a probe set with segmentations; these labels "
+                    "come without a run, so pass faithfulness.probe=NAME (e.g. broden)."
+                )
+            name = "synthetic"
+        own = name == run_probe and cfg.n_images is None and cfg.probe_root is None
+        root = cfg.probe_root if cfg.probe_root is not None else None
+        if own:
+            root = (ctx.run.config or {}).get("probe_root")
+        probe = _load_probe(ctx, name, root, cfg.n_images)
+        if not probe.has_segmentations:
+            raise UsageError(
+                f"Suite 'faithfulness' reads labels into a probe's concepts and needs "
+                f"segmentations; probe set '{probe.name}' has none. Use a Broden-format probe "
+                "(faithfulness.probe=broden or synthetic)."
+            )
+        return probe, own
+
+    def _activations(
+        self, ctx: SuiteContext, probe: ProbeSet, own: bool, layers: list[str]
+    ) -> tuple[dict[str, np.ndarray], str]:
+        if own:
+            found = _recorded_pooled(ctx, layers, self.config.pool)
+            if found is not None:
+                return found, "the run's recorded evidence"
+        target = ctx.load_target()
+        target.resolve_layers(layers)
+        acts = pooled_activations(
+            target,
+            probe,
+            layers,
+            cache=ctx.cache,
+            device=ctx.device,
+            batch_size=ctx.options.batch_size,
+            progress=ctx.options.progress,
+        )
+        return {la: acts[la][self.config.pool] for la in layers}, "a forward pass over the probe"
+
+    def _score(self, ctx: SuiteContext) -> SuiteScores:
+        import numpy as np
+
+        from bench.dissect import concept_table_cached
+        from bench.presence import SegmentationPresence, label_reader, segmentation_presence
+
+        cfg = self.config
+        units = ctx.described_units(cfg.layers or None)
+        if not units:
+            raise UsageError(
+                "Suite 'faithfulness': no method described a unit"
+                + (f" of layers {', '.join(cfg.layers)}" if cfg.layers else "")
+                + "."
+            )
+        layers = list(dict.fromkeys(u.layer for u in units))
+        probe, own = self._probe(ctx)
+        source = SegmentationPresence(
+            concept_table_cached(ctx.cache, probe, progress=ctx.options.progress),
+            min_fraction=cfg.min_fraction,
+        )
+        reader = label_reader(probe.name)
+        acts_by_layer, acts_from = self._activations(ctx, probe, own, layers)
+        metrics = {
+            name: MetricValues(
+                name=name,
+                settings={
+                    "metric": name,
+                    "definition": _DEFINITIONS[name],
+                    **({"alpha": cfg.alpha} if takes_alpha else {}),
+                    "pool": cfg.pool,
+                    "presence": cfg.presence,
+                },
+                comparable_with_papers=False,
+                note="presence from the probe's ground-truth segmentations",
+            )
+            for name, (_, takes_alpha) in METRICS.items()
+        }
+        parsed_mv = MetricValues(
+            name="parsed",
+            value_type="binary",
+            comparable_with_papers=False,
+            note="share of labels that read into the probe's concepts (unparsed labels get no "
+            "other score)",
+            settings={"metric": "parsed"},
+        )
+        counts: dict[str, dict[str, int]] = {}
+        details: dict[UnitRef, dict[str, Any]] = {u: {"labels": {}} for u in units}
+        import metrics.faithfulness as mf
+
+        for layer in layers:
+            acts = np.asarray(acts_by_layer[layer], dtype=np.float64)  # [N, U]
+            if acts.shape[0] != source.num_images:
+                raise DataError(
+                    f"Expected activations for {source.num_images} probe images, got "
+                    f"{acts.shape[0]} for layer '{layer}'."
+                )
+            layer_units = [u for u in units if u.layer == layer]
+            bad = [u for u in layer_units if u.index >= acts.shape[1]]
+            if bad:
+                raise DataError(
+                    f"Suite 'faithfulness': unit {bad[0].index} of '{layer}' is described, but "
+                    f"the layer has {acts.shape[1]} units."
+                )
+            for mname, m in ctx.methods.items():
+                c = counts.setdefault(mname, {"units": 0, "unparsed": 0, "degenerate": 0})
+                scored = [(u, d) for u in layer_units if (d := m.get(u)) is not None and d.ok]
+                if not scored:
+                    continue
+                pres = segmentation_presence(
+                    [d.label for _, d in scored],
+                    source,
+                    extras=[d.extras for _, d in scored],
+                    reader=reader,
+                )
+                ok = np.array([r.parsed for r in pres.readings], dtype=bool)
+                c["units"] += len(scored)
+                c["unparsed"] += int((~ok).sum())
+                idx = np.array([u.index for u, _ in scored], dtype=np.int64)
+                a = acts[:, idx[ok]].T  # [M, N]
+                p = pres.presence[ok]
+                values: dict[str, np.ndarray] = {}
+                if ok.any():
+                    for name, (fn_name, takes_alpha) in METRICS.items():
+                        fn = getattr(mf, fn_name)
+                        values[name] = fn(a, p, cfg.alpha) if takes_alpha else fn(a, p)
+                kept = [u for (u, _), k in zip(scored, ok, strict=True) if k]
+                n_on = p.sum(axis=1) if ok.any() else np.zeros(0)
+                for j, u in enumerate(kept):
+                    if not np.isfinite(values["auroc"][j]):
+                        c["degenerate"] += 1
+                    for name, v in values.items():
+                        if np.isfinite(v[j]):
+                            metrics[name].values.setdefault(mname, {})[u] = float(v[j])
+                for (u, _), r, k in zip(scored, pres.readings, ok, strict=True):
+                    parsed_mv.values.setdefault(mname, {})[u] = 1.0 if k else 0.0
+                    details[u]["labels"][mname] = (
+                        {"formula": str(r.formula), "read_as": r.source}
+                        if k
+                        else {"unparsed": r.reason}
+                    )
+                for j, u in enumerate(kept):
+                    details[u]["labels"][mname]["images_with_concept"] = int(n_on[j])
+        entries = [UnitEntry(unit=u, details=details[u]) for u in units]
+        settings = {
+            "probe": probe.identity(),
+            "images": source.num_images,
+            "alpha": cfg.alpha,
+            "pool": cfg.pool,
+            "presence": {
+                "mode": cfg.presence,
+                "min_fraction": cfg.min_fraction,
+                "rule": "formula evaluated per pixel on the ground-truth masks (image-level "
+                "labels as whole-image masks); an image shows the concept when more than "
+                "min_fraction of its pixels do",
+                "label_reader": probe.name if reader is not None else None,
+            },
+            "activations_from": acts_from,
+            "labels": counts,
+        }
+        return SuiteScores(
+            units=entries,
+            metrics=[*metrics.values(), parsed_mv],
+            settings=settings,
+        )

@@ -1,0 +1,93 @@
+"""Concept presence of labels (bench.presence) against explicit mask logic on the segmentations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.cache import Cache
+from bench.dissect import concept_table_cached
+from bench.formula import parse
+from bench.presence import (
+    SegmentationPresence,
+    label_reader,
+    read_label,
+    segmentation_presence,
+)
+from bench.probes import load_probe
+
+
+@pytest.fixture(scope="module")
+def probe_and_source(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    cache = Cache(tmp_path_factory.mktemp("presence-cache"))
+    probe = load_probe("synthetic", None, options={"n_images": 30}, cache=cache)
+    return probe, SegmentationPresence(concept_table_cached(cache, probe))
+
+
+def _explicit_masks(probe, i: int) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Concept name -> bool [sh, sw] straight from the segmentation of image ``i``."""
+    seg = probe.segmentation(i)
+    sh, sw = probe.seg_size
+    out = {}
+    for c in probe.concepts():
+        m = np.zeros((sh, sw), dtype=bool)
+        for layers in seg.pixel.values():
+            m |= np.any(np.asarray(layers) == c.number, axis=0)
+        for numbers in seg.image.values():
+            if c.number in numbers:
+                m[:] = True
+        out[c.name] = m
+    return out
+
+
+def test_formula_presence_equals_explicit_mask_logic(probe_and_source) -> None:  # type: ignore[no-untyped-def]
+    probe, source = probe_and_source
+    texts = ["(red OR blue) AND NOT circle", "circle AND meadow", "striped", "NOT grass"]
+    formulas = [parse(t) for t in texts]
+    cov = source.coverage(formulas)
+    pres = source.presence(formulas)
+    for i in range(len(probe)):
+        m = _explicit_masks(probe, i)
+        explicit = [
+            (m["red"] | m["blue"]) & ~m["circle"],
+            m["circle"] & m["meadow"],
+            m["striped"],
+            ~m["grass"],
+        ]
+        for j, e in enumerate(explicit):
+            assert cov[j, i] == pytest.approx(e.mean(), abs=1e-12)
+            assert pres[j, i] == float(e.any())
+            np.testing.assert_array_equal(source.pixel_masks(formulas[j], [i])[0], e)
+    # the hand case is not degenerate: the first three formulas are present in some images and
+    # absent in others (NOT grass holds somewhere in every image with an object)
+    n = pres[:3].sum(axis=1)
+    assert np.all((n > 0) & (n < len(probe)))
+
+
+def test_min_fraction_needs_that_share_of_pixels(probe_and_source) -> None:  # type: ignore[no-untyped-def]
+    probe, source = probe_and_source
+    strict = SegmentationPresence(source.table, min_fraction=0.1)
+    f = [parse("red")]
+    cov = source.coverage(f)[0]
+    np.testing.assert_array_equal(strict.presence(f)[0], (cov > 0.1).astype(float))
+    assert strict.presence(f).sum() < source.presence(f).sum()
+
+
+def test_labels_are_read_or_reported_unparsed(probe_and_source) -> None:  # type: ignore[no-untyped-def]
+    probe, source = probe_and_source
+    reader = label_reader(probe.name)
+    assert reader is not None  # the synthetic world registers its phrase parser
+    labels = ["red-c", "red striped circles", "depictions", "red AND unicorn", "blue"]
+    extras = [None, None, None, None, {"formula": ["or", ["leaf", "blue"], ["leaf", "green"]]}]
+    out = segmentation_presence(labels, source, extras=extras, reader=reader)
+    r = out.readings
+    assert (r[0].source, str(r[0].formula)) == ("concept", "red")
+    assert (r[1].source, str(r[1].formula)) == ("reader", "red AND striped AND circle")
+    assert not r[2].parsed and np.all(np.isnan(out.presence[2]))
+    assert not r[3].parsed and "unicorn" in r[3].reason
+    assert (r[4].source, str(r[4].formula)) == ("formula-tree", "blue OR green")
+    assert out.unparsed == 2
+    np.testing.assert_array_equal(out.presence[0], source.presence([parse("red")])[0])
+    # without the reader, free text is unparsed, never read as absent
+    plain = read_label("red striped circles", source.names)
+    assert not plain.parsed
