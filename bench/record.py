@@ -1000,6 +1000,26 @@ def _layer_shapes(
 # --- caching ----------------------------------------------------------------------------------
 
 
+def cached_run_evidence(
+    cache: Cache, target: Target, probe: ProbeSet, layers: Sequence[str], config: Mapping[str, Any]
+) -> Evidence | None:
+    """A run's recorded evidence, read back from ``cache`` with the recording settings its
+    resolved ``config`` (``run.json``) names; ``None`` when that entry is no longer cached
+    (nothing is recomputed)."""
+    rec = config.get("record") or {}
+    kwargs: dict[str, Any] = {
+        "k": int(rec.get("k", 15)),
+        "topk_by": tuple(rec.get("topk_by") or ("max",)),
+        "quantiles": tuple(QuantileSpec.parse(q) for q in rec.get("quantiles") or ()),
+        "device": str(config.get("device") or "cpu"),
+        "store_maps": bool(rec.get("maps", False)),
+    }
+    key = cache.key(STAGE, record_key_parts(target, probe, list(layers), **kwargs))
+    if not cache.entry_dir(STAGE, key).is_dir():
+        return None
+    return record_cached(cache, target, probe, list(layers), **kwargs)
+
+
 def record_key_parts(
     target: Target,
     probe: ProbeSet,

@@ -220,28 +220,18 @@ def _recorded_pooled(
 ) -> dict[str, np.ndarray] | None:
     """The run's recorded pooled activations (``[N, U]`` per layer) when its evidence is still
     in the cache, else ``None``."""
-    from bench.evidence import QuantileSpec
-    from bench.record import STAGE, record_cached, record_key_parts
+    from bench.record import cached_run_evidence
 
     config = ctx.run.config or {}
-    rec = config.get("record") or {}
     run_layers = list(config.get("layers") or [])
     if not run_layers or not set(layers) <= set(run_layers) or not config.get("probe"):
         return None
     try:
         target = ctx.load_target()
         probe = _load_probe(ctx, config["probe"], config.get("probe_root"), None)
-        kwargs: dict[str, Any] = {
-            "k": int(rec.get("k", 15)),
-            "topk_by": tuple(rec.get("topk_by") or ("max",)),
-            "quantiles": tuple(QuantileSpec.parse(q) for q in rec.get("quantiles") or ()),
-            "device": str(config.get("device") or "cpu"),
-            "store_maps": bool(rec.get("maps", False)),
-        }
-        key = ctx.cache.key(STAGE, record_key_parts(target, probe, run_layers, **kwargs))
-        if not ctx.cache.entry_dir(STAGE, key).is_dir():
+        evidence = cached_run_evidence(ctx.cache, target, probe, run_layers, config)
+        if evidence is None:
             return None
-        evidence = record_cached(ctx.cache, target, probe, run_layers, **kwargs)
     except (BenchError, KeyError, TypeError, ValueError) as e:
         log.info("faithfulness: the run's recorded evidence is not usable (%s)", e)
         return None

@@ -141,13 +141,11 @@ class RunExemplars:
         return self._evidence
 
     def _load_evidence(self) -> Evidence | None:
-        from bench.evidence import QuantileSpec
         from bench.probes import load_probe
-        from bench.record import STAGE, record_cached, record_key_parts
+        from bench.record import cached_run_evidence
         from bench.targets import load_target
 
         config = self.state.get("config") or {}
-        rec = config.get("record") or {}
         layers = list(config.get("layers") or [])
         if not layers or not config.get("target") or not config.get("probe"):
             return None
@@ -160,21 +158,13 @@ class RunExemplars:
             options=config.get("probe_options") or {},
             cache=self.cache,
         )
-        kwargs: dict[str, Any] = {
-            "k": int(rec.get("k", 15)),
-            "topk_by": tuple(rec.get("topk_by") or ("max",)),
-            "quantiles": tuple(QuantileSpec.parse(q) for q in rec.get("quantiles") or ()),
-            "device": str(config.get("device") or "cpu"),
-            "store_maps": bool(rec.get("maps", False)),
-        }
-        key = self.cache.key(STAGE, record_key_parts(target, probe, layers, **kwargs))
-        if not self.cache.entry_dir(STAGE, key).is_dir():
+        evidence = cached_run_evidence(self.cache, target, probe, layers, config)
+        if evidence is None:
             log.info(
                 "The run's recorded evidence is no longer in %s; no new exemplar strips.",
                 self.cache.root,
             )
-            return None
-        return record_cached(self.cache, target, probe, layers, **kwargs)
+        return evidence
 
     def _write(self, units: Sequence[UnitRef]) -> None:
         from bench.exemplars import compute_exemplars
