@@ -143,8 +143,9 @@ def _digest(names: Sequence[str]) -> str:
 
 
 class ClipDissect(Method[ClipDissectConfig]):
-    """The concept whose joint-space similarity over the probe set best matches each unit's
-    pooled activations (module docstring)."""
+    """The concept whose CLIP similarity over the probe set best matches a unit (soft-WPMI).
+
+    Module docstring: joint embeddings, pooled activations, similarity, prior."""
 
     name = "clip-dissect"
     version = "1"
