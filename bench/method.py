@@ -66,7 +66,14 @@ EVIDENCE_KINDS = frozenset(
 )
 #: Components (DESIGN section 4) a method can ask for.
 COMPONENT_KINDS = frozenset(
-    {"captioner", "language_model", "text_to_image", "image_encoder", "text_encoder"}
+    {
+        "captioner",
+        "language_model",
+        "text_to_image",
+        "image_encoder",
+        "text_encoder",
+        "image_text_encoder",
+    }
 )
 
 

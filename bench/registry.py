@@ -202,6 +202,7 @@ METHODS.register("invert", "methods.invert:Invert")
 METHODS.register("dnd", "methods.dnd:DnD")
 METHODS.register("milan", "methods.milan:Milan")
 METHODS.register("milan-captioning", "methods.milan:MilanCaptioning")
+METHODS.register("clip-dissect", "methods.clip_dissect:ClipDissect")
 # Built-in metrics, lazily as well.
 METRICS.register("bertscore", "metrics.text:bertscore")
 METRICS.register("sentence-cosine", "metrics.text:sentence_cosine")

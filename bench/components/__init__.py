@@ -17,6 +17,8 @@ language_model  ``openai`` (OpenAI-compatible chat HTTP),  ``synthetic`` (keywor
                 ``hf`` (local transformers causal LM)
 text_to_image   ``stable-diffusion`` (diffusers)           ``synthetic`` (phrase renderer)
 image_encoder   ``open-clip`` (open_clip)                  ``synthetic`` (a synthetic target)
+image_text_     ``open-clip`` (open_clip, both towers)     ``synthetic`` (the world's
+encoder                                                    recogniser and phrase parser)
 ==============  =========================================  ================================
 
 Options are per kind, ``{kind: {option: value}}``: the keyword arguments of the backend's class
@@ -37,6 +39,7 @@ from bench.components.base import (
     ComponentError,
     ImageEncoder,
     ImageInput,
+    ImageTextEncoder,
     LanguageModel,
     Message,
     Prompt,
@@ -57,6 +60,7 @@ __all__ = [
     "ComponentError",
     "ImageEncoder",
     "ImageInput",
+    "ImageTextEncoder",
     "LanguageModel",
     "Message",
     "Prompt",
@@ -93,6 +97,10 @@ BACKENDS: dict[str, dict[str, str]] = {
         "synthetic": "bench.components.synthetic:SyntheticImageEncoder",
     },
     "text_encoder": {},
+    "image_text_encoder": {
+        "open-clip": "bench.components.clip:OpenClipImageTextEncoder",
+        "synthetic": "bench.components.synthetic:SyntheticImageTextEncoder",
+    },
 }
 #: Other spellings accepted for backend names.
 ALIASES: dict[str, str] = {
@@ -111,6 +119,7 @@ REAL_DEFAULTS: dict[str, str] = {
     "language_model": "openai",
     "text_to_image": "stable-diffusion",
     "image_encoder": "open-clip",
+    "image_text_encoder": "open-clip",
 }
 
 

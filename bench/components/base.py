@@ -13,6 +13,11 @@ output) that goes into cache keys and results. Images cross the protocols as RGB
   of the batch (:func:`prompt_seed`), so they can be cached one prompt at a time.
 - ``ImageEncoder.encode(images) -> Tensor``: ``float32 [N, D]``, rows L2-normalised.
 - ``TextEncoder.encode(texts) -> Tensor``: ``float32 [N, D]``, rows L2-normalised.
+- ``ImageTextEncoder.encode_images(images)``, ``.encode_texts(texts) -> Tensor``: one joint
+  embedding space (CLIP), ``float32 [N, D]``, rows L2-normalised, so that the cosine of an image
+  and a text is the dot product of their rows (CLIP-Dissect's image-concept matrix). A separate
+  kind from ``image_encoder``/``text_encoder`` because those two need not share a space (the
+  synthetic image encoder is a target's features), while this one must.
 
 Every call takes a whole batch: callers gather the work of many units into one call.
 """
@@ -46,6 +51,7 @@ KINDS: tuple[str, ...] = (
     "text_to_image",
     "image_encoder",
     "text_encoder",
+    "image_text_encoder",
 )
 
 
@@ -88,12 +94,22 @@ class TextEncoder(Protocol):
     def encode(self, texts: Sequence[str]) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class ImageTextEncoder(Protocol):
+    def identity(self) -> dict[str, Any]: ...
+
+    def encode_images(self, images: Sequence[ImageInput]) -> torch.Tensor: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+
 PROTOCOLS: dict[str, type] = {
     "captioner": Captioner,
     "language_model": LanguageModel,
     "text_to_image": TextToImage,
     "image_encoder": ImageEncoder,
     "text_encoder": TextEncoder,
+    "image_text_encoder": ImageTextEncoder,
 }
 
 

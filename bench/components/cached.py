@@ -10,7 +10,9 @@
 - counts backend calls, items sent and cache hits in :attr:`stats`.
 
 Image encoders are counted and deduplicated but never cached (embeddings are cheap next to the
-rest and are recomputed with the images they belong to).
+rest and are recomputed with the images they belong to). Whole embedding matrices that are
+expensive (CLIP-Dissect's probe set and concept set in a joint space) go through
+:func:`cached_embeddings` instead: one entry per (component identity, content digest).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ T = TypeVar("T")
 CAPTION_STAGE = "component-caption"
 LLM_STAGE = "component-llm"
 T2I_STAGE = "component-t2i"
+EMBED_STAGE = "component-embed"
 
 
 @dataclass
@@ -251,3 +254,45 @@ def tracked(kind: str, component: Any, cache: Cache | None = None) -> Any:
 def is_cheap(component: Any) -> bool:
     """Whether a component says its calls cost less than a cache lookup (the synthetic ones)."""
     return bool(getattr(component, "cheap", False))
+
+
+def cached_embeddings(
+    cache: Cache | None,
+    component: Any,
+    what: str,
+    content: dict[str, Any],
+    compute: Callable[[], Any],
+) -> np.ndarray:
+    """``float32 [N, D]`` embeddings of a whole set (a probe set's images, a concept list),
+    from ``cache`` (stage ``component-embed``) or ``compute()``.
+
+    The key is the component's identity, ``what`` ("images", "texts") and ``content``, a
+    JSON-able digest of the inputs (a probe set's identity, the SHA-256 of a concept list) that
+    changes whenever any input may; without a cache, ``compute()`` is called every time.
+    """
+    import numpy as np
+
+    from bench.cache import load_arrays, save_arrays
+
+    def as_array(x: Any) -> np.ndarray:
+        arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    if cache is None:
+        return as_array(compute())
+    parts = {"component": component.identity(), "what": what, "content": content}
+    key = cache.key(EMBED_STAGE, parts)
+    path = cache.load(EMBED_STAGE, key)
+    if path is not None:
+        try:
+            return load_arrays(path / "embeddings.safetensors")["embeddings"]
+        except Exception as e:  # a readable manifest over unreadable content
+            log.warning("Ignoring unreadable %s entry %s: %s", EMBED_STAGE, key[:12], e)
+    arr = as_array(compute())
+    cache.store(
+        EMBED_STAGE,
+        key,
+        parts,
+        lambda d: save_arrays(d / "embeddings.safetensors", {"embeddings": arr}),
+    )
+    return arr

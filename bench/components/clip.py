@@ -106,3 +106,53 @@ class OpenClipImageEncoder:
         if not out:
             return torch.zeros((0, 0), dtype=torch.float32)
         return torch.cat(out)
+
+
+class OpenClipImageTextEncoder(OpenClipImageEncoder):
+    """Both towers of one open_clip model: ``encode_images`` and ``encode_texts`` in its joint
+    space (L2-normalised ``float32 [N, D]``), as CLIP-Dissect embeds probe images and concepts.
+
+    Texts are embedded as given (the original embeds each concept line without a prompt
+    template), ``text_batch_size`` at a time.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_CLIP,
+        pretrained: str | None = DEFAULT_PRETRAINED,
+        device: str | None = None,
+        precision: str = "auto",
+        batch_size: int = 64,
+        text_batch_size: int = 256,
+    ):
+        super().__init__(
+            model=model,
+            pretrained=pretrained,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+        )
+        self.text_batch_size = int(text_batch_size)
+        self._tokenizer: Any = None
+
+    def encode_images(self, images: Sequence[ImageInput]) -> Any:
+        return self.encode(images)
+
+    def encode_texts(self, texts: Sequence[str]) -> Any:
+        import torch
+
+        model, _ = self._load()
+        if self._tokenizer is None:
+            import open_clip
+
+            self._tokenizer = open_clip.get_tokenizer(self.model_name)
+        out = []
+        for start in range(0, len(texts), self.text_batch_size):
+            tokens = self._tokenizer(list(texts[start : start + self.text_batch_size]))
+            with torch.inference_mode():
+                emb = model.encode_text(tokens.to(self.device), normalize=True)
+            out.append(emb.float().cpu())
+        if not out:
+            return torch.zeros((0, 0), dtype=torch.float32)
+        return torch.cat(out)

@@ -215,9 +215,12 @@ def tiny_stable_diffusion(directory: str | Path, *, seed: int = 0) -> Path:
     return out
 
 
-def tiny_open_clip(directory: str | Path, *, image_size: int = 32, seed: int = 0) -> Path:
+def tiny_open_clip(
+    directory: str | Path, *, image_size: int = 32, seed: int = 0, vocab_size: int = 64
+) -> Path:
     """An open_clip ``local-dir`` model: ``open_clip_config.json`` and safetensors weights of a
-    one-layer ViT. Load it with ``model="local-dir:<path>"``."""
+    one-layer ViT. Load it with ``model="local-dir:<path>"``. Its text tower uses open_clip's
+    default tokenizer, whose ids reach 49407: pass ``vocab_size=49408`` to embed texts."""
     from open_clip.model import CLIP
     from safetensors.torch import save_file
 
@@ -232,7 +235,13 @@ def tiny_open_clip(directory: str | Path, *, image_size: int = 32, seed: int = 0
             "patch_size": 8,
             "head_width": 16,
         },
-        "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": vocab_size,
+            "width": 16,
+            "heads": 2,
+            "layers": 1,
+        },
     }
     (out / "open_clip_config.json").write_text(
         json.dumps(

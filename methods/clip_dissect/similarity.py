@@ -38,8 +38,8 @@ __all__ = [
     "wpmi",
 ]
 
-UNIT_CHUNK = 64
-CONCEPT_CHUNK = 4096
+UNIT_CHUNK = 16
+CONCEPT_CHUNK = 2048
 
 
 def _check(image_concept: torch.Tensor, activations: torch.Tensor) -> None:
@@ -81,13 +81,19 @@ def _log_pmi(
     top = torch.topk(activations, k=top_k, dim=0).indices.T  # [U, K]
     u_total = top.shape[0]
     log_p = torch.empty((u_total, c), dtype=image_concept.dtype, device=image_concept.device)
+    if p_in_examples is not None:
+        slope = p_in_examples[None, :, None]
+        offset = (1.0 - p_in_examples + min_prob)[None, :, None]
     for c0 in range(0, c, concept_chunk):
         q = torch.exp(logits[:, c0 : c0 + concept_chunk] - lse)  # [N, Cc]
         for u0 in range(0, u_total, unit_chunk):
-            g = q[top[u0 : u0 + unit_chunk]]  # [Uc, K, Cc]
+            g = q[top[u0 : u0 + unit_chunk]]  # [Uc, K, Cc], a fresh tensor: updated in place
             if p_in_examples is not None:
-                g = 1.0 + p_in_examples[None, :, None] * (g - 1.0)
-            log_p[u0 : u0 + unit_chunk, c0 : c0 + concept_chunk] = torch.log(g + min_prob).sum(1)
+                # 1 + p_r (Q - 1) + min_prob, as p_r Q + (1 - p_r + min_prob): fewer passes
+                g.mul_(slope).add_(offset)
+            else:
+                g.add_(min_prob)
+            log_p[u0 : u0 + unit_chunk, c0 : c0 + concept_chunk] = g.log_().sum(1)
     prior = torch.logsumexp(log_p, dim=0, keepdim=True) - math.log(u_total)
     return log_p - lam * prior
 
