@@ -63,7 +63,7 @@ def test_factory_errors_say_what_is_known() -> None:
     with pytest.raises(ConfigError, match="does not use"):
         build_components({"captioner": "synthetic"}, {"language_model": {"model": "x"}})
     with pytest.raises(UsageError, match="implement LanguageModel"):
-        build_component("language_model", "tests.test_components:NotAModel")
+        build_component("language_model", "tests.bench.test_components:NotAModel")
     from bench.components.diffusion import StableDiffusion
 
     assert backend_class("text_to_image", "sd") is StableDiffusion
@@ -88,7 +88,7 @@ class NotAModel:
 
 
 def test_user_backend_by_module_path_gets_its_options() -> None:
-    lm = build_component("language_model", "tests.test_components:EchoModel", {"prefix": "#"})
+    lm = build_component("language_model", "tests.bench.test_components:EchoModel", {"prefix": "#"})
     assert lm.complete(["hi", [{"role": "user", "content": "yo"}]]) == ["#hi", "#yo"]
 
 
