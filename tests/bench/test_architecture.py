@@ -70,13 +70,21 @@ def test_targets_probes_and_milannotations_know_nothing_of_the_synthetic_world()
             assert "bench.synth" not in path.read_text(), name
 
 
+def _reads_cache_variable(text: str) -> bool:
+    """A line that reads the environment and names the cache variable (help texts that only
+    mention it do not count)."""
+    return any(
+        ("environ" in line or "getenv" in line)
+        and ("BENCH_CACHE_DIR" in line or "ENV_CACHE_DIR" in line)
+        for line in text.splitlines()
+    )
+
+
 def test_only_the_cache_module_reads_the_cache_variable() -> None:
-    readers = [
-        name
-        for name, path in _modules().items()
-        if "environ" in (text := path.read_text()) and "BENCH_CACHE_DIR" in text
-    ]
+    readers = [name for name, path in _modules().items() if _reads_cache_variable(path.read_text())]
     assert readers == ["bench.cache"]
+    assert _reads_cache_variable('root = os.environ.get("BENCH_CACHE_DIR")')
+    assert not _reads_cache_variable('help="default: $BENCH_CACHE_DIR"')
 
 
 def test_the_leaderboard_imports_only_results_schema_and_errors() -> None:
