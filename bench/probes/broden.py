@@ -160,6 +160,8 @@ def decode_segmentation_png(path: str | os.PathLike[str]) -> np.ndarray:
 
             with Image.open(io.BytesIO(data)) as im:
                 rgb = np.asarray(im.convert("RGB"))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise  # the caller names the index.csv row that points here
     except (OSError, ValueError, zlib.error) as e:  # truncated, corrupt, not an image
         raise DataError(
             f"Expected a readable segmentation PNG at {path}, got an error: {e}. Replace the "
