@@ -22,7 +22,7 @@ PLUGIN = '''
 import os, time
 from dataclasses import dataclass
 from bench.schema import Description
-from methods.base import Method
+from methods.base import Method, Requirements
 
 LOG = os.environ["PLUGIN_LOG"]
 
@@ -37,6 +37,8 @@ class SlowEcho(Method):
     name = "slow-echo"
     Config = SlowConfig
     chunk_size = 2
+    # reads evidence, so the run records (and a resumed run must find the recording cached)
+    requires = Requirements(evidence=frozenset({"topk"}))
 
     def _describe(self, units, evidence, ctx):
         time.sleep(self.config.delay)
