@@ -47,7 +47,7 @@ def default_cache_dir() -> Path:
     :class:`Cache` and asks it for its directories."""
     env = os.environ.get(ENV_CACHE_DIR)
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().absolute()
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "neuron-bench"
@@ -85,7 +85,7 @@ class Cache:
     """A directory of content-addressed entries. Safe for concurrent writers of the same key."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
-        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.root = Path(root).expanduser().absolute() if root is not None else default_cache_dir()
 
     def key(self, stage: str, parts: Mapping[str, Any]) -> str:
         return content_key(stage, parts)

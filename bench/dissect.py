@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,10 +133,14 @@ class ConceptTable:
         from bench.schema import write_json
 
         sig_path = directory / "sig.npy"
+        # The table built into its cache entry already holds sig.npy there as a memmap: np.save
+        # onto it would truncate the file under its own mapping (SIGBUS), so compare the files,
+        # not the spellings of their paths (one may be relative).
         in_place = (
             isinstance(self.sig, np.memmap)
             and self.sig.filename is not None
-            and Path(self.sig.filename) == sig_path
+            and sig_path.exists()
+            and os.path.samefile(self.sig.filename, sig_path)
         )
         if not in_place:
             np.save(sig_path, np.ascontiguousarray(self.sig, dtype=np.int32))

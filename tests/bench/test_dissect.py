@@ -551,3 +551,20 @@ def test_a_worker_error_reaches_the_caller(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(D, "SHARD_IMAGES", 2)
     with pytest.raises(DataError, match="line 6.*000004_color.png"):
         D.build_concept_table(BrodenProbe(tmp_path), workers=2)
+
+
+def test_table_through_a_relative_cache_root(world, tmp_path: Path, monkeypatch) -> None:
+    """A cache given as a relative path (``--cache-dir cache``) builds the same table: saving
+    it must not rewrite sig.npy over its own memory map (that truncated the file: SIGBUS)."""
+    probe, _, _, table, _ = world
+    monkeypatch.chdir(tmp_path)
+    rel = Cache("relative-cache")
+    assert rel.root.is_absolute()
+    again = D.concept_table_cached(rel, probe)
+    np.testing.assert_array_equal(np.asarray(again.sig), np.asarray(table.sig))
+    assert (again.members != table.members).nnz == 0
+    # and the table saved into the directory it was built in, named relatively
+    Path("built").mkdir()
+    D.build_concept_table(probe, directory=Path("built")).save(Path("built"))
+    saved = D.ConceptTable.load(Path("built"))
+    np.testing.assert_array_equal(np.asarray(saved.sig), np.asarray(table.sig))
