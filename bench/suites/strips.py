@@ -101,6 +101,46 @@ def strip_png(images: np.ndarray, masks: np.ndarray, *, tile: int = TILE) -> byt
     return buf.getvalue()
 
 
+#: Height of the caption band under each tile of a captioned strip.
+CAPTION_HEIGHT = 16
+
+
+def captioned_strip_png(
+    images: Sequence[np.ndarray], captions: Sequence[str], *, tile: int = TILE
+) -> bytes:
+    """PNG bytes of ``images`` (uint8 ``[H, W, 3]`` each) side by side, each with its caption
+    (a short text such as the unit's activation) written under it in black on white with
+    Pillow's built-in font. Deterministic: the same inputs give the same bytes."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    if len(images) != len(captions) or not images:
+        raise ValueError(
+            f"Expected one caption per image and at least one image, got {len(images)} images "
+            f"and {len(captions)} captions."
+        )
+    tiles = [
+        _tile(np.transpose(np.asarray(im, dtype=np.uint8), (2, 0, 1)),
+              np.zeros((1, *np.asarray(im).shape[:2]), dtype=np.uint8), tile)
+        for im in images
+    ]  # fmt: skip
+    t = tiles[0].shape[0]
+    width = len(tiles) * t + (len(tiles) - 1) * GAP
+    canvas = np.full((t + CAPTION_HEIGHT, width, 3), 255, dtype=np.uint8)
+    for j, part in enumerate(tiles):
+        canvas[:t, j * (t + GAP) : j * (t + GAP) + t] = part
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    for j, text in enumerate(captions):
+        left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+        x = j * (t + GAP) + max(0, (t - (right - left)) // 2)
+        draw.text((x, t + 2), text, fill=(0, 0, 0), font=font)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 class RunExemplars:
     """Writes (or finds) the strips of a run's units; call with units, get relative paths."""
 
