@@ -35,7 +35,7 @@ def _labels(name: str, planted, concepts) -> MethodLabels:  # type: ignore[no-un
     )
 
 
-def _context(cache: Cache) -> tuple[SuiteContext, list]:  # type: ignore[type-arg]
+def _context(cache: Cache, run_dir=None) -> tuple[SuiteContext, list]:  # type: ignore[no-untyped-def, type-arg]
     planted = planted_units(TARGET)
     perm = derange(len(planted), np.random.default_rng(0))
     methods = {
@@ -49,12 +49,13 @@ def _context(cache: Cache) -> tuple[SuiteContext, list]:  # type: ignore[type-ar
         methods=methods,
         options=ScoreOptions(n_resamples=200, device="cpu"),
         cache=cache,
+        run_dir=run_dir,
     )
     return ctx, planted
 
 
-def _suite() -> GeneratedSuite:
-    return GeneratedSuite(n_images=N_GENERATED, control_images=N_CONTROL, strip_images=0)
+def _suite(strip_images: int = 0) -> GeneratedSuite:
+    return GeneratedSuite(n_images=N_GENERATED, control_images=N_CONTROL, strip_images=strip_images)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +141,33 @@ def test_images_are_shared_with_dnds_generation_cache(scored) -> None:  # type: 
     again = _suite().score(ctx)
     calls = again.settings["text_to_image"]["calls"]
     assert calls["calls"] == 0 and calls["hits"] == again.settings["prompts"]
+
+
+def test_unit_pages_show_generated_images_with_the_units_activation(scored, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bench.results import suite_result_path, write_suite_result
+    from leaderboard.build import render
+
+    _, planted, cache = scored
+    run_dir = tmp_path / "run"
+    ctx, _ = _context(cache, run_dir)
+    result = _suite(strip_images=3).score(ctx)
+    path = write_suite_result(suite_result_path(run_dir, "generated"), result)
+    unit = next(u for u in result.units if u.unit == planted[0].unit)
+    entry = unit.details["labels"]["planted-concept"]
+    assert (path.parent / entry["strip"]).resolve().is_file()
+    assert len(entry["strip_activations"]) == 3
+    assert result.settings["strips"] == 3 * len(planted)  # three methods label every unit
+    files = render([(path, result)])
+    strips = [f for f in files if f.startswith("generated/") and f.endswith(".png")]
+    assert len(strips) >= len(planted)
+    page = next(
+        v.decode()
+        for k, v in files.items()
+        if k.startswith("units/")
+        and f"Unit {planted[0].unit.layer}:{planted[0].unit.index}" in v.decode()
+    )
+    assert "Generated images" in page
+    from leaderboard.html import fmt
+
+    assert fmt(entry["strip_activations"][0]) in page
+    assert any(f'src="../{s}"' in page for s in strips)
