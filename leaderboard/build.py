@@ -908,19 +908,24 @@ def _generated_figures(
         for method, rel in generated.get((sec.sid, u.unit), []):
             entry = u.details.get("labels", {}).get(method, {})
             prompt = entry.get("prompt") if isinstance(entry, dict) else None
-            values = entry.get("strip_activations") if isinstance(entry, dict) else None
-            acts = (
-                ", ".join(fmt(float(v)) for v in values)
-                if isinstance(values, list) and all(isinstance(v, (int, float)) for v in values)
+            raw = entry.get("strip_activations") if isinstance(entry, dict) else None
+            values = (
+                [float(v) for v in raw]
+                if isinstance(raw, list) and raw and all(isinstance(v, (int, float)) for v in raw)
+                else []
+            )
+            cells = "".join(f"<span>{esc(fmt(v))}</span>" for v in values)
+            width = f"width:{len(values) * 112}px;" if values else ""
+            cols = f"grid-template-columns:repeat({len(values)},1fr)" if values else ""
+            alt = f"Images generated from {method}'s label for unit {name}" + (
+                f"; the unit's activation on each: {', '.join(fmt(v) for v in values)}"
+                if values
                 else ""
             )
             figures.append(
-                f'<figure><img class="exemplars" src="../{esc(rel)}" alt="'
-                + esc(
-                    f"Images generated for {method}'s label of unit {name}; the unit's "
-                    f"activation under each: {acts}"
-                )
-                + f'"><figcaption>{esc(method)}: images generated from '
+                f'<figure><div class="gen-strip" style="{width}{cols}">'
+                f'<img src="../{esc(rel)}" alt="{esc(alt)}">{cells}</div>'
+                f"<figcaption>{esc(method)}: images generated from "
                 f'"{esc(prompt or u.labels.get(method, ""))}", the unit\'s activation under each '
                 f"(from {esc(_title(sec))}).</figcaption></figure>"
             )
@@ -936,6 +941,7 @@ def _generated_strips(
     (section, unit) -> [(method, site path)]."""
     files: dict[str, bytes] = {}
     found: dict[tuple[str, UnitRef], list[tuple[str, str]]] = {}
+    read: dict[tuple[Path, str], str] = {}  # strips are shared by units: read each once
     for sec in sections:
         if sec.result.suite != "generated":
             continue
@@ -949,12 +955,14 @@ def _generated_strips(
                     have = found.setdefault((sec.sid, u.unit), [])
                     if not isinstance(strip, str) or any(m == method for m, _ in have):
                         continue
-                    data = read_exemplar(path, replace(u, exemplars=strip))
-                    if data is None:
-                        continue
-                    rel = f"{_GENERATED_DIR}/{hashlib.sha256(data).hexdigest()[:24]}.png"
-                    files[rel] = data
-                    have.append((method, rel))
+                    if (path.parent, strip) not in read:
+                        data = read_exemplar(path, replace(u, exemplars=strip))
+                        if data is None:
+                            continue
+                        rel = f"{_GENERATED_DIR}/{hashlib.sha256(data).hexdigest()[:24]}.png"
+                        files[rel] = data
+                        read[(path.parent, strip)] = rel
+                    have.append((method, read[(path.parent, strip)]))
     return files, found
 
 

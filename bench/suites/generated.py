@@ -2,8 +2,9 @@
 
 CoSy's protocol (Kopf et al. 2024; reference/evaluation.md): for unit ``k`` with label ``t``,
 ``A1`` = its activations on ``N`` images generated from the prompt "realistic photo of a close up
-of ``t``" (``N = 50``), ``A0`` = its activations on a control set of natural images; per unit and
-method:
+of ``t``" (``N = 50``; 10 by default on the synthetic world, whose renderer and forward passes
+would otherwise dominate ``make run``: ``n_images`` sets it), ``A0`` = its activations on a
+control set of natural images; per unit and method:
 
 * ``auc``: ROC-AUC with ``A1`` as the positives and ``A0`` as the negatives, the activation as
   the score (the probability that a generated image beats a control one; ties 1/2);
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "realistic photo of a close up of {}"
 POOLS: tuple[str, ...] = ("mean", "max")
 CACHE_MODES: tuple[str, ...] = ("auto", "always", "never")
+#: CoSy's images per label, and the default for synthetic targets (see ``n_images``).
+COSY_N_IMAGES = 50
+SYNTHETIC_N_IMAGES = 10
 #: Directory of the generated-image strips in a run directory (beside ``exemplars/``).
 STRIPS_DIR = "generated"
 #: Prompts generated (and run through the target) per batch: bounds the images held in memory.
@@ -75,8 +79,9 @@ _DEFINITIONS = {
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GeneratedConfig:
-    #: Images generated per label (CoSy: 50).
-    n_images: int = 50
+    #: Images generated per label; ``None``: CoSy's 50, or :data:`SYNTHETIC_N_IMAGES` for the
+    #: synthetic world (its renderer and forward passes would otherwise dominate ``make run``).
+    n_images: int | None = None
     #: The prompt; ``{}`` or ``{label}`` stands for the label.
     prompt: str = DEFAULT_PROMPT
     #: ``text_to_image`` backend; ``None``: the run's (DnD's), else the default for the target.
@@ -100,12 +105,12 @@ class GeneratedConfig:
     #: Images of the synthetic probe when this suite loads it itself.
     control_images: int | None = None
     #: Generated images shown per unit and method on the leaderboard (0: no strips).
-    strip_images: int = 6
+    strip_images: int = 4
     #: Layers to score; empty: every described layer.
     layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.n_images < 2:
+        if self.n_images is not None and self.n_images < 2:
             raise ValueError(f"Expected n_images >= 2, got {self.n_images}")
         if "{}" not in self.prompt and "{label}" not in self.prompt:
             raise ValueError(
@@ -216,6 +221,12 @@ class GeneratedSuite(Suite[GeneratedConfig]):
         )
         return {la: acts[la][cfg.pool] for la in layers}, probe, "a forward pass over the probe"
 
+    def _n_images(self, ctx: SuiteContext) -> int:
+        n = self.config.n_images
+        if n is not None:
+            return n
+        return SYNTHETIC_N_IMAGES if ctx.target.synthetic else COSY_N_IMAGES
+
     def _generate(
         self, ctx: SuiteContext, t2i: Any, prompts: list[str], layers: list[str], seed: int
     ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
@@ -227,6 +238,7 @@ class GeneratedSuite(Suite[GeneratedConfig]):
         from bench.progress import progress_bar
 
         cfg = self.config
+        n = self._n_images(ctx)
         target = ctx.load_target()
         acts: dict[str, dict[str, np.ndarray]] = {}
         shown: dict[str, np.ndarray] = {}
@@ -235,14 +247,14 @@ class GeneratedSuite(Suite[GeneratedConfig]):
         ) as bar:
             for start in range(0, len(prompts), PROMPTS_PER_BATCH):
                 batch = prompts[start : start + PROMPTS_PER_BATCH]
-                images = t2i.generate(batch, cfg.n_images, seed)
+                images = t2i.generate(batch, n, seed)
                 flat: list[np.ndarray] = []
                 for p, arr in zip(batch, images, strict=True):
                     arr = np.asarray(arr, dtype=np.uint8)
-                    if arr.ndim != 4 or arr.shape[0] != cfg.n_images or arr.shape[-1] != 3:
+                    if arr.ndim != 4 or arr.shape[0] != n or arr.shape[-1] != 3:
                         raise UsageError(
                             f"Suite 'generated': the text-to-image component returned images of "
-                            f"shape {arr.shape} for one prompt; expected [{cfg.n_images}, H, W, 3]."
+                            f"shape {arr.shape} for one prompt; expected [{n}, H, W, 3]."
                         )
                     flat.extend(arr)
                     if cfg.strip_images:
@@ -256,7 +268,7 @@ class GeneratedSuite(Suite[GeneratedConfig]):
                     batch_size=ctx.options.batch_size,
                 )
                 for j, p in enumerate(batch):
-                    rows = slice(j * cfg.n_images, (j + 1) * cfg.n_images)
+                    rows = slice(j * n, (j + 1) * n)
                     acts[p] = {la: out[la][rows] for la in layers}
                 bar.update(len(batch))
         return acts, shown
@@ -281,6 +293,7 @@ class GeneratedSuite(Suite[GeneratedConfig]):
         target.resolve_layers(layers)
         control, probe, acts_from = self._control(ctx, layers)
         seed = cfg.seed if cfg.seed is not None else int(ctx.run.seed or 0)
+        n_images = self._n_images(ctx)
 
         # Every method's label per unit; each distinct prompt is generated once.
         scored: dict[str, list[tuple[UnitRef, str]]] = {}
@@ -306,7 +319,7 @@ class GeneratedSuite(Suite[GeneratedConfig]):
                 settings={
                     "metric": name,
                     "definition": _DEFINITIONS[name],
-                    "n_images": cfg.n_images,
+                    "n_images": n_images,
                     "prompt": cfg.prompt,
                     "pool": cfg.pool,
                 },
@@ -326,7 +339,7 @@ class GeneratedSuite(Suite[GeneratedConfig]):
                     f"layer has {a0.shape[1]} units."
                 )
             n0 = a0.shape[0]
-            on = np.concatenate([np.ones(cfg.n_images), np.zeros(n0)])
+            on = np.concatenate([np.ones(n_images), np.zeros(n0)])
             for mname, rows in scored.items():
                 here = [(u, p) for u, p in rows if u.layer == layer]
                 for start in range(0, len(here), ROWS_PER_BLOCK):
@@ -350,7 +363,7 @@ class GeneratedSuite(Suite[GeneratedConfig]):
         entries = [UnitEntry(unit=u, details=details[u]) for u in units]
         settings = {
             "prompt": cfg.prompt,
-            "n_images": cfg.n_images,
+            "n_images": n_images,
             "seed": seed,
             "pool": cfg.pool,
             "text_to_image": {
@@ -387,30 +400,34 @@ class GeneratedSuite(Suite[GeneratedConfig]):
         shown: dict[str, np.ndarray],
         details: dict[UnitRef, dict[str, Any]],
     ) -> int:
-        """Write each unit's strip of generated images per method (runs only), with the unit's
-        activation under each image; record the relative paths in the unit details."""
+        """Write one strip of the first ``strip_images`` generated images per prompt (runs
+        only; ``generated/<content hash>.png``, shared by every unit and method with that
+        label) and record, per unit and method, its relative path and the unit's activation on
+        each of its images (shown under them on the leaderboard). Returns the strips written."""
+        import hashlib
+
         from bench.schema import atomic_write
-        from bench.suites.strips import captioned_strip_png, strip_file
+        from bench.suites.strips import images_strip_png
 
         k = self.config.strip_images
         if ctx.run_dir is None or not ctx.options.exemplars or k == 0:
             return 0
         out_dir = ctx.run_dir / STRIPS_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
-        written = 0
+        paths: dict[str, str] = {}
+        for prompt, images in shown.items():
+            data = images_strip_png(list(images))
+            name = f"{hashlib.sha256(data).hexdigest()[:24]}.png"
+            dest = out_dir / name
+            if not dest.is_file():
+                atomic_write(dest, data, fsync=False)
+            paths[prompt] = f"../{STRIPS_DIR}/{name}"
         for mname, rows in scored.items():
             for u, p in rows:
-                if p not in shown:
+                entry = details[u]["labels"].get(mname)
+                if entry is None or p not in paths:
                     continue
                 values = gen_acts[p][u.layer][: len(shown[p]), u.index]
-                data = captioned_strip_png(list(shown[p]), [f"{float(v):.3g}" for v in values])
-                name = f"{strip_file(u).removesuffix('.png')}.{mname}.png"
-                dest = out_dir / name
-                if not (dest.is_file() and dest.read_bytes() == data):
-                    atomic_write(dest, data, fsync=False)
-                entry = details[u]["labels"].get(mname)
-                if entry is not None:
-                    entry["strip"] = f"../{STRIPS_DIR}/{name}"
-                    entry["strip_activations"] = [float(v) for v in values]
-                written += 1
-        return written
+                entry["strip"] = paths[p]
+                entry["strip_activations"] = [float(v) for v in values]
+        return len(paths)

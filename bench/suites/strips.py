@@ -101,43 +101,30 @@ def strip_png(images: np.ndarray, masks: np.ndarray, *, tile: int = TILE) -> byt
     return buf.getvalue()
 
 
-#: Height of the caption band under each tile of a captioned strip.
-CAPTION_HEIGHT = 16
-
-
-def captioned_strip_png(
-    images: Sequence[np.ndarray], captions: Sequence[str], *, tile: int = TILE
-) -> bytes:
-    """PNG bytes of ``images`` (uint8 ``[H, W, 3]`` each) side by side, each with its caption
-    (a short text such as the unit's activation) written under it in black on white with
-    Pillow's built-in font. Deterministic: the same inputs give the same bytes."""
+def images_strip_png(images: Sequence[np.ndarray], *, tile: int = TILE) -> bytes:
+    """PNG bytes of ``images`` (uint8 ``[H, W, 3]`` each, one size) side by side, :data:`GAP`
+    pixels apart: kept at their size up to ``tile`` pixels (a page may enlarge them), reduced
+    to ``tile`` above it. Deterministic: the same arrays give the same bytes."""
     import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image
 
-    if len(images) != len(captions) or not images:
-        raise ValueError(
-            f"Expected one caption per image and at least one image, got {len(images)} images "
-            f"and {len(captions)} captions."
-        )
-    tiles = [
-        _tile(np.transpose(np.asarray(im, dtype=np.uint8), (2, 0, 1)),
-              np.zeros((1, *np.asarray(im).shape[:2]), dtype=np.uint8), tile)
-        for im in images
-    ]  # fmt: skip
-    t = tiles[0].shape[0]
-    width = len(tiles) * t + (len(tiles) - 1) * GAP
-    canvas = np.full((t + CAPTION_HEIGHT, width, 3), 255, dtype=np.uint8)
+    if not images:
+        raise ValueError("Expected at least one image for a strip, got none.")
+    tiles = []
+    for im in images:
+        arr = np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+        if arr.shape[0] > tile or arr.shape[1] > tile:
+            img = Image.fromarray(arr).resize((tile, tile), Image.Resampling.BILINEAR)
+            arr = np.asarray(img)
+        tiles.append(arr)
+    h, w = tiles[0].shape[:2]
+    if any(t.shape[:2] != (h, w) for t in tiles):
+        raise ValueError("Expected images of one size in a strip.")
+    canvas = np.full((h, len(tiles) * w + (len(tiles) - 1) * GAP, 3), 255, dtype=np.uint8)
     for j, part in enumerate(tiles):
-        canvas[:t, j * (t + GAP) : j * (t + GAP) + t] = part
-    img = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    for j, text in enumerate(captions):
-        left, _, right, _ = draw.textbbox((0, 0), text, font=font)
-        x = j * (t + GAP) + max(0, (t - (right - left)) // 2)
-        draw.text((x, t + 2), text, fill=(0, 0, 0), font=font)
+        canvas[:, j * (w + GAP) : j * (w + GAP) + w] = part
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    Image.fromarray(canvas).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
