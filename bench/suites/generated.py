@@ -289,9 +289,11 @@ class GeneratedSuite(Suite[GeneratedConfig]):
                 + "."
             )
         layers = list(dict.fromkeys(u.layer for u in units))
-        target = ctx.load_target()
-        target.resolve_layers(layers)
+        # What fails offline fails first, before any forward pass: the text-to-image model,
+        # the control probe, the target's weights.
+        t2i, comp_info = self._component(ctx)
         control, probe, acts_from = self._control(ctx, layers)
+        ctx.load_target().resolve_layers(layers)
         seed = cfg.seed if cfg.seed is not None else int(ctx.run.seed or 0)
         n_images = self._n_images(ctx)
 
@@ -310,7 +312,6 @@ class GeneratedSuite(Suite[GeneratedConfig]):
                 rows.append((u, cfg.prompt_for(d.label.strip())))
             scored[mname] = rows
         prompts = list(dict.fromkeys(p for rows in scored.values() for _, p in rows))
-        t2i, comp_info = self._component(ctx)
         gen_acts, shown = self._generate(ctx, t2i, prompts, layers, seed)
 
         metrics = {
