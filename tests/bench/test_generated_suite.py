@@ -171,3 +171,23 @@ def test_unit_pages_show_generated_images_with_the_units_activation(scored, tmp_
 
     assert fmt(entry["strip_activations"][0]) in page
     assert any(f'src="../{s}"' in page for s in strips)
+
+
+def test_sdxl_option_keeps_sd_cache_keys_and_needs_stable_diffusion(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bench.components.diffusion import StableDiffusion
+    from bench.errors import UsageError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    sd = StableDiffusion(model=str(model), device="cpu").identity()
+    sdxl = StableDiffusion(model=str(model), device="cpu", pipeline="sdxl").identity()
+    assert "pipeline" not in sd  # DnD's keys for SD 1.x images are unchanged
+    assert sdxl["pipeline"] == "sdxl" and {k: v for k, v in sdxl.items() if k != "pipeline"} == sd
+    ctx, _ = _context(Cache(tmp_path / "cache"))
+    with pytest.raises(UsageError, match="generated.backend=stable-diffusion"):
+        GeneratedSuite(sdxl=True)._component(ctx)
+    # the suite's own choice of model reaches the component
+    t2i, info = GeneratedSuite(backend="sd", model=str(model), sdxl=True)._component(ctx)
+    assert info["identity"]["pipeline"] == "sdxl" and info["identity"]["guidance_scale"] == 5.0
+    assert info["identity"]["scheduler"] == "default"
