@@ -63,8 +63,9 @@ COSY_N_IMAGES = 50
 SYNTHETIC_N_IMAGES = 10
 #: Directory of the generated-image strips in a run directory (beside ``exemplars/``).
 STRIPS_DIR = "generated"
-#: Prompts generated (and run through the target) per batch: bounds the images held in memory.
-PROMPTS_PER_BATCH = 16
+#: Images generated (and run through the target) per batch, whole prompts at a time: bounds
+#: the images held in memory (200 SDXL images are about 600 MB).
+IMAGES_PER_BATCH = 200
 #: Units per row block of the statistics: bounds the ``[units, control images]`` arrays.
 ROWS_PER_BLOCK = 256
 _DEFINITIONS = {
@@ -245,8 +246,9 @@ class GeneratedSuite(Suite[GeneratedConfig]):
         with progress_bar(
             total=len(prompts), desc="generated images", enabled=ctx.options.progress, unit="label"
         ) as bar:
-            for start in range(0, len(prompts), PROMPTS_PER_BATCH):
-                batch = prompts[start : start + PROMPTS_PER_BATCH]
+            step = max(1, IMAGES_PER_BATCH // n)
+            for start in range(0, len(prompts), step):
+                batch = prompts[start : start + step]
                 images = t2i.generate(batch, n, seed)
                 flat: list[np.ndarray] = []
                 for p, arr in zip(batch, images, strict=True):
