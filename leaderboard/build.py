@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -63,6 +63,7 @@ REFERENCE_TITLES = {
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _EXEMPLAR_DIR = "exemplars"
+_GENERATED_DIR = "generated"
 _UNIT_DIR = "units"
 _DASH = "\u2014"
 _OFFLINE_TAG = " \u00b7 offline"
@@ -796,6 +797,7 @@ def _unit_page(
     key: tuple[str, str, int],
     entries: Sequence[tuple[_Section, UnitResult]],
     exemplar_files: dict[tuple[str, UnitRef], str],
+    generated: dict[tuple[str, UnitRef], list[tuple[str, str]]] | None = None,
 ) -> str:
     target, layer, index = key
     unit = UnitRef(layer=layer, index=index)
@@ -813,6 +815,7 @@ def _unit_page(
             f"{esc(_title(sec))}).</figcaption></figure>"
         )
     exemplars = "".join(figures) or '<p class="muted">No exemplar images in these results.</p>'
+    exemplars += _generated_figures(name, entries, generated or {})
     refs: dict[str, list[str]] = {}
     for _, u in entries:
         for kind, texts in u.references.items():
@@ -893,6 +896,76 @@ def _unit_page(
     )
 
 
+def _generated_figures(
+    name: str,
+    entries: Sequence[tuple[_Section, UnitResult]],
+    generated: dict[tuple[str, UnitRef], list[tuple[str, str]]],
+) -> str:
+    """The ``generated`` suite's strips of a unit: per method, images generated from its label
+    with the unit's activation under each."""
+    figures = []
+    for sec, u in entries:
+        for method, rel in generated.get((sec.sid, u.unit), []):
+            entry = u.details.get("labels", {}).get(method, {})
+            prompt = entry.get("prompt") if isinstance(entry, dict) else None
+            raw = entry.get("strip_activations") if isinstance(entry, dict) else None
+            values = (
+                [float(v) for v in raw]
+                if isinstance(raw, list) and raw and all(isinstance(v, (int, float)) for v in raw)
+                else []
+            )
+            cells = "".join(f"<span>{esc(fmt(v))}</span>" for v in values)
+            width = f"width:{len(values) * 112}px;" if values else ""
+            cols = f"grid-template-columns:repeat({len(values)},1fr)" if values else ""
+            alt = f"Images generated from {method}'s label for unit {name}" + (
+                f"; the unit's activation on each: {', '.join(fmt(v) for v in values)}"
+                if values
+                else ""
+            )
+            figures.append(
+                f'<figure><div class="gen-strip" style="{width}{cols}">'
+                f'<img src="../{esc(rel)}" alt="{esc(alt)}">{cells}</div>'
+                f"<figcaption>{esc(method)}: images generated from "
+                f'"{esc(prompt or u.labels.get(method, ""))}", the unit\'s activation under each '
+                f"(from {esc(_title(sec))}).</figcaption></figure>"
+            )
+    if not figures:
+        return ""
+    return "<h2>Generated images</h2>" + "".join(figures)
+
+
+def _generated_strips(
+    sections: Sequence[_Section],
+) -> tuple[dict[str, bytes], dict[tuple[str, UnitRef], list[tuple[str, str]]]]:
+    """The ``generated`` suite's strips named in its unit details: site files, and
+    (section, unit) -> [(method, site path)]."""
+    files: dict[str, bytes] = {}
+    found: dict[tuple[str, UnitRef], list[tuple[str, str]]] = {}
+    read: dict[tuple[Path, str], str] = {}  # strips are shared by units: read each once
+    for sec in sections:
+        if sec.result.suite != "generated":
+            continue
+        for path, result, _ in sec.sources:
+            for u in result.units:
+                labels = u.details.get("labels")
+                if not isinstance(labels, dict):
+                    continue
+                for method, entry in labels.items():
+                    strip = entry.get("strip") if isinstance(entry, dict) else None
+                    have = found.setdefault((sec.sid, u.unit), [])
+                    if not isinstance(strip, str) or any(m == method for m, _ in have):
+                        continue
+                    if (path.parent, strip) not in read:
+                        data = read_exemplar(path, replace(u, exemplars=strip))
+                        if data is None:
+                            continue
+                        rel = f"{_GENERATED_DIR}/{hashlib.sha256(data).hexdigest()[:24]}.png"
+                        files[rel] = data
+                        read[(path.parent, strip)] = rel
+                    have.append((method, read[(path.parent, strip)]))
+    return files, found
+
+
 # --- the site ---------------------------------------------------------------------------------
 
 
@@ -916,11 +989,14 @@ def render(loaded: Sequence[tuple[Path, SuiteResult]]) -> dict[str, bytes]:
                 rel = f"{_EXEMPLAR_DIR}/{hashlib.sha256(data).hexdigest()[:24]}.png"
                 files[rel] = data
                 exemplar_files[(sec.sid, u.unit)] = rel
+    generated_files, generated = _generated_strips(sections)
+    files.update(generated_files)
     files["index.html"] = _index(sections, units).encode("utf-8")
     for key in sorted(units.pages):
         target, layer, index = key
         rel = units.file(target, UnitRef(layer=layer, index=index))
-        files[rel] = _unit_page(key, units.pages[key], exemplar_files).encode("utf-8")
+        page_html = _unit_page(key, units.pages[key], exemplar_files, generated)
+        files[rel] = page_html.encode("utf-8")
     manifest = {
         "files": {p: hashlib.sha256(b).hexdigest() for p, b in sorted(files.items())},
         "generator": "neuron-bench leaderboard",

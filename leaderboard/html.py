@@ -119,6 +119,10 @@ svg .dot.g1 { fill: var(--bestfg); }
 svg .band { fill: #8250df; fill-opacity: .12; }
 svg .ceil { stroke: #8250df; stroke-dasharray: 4 3; stroke-width: 1.5; }
 img.exemplars { max-width: 100%; height: auto; border: 1px solid var(--line); }
+.gen-strip { display: inline-grid; max-width: 100%; }
+.gen-strip img { grid-column: 1 / -1; width: 100%; height: auto; image-rendering: pixelated;
+  border: 1px solid var(--line); }
+.gen-strip span { text-align: center; font-size: .85em; font-variant-numeric: tabular-nums; }
 footer { margin-top: 3rem; border-top: 2px solid var(--line); font-size: .9em; }
 """
 

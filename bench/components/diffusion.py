@@ -30,7 +30,11 @@ from bench.environment import resolve_device
 log = logging.getLogger(__name__)
 
 DEFAULT_SD = "CompVis/stable-diffusion-v1-4"
+#: CoSy's generator (``pipeline="sdxl"``): SDXL base 1.0, in float16 on CUDA.
+DEFAULT_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 SCHEDULERS = ("dpm-multistep", "default")
+#: ``sd``: ``StableDiffusionPipeline`` (DnD); ``sdxl``: ``StableDiffusionXLPipeline`` (CoSy).
+PIPELINES = ("sd", "sdxl")
 
 
 class StableDiffusion:
@@ -48,10 +52,14 @@ class StableDiffusion:
         size: int | None = None,
         batch_size: int = 16,
         scheduler: str = "dpm-multistep",
+        pipeline: str = "sd",
         progress: bool = False,
     ):
         if scheduler not in SCHEDULERS:
             raise ComponentError(f"Expected scheduler in {SCHEDULERS}, got {scheduler!r}.")
+        if pipeline not in PIPELINES:
+            raise ComponentError(f"Expected pipeline in {PIPELINES}, got {pipeline!r}.")
+        self.pipeline = pipeline
         self.model_id = str(model)
         self.revision = revision
         self.device = resolve_device(device)
@@ -68,6 +76,8 @@ class StableDiffusion:
     def identity(self) -> dict[str, Any]:
         if self._revision is None:
             self._revision = model_revision(self.model_id, self.revision)
+        # "pipeline" only when not the default: the cache keys of SD 1.x images stay as they were.
+        extra = {"pipeline": self.pipeline} if self.pipeline != "sd" else {}
         return {
             "name": f"stable-diffusion:{self.model_id}",
             "revision": self._revision,
@@ -76,11 +86,16 @@ class StableDiffusion:
             "size": self.size,
             "scheduler": self.scheduler,
             "dtype": str(torch_dtype(self.dtype, self.device)).removeprefix("torch."),
+            **extra,
         }
 
     def _load(self) -> Any:
         if self._pipe is None:
-            from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+            from diffusers import (
+                DPMSolverMultistepScheduler,
+                StableDiffusionPipeline,
+                StableDiffusionXLPipeline,
+            )
 
             name = self.model_id
             if is_local(name):
@@ -90,13 +105,17 @@ class StableDiffusion:
             extra: dict[str, Any] = {}
             if importlib.util.find_spec("accelerate") is None:
                 extra["low_cpu_mem_usage"] = False  # what diffusers falls back to, unasked
+            if self.pipeline == "sd":
+                extra["safety_checker"] = None
+                extra["requires_safety_checker"] = False
+            cls: Any = StableDiffusionPipeline
+            if self.pipeline == "sdxl":
+                cls = StableDiffusionXLPipeline
             try:
-                pipe = StableDiffusionPipeline.from_pretrained(
+                pipe = cls.from_pretrained(
                     name,
                     revision=self.revision,
                     dtype=torch_dtype(self.dtype, self.device),
-                    safety_checker=None,
-                    requires_safety_checker=False,
                     **extra,
                 )
             except (OSError, ValueError) as e:

@@ -12,6 +12,8 @@ the statistics and the result file, a suite writes ``_score``):
 ``planted``         synthetic targets: whether labels name the concepts planted in units
 ``faithfulness``    each unit's activation over the probe against its label's concept presence
                     (AUROC, AUPRC, IoU, F1, Pearson, MAD; unparsed labels counted)
+``generated``       each unit's activations on images generated from its label against control
+                    images (CoSy: AUC, MAD, Mann-Whitney p)
 ==================  ===========================================================================
 
 :func:`bench.scoring.score_run` scores a run directory with them and writes
@@ -32,6 +34,7 @@ BUILTIN_SUITES: dict[str, str] = {
     "cifar-auroc": "bench.suites.cifar_auroc:CifarAurocSuite",
     "planted": "bench.suites.planted:PlantedSuite",
     "faithfulness": "bench.suites.faithfulness:FaithfulnessSuite",
+    "generated": "bench.suites.generated:GeneratedSuite",
 }
 
 

@@ -101,6 +101,33 @@ def strip_png(images: np.ndarray, masks: np.ndarray, *, tile: int = TILE) -> byt
     return buf.getvalue()
 
 
+def images_strip_png(images: Sequence[np.ndarray], *, tile: int = TILE) -> bytes:
+    """PNG bytes of ``images`` (uint8 ``[H, W, 3]`` each, one size) side by side, :data:`GAP`
+    pixels apart: kept at their size up to ``tile`` pixels (a page may enlarge them), reduced
+    to ``tile`` above it. Deterministic: the same arrays give the same bytes."""
+    import numpy as np
+    from PIL import Image
+
+    if not images:
+        raise ValueError("Expected at least one image for a strip, got none.")
+    tiles = []
+    for im in images:
+        arr = np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+        if arr.shape[0] > tile or arr.shape[1] > tile:
+            img = Image.fromarray(arr).resize((tile, tile), Image.Resampling.BILINEAR)
+            arr = np.asarray(img)
+        tiles.append(arr)
+    h, w = tiles[0].shape[:2]
+    if any(t.shape[:2] != (h, w) for t in tiles):
+        raise ValueError("Expected images of one size in a strip.")
+    canvas = np.full((h, len(tiles) * w + (len(tiles) - 1) * GAP, 3), 255, dtype=np.uint8)
+    for j, part in enumerate(tiles):
+        canvas[:, j * (w + GAP) : j * (w + GAP) + w] = part
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 class RunExemplars:
     """Writes (or finds) the strips of a run's units; call with units, get relative paths."""
 

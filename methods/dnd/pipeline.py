@@ -5,7 +5,7 @@ activations of a layer on new images (crops, generated images), batched.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,13 +35,10 @@ def network_view(img: Image.Image, pre: Preprocessing, *, fixed_geometry: bool) 
 
 
 def resize_image(arr: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [size, size, 3] (PIL bicubic, Pillow's default; unchanged when
-    already that size)."""
-    from PIL import Image
+    """uint8 [H, W, 3] -> uint8 [size, size, 3] (bicubic; :func:`bench.imaging.resize_image`)."""
+    from bench.imaging import resize_image as resize
 
-    if arr.shape[0] == size and arr.shape[1] == size:
-        return arr
-    return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC))
+    return resize(arr, size)
 
 
 def crop_image(view: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
@@ -59,31 +56,10 @@ def layer_means(
     batch_size: int = 64,
 ) -> np.ndarray:
     """float32 [N, U]: the spatial mean of each unit of ``layer`` on each image (uint8
-    [H, W, 3], resized to the target's input size; normalised by its preprocessing)."""
-    import torch
+    [H, W, 3], resized to the target's input size; normalised by its preprocessing). The core's
+    :func:`bench.imaging.pooled_on_images`, which the ``generated`` suite uses too."""
+    from bench.imaging import pooled_on_images
 
-    from bench.record import hooks
-
-    if not images:
-        return np.zeros((0, 0), dtype=np.float32)
-    pre = target.preprocessing
-    mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
-    model = target.model
-    param = next(iter(model.parameters()), None)
-    dtype = param.dtype if param is not None else torch.float32
-    out: list[Any] = []
-    got: dict[str, Any] = {}
-
-    def on_output(name: str, value: Any) -> None:
-        got[name] = target.spatialize(name, value).float().mean((2, 3)).cpu()
-
-    with torch.inference_mode(), hooks(model, [layer], on_output):
-        for start in range(0, len(images), batch_size):
-            batch = [resize_image(a, pre.input_size) for a in images[start : start + batch_size]]
-            x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div_(255.0)
-            x = ((x - mean) / std).to(device=device, dtype=dtype)
-            got.clear()
-            model(x)
-            out.append(got[layer])
-    return torch.cat(out).numpy().astype(np.float32)
+    return pooled_on_images(
+        target, [layer], images, pool="mean", device=device, batch_size=batch_size
+    )[layer]

@@ -28,7 +28,7 @@ from metrics.classification import auroc, average_precision
 
 TARGET = "synth.resnet"
 OPTIONS = ScoreOptions(n_resamples=1000, device="cpu")
-SUITES = ("milannotations", "final-layer", "cifar-auroc", "planted", "faithfulness")
+SUITES = ("milannotations", "final-layer", "cifar-auroc", "planted", "faithfulness", "generated")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def _unit_scores(result: SuiteResult, metric: str, method: str) -> dict[UnitRef,
 
 def test_every_suite_scores_the_run_with_baseline_ceiling_and_offline_notes(scored) -> None:
     run_dir, results = scored
-    assert suite_names()[:5] == list(SUITES)
+    assert suite_names()[: len(SUITES)] == list(SUITES)
     for name, r in results.items():
         assert (run_dir / "suites" / f"{name}.json").is_file()
         assert r.suite == name and r.run.target == TARGET
@@ -330,11 +330,11 @@ def test_suites_that_do_not_apply_are_errors_when_asked_for_and_skipped_otherwis
     with pytest.raises(UsageError, match="not among the suites"):
         score_run(run_dir, ["final-layer"], options=OPTIONS, suite_config={"planted": {}})
     # Automatic choice: final-layer runs on text alone; cifar-auroc needs weights (offline here)
-    # and CIFAR, faithfulness weights and a probe, so they are skipped with the reason; the
-    # others do not apply.
+    # and CIFAR, faithfulness weights and a probe, generated Stable Diffusion, so they are
+    # skipped with the reason; the others do not apply.
     report = score_run(run_dir, options=OPTIONS)
     assert set(report.results) == {"final-layer"}
-    assert set(report.skipped) == {"cifar-auroc", "faithfulness"}
+    assert set(report.skipped) == {"cifar-auroc", "faithfulness", "generated"}
     r = read_suite_result(report.results["final-layer"])
     assert [u.unit.index for u in r.units] == list(range(5))
     assert r.units[0].references["class_name"] == ("tench",)
