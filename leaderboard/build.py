@@ -38,7 +38,7 @@ from bench.results import (
 )
 from bench.schema import SCHEMA_VERSION, UnitRef, atomic_write, dumps
 from leaderboard.html import esc, fmt, fmt_interval, fmt_seconds, page
-from leaderboard.svg import CostPoint, Row, cost_plot, interval_plot
+from leaderboard.svg import CostPoint, Row, cost_plot, distribution_plot, interval_plot
 
 __all__ = ["MANIFEST", "build", "render", "safe_name"]
 
@@ -809,6 +809,7 @@ def _section_html(sec: _Section, units: _Units, fails: dict[str, list[str]] | No
         + _shared_note(sec)
         + "</p>"
         + _main_table(sec, fails)
+        + _label_counts(sec)
         + _metric_notes(sec, fails)
         + settings
         + _plots(sec)
@@ -816,6 +817,39 @@ def _section_html(sec: _Section, units: _Units, fails: dict[str, list[str]] | No
         + _per_class(sec, units)
         + _unit_index(sec, units)
         + "</section>"
+    )
+
+
+def _label_counts(sec: _Section) -> str:
+    """Faithfulness: per method, how many labels read into the probe's concepts, how many did
+    not (unparsed: no score, never a zero) and how many were degenerate (concept on no image or
+    on every one)."""
+    r = sec.result
+    counts = r.settings.get("labels")
+    if r.suite != "faithfulness" or not isinstance(counts, dict) or not counts:
+        return ""
+    rows = []
+    for name in sec.methods:
+        c = counts.get(name)
+        if not isinstance(c, dict):
+            continue
+        cells = "".join(
+            f'<td class="num" data-sort="{esc(c.get(k, ""))}">{esc(c.get(k, _DASH))}</td>'
+            for k in ("units", "unparsed", "degenerate")
+        )
+        rows.append(
+            f'<tr data-method="{esc(name)}">{_method_name_cell(r.methods[name])}{cells}</tr>'
+        )
+    if not rows:
+        return ""
+    return (
+        '<div class="scroll"><table class="sortable labelcounts"><caption>Labels per method: '
+        "unparsed labels do not read into the probe's concepts and get no score; degenerate "
+        "ones name a concept on no probe image or on every one.</caption><thead><tr>"
+        '<th scope="col" data-type="text">Method</th><th scope="col" data-type="num">labels</th>'
+        '<th scope="col" data-type="num">unparsed</th>'
+        '<th scope="col" data-type="num">degenerate</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
@@ -1013,6 +1047,47 @@ def _unit_score(metric: MetricSummary, u: UnitResult, method: str) -> str:
     return f'<td class="num" data-sort="{v!r}">{fmt(v)}</td>'
 
 
+def _distributions(sec: _Section, u: UnitResult) -> str:
+    """The unit's activation histogram on concept against other images, per method, from the
+    faithfulness suite's details (nothing for other suites, or labels without one)."""
+    if sec.result.suite != "faithfulness":
+        return ""
+    per = u.details.get("labels")
+    if not isinstance(per, dict):
+        return ""
+    figures = []
+    name = f"{u.unit.layer}:{u.unit.index}"
+    for method in sec.methods:
+        entry = per.get(method)
+        dist = entry.get("distribution") if isinstance(entry, dict) else None
+        if not isinstance(dist, dict):
+            continue
+        try:
+            label = u.labels.get(method, "")
+            svg = distribution_plot(
+                [float(x) for x in dist["edges"]],
+                [int(x) for x in dist["concept"]],
+                [int(x) for x in dist["other"]],
+                title=f"Unit {name}: activation on images with the concept of {method}'s label "
+                f"against the other images",
+            )
+        except (KeyError, TypeError, ValueError) as e:  # a malformed entry is skipped, said so
+            log.warning("unit %s: %s's activation distribution is unreadable (%s)", name, method, e)
+            continue
+        read_as = entry.get("formula") if isinstance(entry, dict) else None
+        figures.append(
+            f"<figure>{svg}<figcaption>{esc(method)}: \u201c{esc(label)}\u201d"
+            + (f" read as <code>{esc(read_as)}</code>" if read_as else "")
+            + "; each histogram is the share of its own images.</figcaption></figure>"
+        )
+    if not figures:
+        return ""
+    return (
+        "<h3>Activation on concept against other images</h3>"
+        f'<div class="dists">{"".join(figures)}</div>'
+    )
+
+
 def _unit_page(
     key: tuple[str, str, int],
     entries: Sequence[tuple[_Section, UnitResult]],
@@ -1072,6 +1147,7 @@ def _unit_page(
             if u.details
             else ""
         )
+        details = _distributions(sec, u) + details
         blocks.append(
             f'<section class="suite" data-suite="{esc(sec.result.suite)}"><h2>'
             f'<a href="../index.html#{esc(sec.sid)}">{esc(_title(sec))}</a></h2>'

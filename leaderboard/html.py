@@ -125,6 +125,9 @@ td.pass { color: var(--bestfg); }
 td.fail { color: #cf222e; font-weight: 700; background: #ffebe9; }
 td.normalised, .norm { color: var(--muted); }
 .norm { font-size: .85em; }
+svg .on { fill: #cf222e; fill-opacity: .45; stroke: #cf222e; stroke-width: 1; }
+svg .off { fill: #8c959f; fill-opacity: .35; stroke: #6e7781; stroke-width: 1; }
+.dists { display: flex; flex-wrap: wrap; gap: .5rem 1.5rem; }
 img.exemplars { max-width: 100%; height: auto; border: 1px solid var(--line); }
 footer { margin-top: 3rem; border-top: 2px solid var(--line); font-size: .9em; }
 """

@@ -15,6 +15,10 @@ presence from the ground-truth segmentations). Per unit and method:
   (CoSy's MAD with the probe's off-concept images as the control);
 * ``parsed``: 1 when the label reads into the probe's concepts, 0 when it does not.
 
+Each unit's details keep, per method, a histogram of the unit's activation on the images that
+show the label's concept and on the others (:func:`activation_histograms`, presence above 0.5),
+which the leaderboard's unit pages draw.
+
 A label that does not read into concepts is **unparsed**: it gets ``parsed = 0`` and no other
 score (never a zero presence scored as if it were a concept), and it is counted per method in
 the result's settings. So the constant ``depictions`` baseline shows up as unparsed, not as a
@@ -253,6 +257,41 @@ def _load_probe(ctx: SuiteContext, name: str, root: str | None, n_images: int | 
     return load_probe(name, root, options=options, cache=ctx.cache)
 
 
+# --- distributions for the unit pages ------------------------------------------------------------
+
+#: Bins of each unit's activation histogram (concept against non-concept images).
+HISTOGRAM_BINS = 16
+
+
+def activation_histograms(
+    acts: np.ndarray, on: np.ndarray, bins: int = HISTOGRAM_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per unit, a histogram of its activations on the concept's images and on the others.
+
+    ``acts``: ``[M, N]`` activations; ``on``: ``[M, N]`` booleans (the concept on the image).
+    Returns ``(edges [M, bins + 1], concept [M, bins], other [M, bins])``: equal-width bins over
+    each unit's own range (the last bin closed), counts as int64. One ``bincount`` for all units.
+    """
+    import numpy as np
+
+    a = np.asarray(acts, dtype=np.float64)
+    o = np.asarray(on, dtype=bool)
+    if a.shape != o.shape or a.ndim != 2:
+        raise DataError(
+            f"Expected activations and presence of the same shape [units, images], got "
+            f"{a.shape} and {o.shape}."
+        )
+    m = a.shape[0]
+    lo = a.min(axis=1, initial=np.inf) if a.size else np.zeros(m)
+    hi = a.max(axis=1, initial=-np.inf) if a.size else np.zeros(m)
+    width = np.where(hi > lo, hi - lo, 1.0)
+    edges = lo[:, None] + width[:, None] * np.linspace(0.0, 1.0, bins + 1)[None, :]
+    idx = np.clip(((a - lo[:, None]) / width[:, None] * bins).astype(np.int64), 0, bins - 1)
+    flat = (np.arange(m)[:, None] * 2 + o.astype(np.int64)) * bins + idx
+    counts = np.bincount(flat.ravel(), minlength=m * 2 * bins).reshape(m, 2, bins)
+    return edges, counts[:, 1], counts[:, 0]
+
+
 # --- the suite -----------------------------------------------------------------------------------
 
 
@@ -400,6 +439,7 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                         values[name] = fn(a, p, cfg.alpha) if takes_alpha else fn(a, p)
                 kept = [u for (u, _), k in zip(scored, ok, strict=True) if k]
                 n_on = p.sum(axis=1) if ok.any() else np.zeros(0)
+                hist = activation_histograms(a, p > 0.5) if ok.any() else None
                 for j, u in enumerate(kept):
                     if not np.isfinite(values["auroc"][j]):
                         c["degenerate"] += 1
@@ -414,7 +454,15 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                         else {"unparsed": r.reason}
                     )
                 for j, u in enumerate(kept):
-                    details[u]["labels"][mname]["images_with_concept"] = int(n_on[j])
+                    entry = details[u]["labels"][mname]
+                    entry["images_with_concept"] = int(n_on[j])
+                    if hist is not None:
+                        edges, on_counts, off_counts = hist
+                        entry["distribution"] = {
+                            "edges": [float(x) for x in edges[j]],
+                            "concept": [int(x) for x in on_counts[j]],
+                            "other": [int(x) for x in off_counts[j]],
+                        }
         entries = [UnitEntry(unit=u, details=details[u]) for u in units]
         settings = {
             "probe": probe.identity(),

@@ -82,11 +82,7 @@ def sanity_card() -> SuiteResult:
 
 def faithfulness_result() -> SuiteResult:
     units = [UnitRef(layer="layer1", index=i) for i in range(2)]
-    dist = {
-        "bins": [0.0, 0.5, 1.0],
-        "on": [1, 3],
-        "off": [5, 1],
-    }
+    dist = {"edges": [0.0, 0.5, 1.0], "concept": [1, 3], "other": [5, 1]}
     return SuiteResult(
         run=RunIdentity(run_id="r1", target=TARGET, probe="synthetic"),
         suite="faithfulness",
@@ -195,3 +191,42 @@ def test_ceiling_normalised_column_beside_the_raw_one(tmp_path: Path) -> None:
     ceiling = table[table.index('<tbody class="ceiling">') :]
     assert '<td class="num normalised" data-sort="1.0">1.000</td>' in ceiling
     assert "norm. 0.250" in mil  # the per-layer table
+
+
+def test_faithfulness_table_counts_and_unit_page_distribution(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    build(_write(tmp_path / "results"), site)
+    faith = _section((site / "index.html").read_text(encoding="utf-8"), "faithfulness")
+    assert '<table class="sortable labelcounts">' in faith
+    counts = faith[faith.index("labelcounts") :]
+    assert re.search(r'data-method="netdissect">.*?<td class="num" data-sort="2">2</td>', counts)
+    page = (site / "units" / "layer1-0.html").read_text(encoding="utf-8")
+    assert "Activation on concept against other images" in page
+    svg = page[page.index('<svg class="plot dist"') :]
+    svg = svg[: svg.index("</svg>")]
+    assert "concept (4)" in svg and "other images (6)" in svg
+    assert svg.count('<polygon class="on"') == 1 and svg.count('<polygon class="off"') == 1
+    assert HOSTILE not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_activation_histograms_equal_numpy_per_unit() -> None:
+    import numpy as np
+
+    from bench.suites.faithfulness import activation_histograms
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 200))
+    a[3] = 1.5  # a constant unit: everything in the first bin
+    on = rng.random((5, 200)) < 0.2
+    edges, c_on, c_off = activation_histograms(a, on, bins=8)
+    for j in range(5):
+        lo, hi = a[j].min(), a[j].max()
+        rng_j = (lo, hi) if hi > lo else (lo, lo + 1.0)
+        want_on, want_edges = np.histogram(a[j][on[j]], bins=8, range=rng_j)
+        want_off, _ = np.histogram(a[j][~on[j]], bins=8, range=rng_j)
+        np.testing.assert_allclose(edges[j], want_edges, rtol=1e-12)
+        # numpy's bins are half-open but for the last, like ours; float edges may move a value
+        # sitting exactly on an edge by one bin, which random normals do not do
+        np.testing.assert_array_equal(c_on[j], want_on)
+        np.testing.assert_array_equal(c_off[j], want_off)
+    assert c_on.sum() + c_off.sum() == a.size
