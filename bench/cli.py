@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -285,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
         "to the target; one that cannot run here is skipped and said so)",
     )
     r.add_argument("--no-suites", action="store_true", help="describe only; score nothing")
+    r.add_argument(
+        "--metrics-check",
+        action="store_true",
+        help="after scoring, also run 'bench metrics check' on the target (synthetic targets): "
+        "the metric report card goes to metrics/<target>/suites/sanity.json beside the run "
+        "directory and into the leaderboard, which marks the columns of metrics that fail",
+    )
     _add_scoring_args(r)
 
     sc = sub.add_parser(
@@ -556,6 +563,17 @@ def _cmd_run(args: argparse.Namespace, hold: ExitStack) -> int:
         raise UsageError("--no-leaderboard cannot be combined with --leaderboard DIR.")
     if args.leaderboard and args.no_suites:
         raise UsageError("--leaderboard needs the suites' results; drop --no-suites.")
+    if args.metrics_check:
+        from bench.registry import TARGETS
+
+        if args.no_suites:
+            raise UsageError("--metrics-check belongs to scoring; drop --no-suites.")
+        if TARGETS.get(config.target).family != "synthetic":
+            raise UsageError(
+                f"--metrics-check runs on synthetic targets (their planted units and probe "
+                f"segmentations); '{config.target}' is not one. Run 'bench metrics check "
+                "--target synth.resnet' separately."
+            )
     score_options = None if args.no_suites else _score_options(args, download=args.download)
     if suite_config:
         # Suite names and fields are checked before anything runs.
@@ -600,13 +618,30 @@ def _cmd_run(args: argparse.Namespace, hold: ExitStack) -> int:
         mark_run(result.run_dir, "complete")
         _print_report(report)
         _print_scores(report)
+    cards: list[Any] = []
+    if args.metrics_check and score_options is not None:
+        from pathlib import Path
+
+        from bench.api import metrics_check
+
+        t1 = time.perf_counter()
+        written = metrics_check(
+            [config.target],
+            Path(result.run_dir).parent / "metrics",
+            seed=config.seed,
+            device=config.device,
+            cache_dir=config.cache_dir,
+        )
+        cards = list(written.values())
+        _print_cards(written)
+        print(f"metrics check: {time.perf_counter() - t1:.1f} s")
     if report is not None and report.results and not args.no_leaderboard:
         from pathlib import Path
 
         from bench.api import build_leaderboard
 
         site = args.leaderboard or Path(result.run_dir).parent / "leaderboard"
-        print(f"leaderboard: {build_leaderboard([result.run_dir], site)}")
+        print(f"leaderboard: {build_leaderboard([result.run_dir, *cards], site)}")
     print(f"total: {time.perf_counter() - t0:.1f} s")
     return result.exit_code
 
@@ -741,7 +776,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
     from bench.api import metrics_check
-    from bench.results import read_suite_result
 
     written = metrics_check(
         [args.target] if args.target else None,
@@ -751,6 +785,14 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
     )
+    _print_cards(written)
+    return 0
+
+
+def _print_cards(written: Mapping[str, Any]) -> None:
+    """Each report card: its file and the pass/FAIL table of every metric and test."""
+    from bench.results import read_suite_result
+
     for target, path in written.items():
         result = read_suite_result(path)
         verdicts = result.settings["verdicts"]
@@ -763,7 +805,6 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
                 for v in per.values()
             ]
             print(f"  {metric:<20}" + "".join(f"{c:>18}" for c in cells))
-    return 0
 
 
 def _cmd_milan(args: argparse.Namespace) -> int:

@@ -29,6 +29,20 @@ whole-image masks, as NetDissect treats them), then
 Everything is one matrix product: ``counts [N, n_sig] @ holds [n_sig, F]`` where ``counts`` is
 each image's number of pixels per signature and ``holds`` each formula evaluated on the
 signatures, so all labels of a layer are done at once.
+
+``clip`` presence (:class:`ClipPresence`) reads no concepts: any free text is scored by a joint
+image-text model (the ``image_text_encoder`` component: open_clip ViT-B/16 by default, any
+open_clip model by option, the synthetic world's recogniser offline), turned into presence in
+one of two ways (the result says which):
+
+* ``softmax``: per image, the label against a concept set (the probe's concept names,
+  or a list given), ``softmax(logit_scale * cos)`` over the set plus the label, and the label's
+  probability is its presence, in [0, 1] (a label that is itself in the set is not counted
+  twice). ``logit_scale`` is CLIP's 100.
+* ``threshold`` (the faithfulness suite's default): presence 1 where ``cos(image, label)``
+  exceeds a threshold: given, or calibrated on a probe with segmentations as the global threshold
+  that maximises the mean F1 of the thresholded cosines against the ground truth over the probe's
+  concepts.
 """
 
 from __future__ import annotations
@@ -54,7 +68,7 @@ LabelReader = Callable[[str], "list | None"]
 
 _KEYWORD = re.compile(r"\b(AND|OR|NOT)\b")
 
-PRESENCE_MODES: tuple[str, ...] = ("segmentation",)
+PRESENCE_MODES: tuple[str, ...] = ("segmentation", "clip")
 
 
 def _norm(name: str) -> str:
@@ -74,7 +88,8 @@ class Reading:
 
     @property
     def parsed(self) -> bool:
-        return self.formula is not None
+        """Scored: read into concepts, or free text scored by CLIP (``source="clip"``)."""
+        return self.formula is not None or self.source == "clip"
 
 
 def label_reader(probe_name: str) -> LabelReader | None:
@@ -281,3 +296,274 @@ def segmentation_presence(
         coverage[i] = cov[where[readings[i].formula]]
     presence = np.where(np.isnan(coverage), np.nan, (coverage > source.min_fraction) * 1.0)
     return LabelPresence(presence=presence, coverage=coverage, readings=readings)
+
+
+# --- CLIP presence --------------------------------------------------------------------------------
+
+CLIP_MODES: tuple[str, ...] = ("softmax", "threshold")
+#: CLIP's learned temperature (``logit_scale.exp()`` of the released models is 100).
+CLIP_LOGIT_SCALE = 100.0
+#: Candidate thresholds tried by :func:`calibrate_threshold`, and the most images it uses.
+CALIBRATION_STEPS = 64
+CALIBRATION_IMAGES = 5000
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def softmax_presence(
+    label_sim: np.ndarray,
+    concept_sim: np.ndarray,
+    same: Sequence[int | None],
+    *,
+    scale: float = CLIP_LOGIT_SCALE,
+) -> np.ndarray:
+    """float64 ``[L, N]``: per image, the probability of each label under a softmax of
+    ``scale * cosine`` over the concept set plus the label. ``label_sim``: ``[L, N]`` cosines of
+    the labels with the images; ``concept_sim``: ``[N, C]`` of the concepts; ``same[l]``: the
+    column of the concept that *is* label ``l`` (left out of its set), or ``None``.
+
+    Equals ``exp(s l) / (exp(s l) + sum_{c != same} exp(s c))``, computed stably for all labels
+    at once from each image's largest and second-largest concept logits."""
+    import numpy as np
+
+    lab = np.asarray(label_sim, dtype=np.float64) * scale  # [L, N]
+    con = np.asarray(concept_sim, dtype=np.float64) * scale  # [N, C]
+    n, c = con.shape
+    if lab.ndim != 2 or lab.shape[1] != n:
+        raise DataError(f"Expected label cosines [L, {n}], got shape {lab.shape}.")
+    if c == 0:
+        return np.ones_like(lab)
+    top = np.argmax(con, axis=1)  # [N]
+    m1 = con[np.arange(n), top]
+    s1 = np.exp(con - m1[:, None]).sum(axis=1)  # >= 1: the largest term is 1
+    if c > 1:
+        rest = con.copy()
+        rest[np.arange(n), top] = -np.inf
+        m2 = rest.max(axis=1)
+        s2 = np.exp(rest - m2[:, None]).sum(axis=1)  # >= 1, the argmax left out
+    lse_all = m1 + np.log(s1)
+    others = np.broadcast_to(lse_all, lab.shape).copy()  # [L, N]: log-sum-exp of the set
+    for i, j in enumerate(same):
+        if j is None:
+            continue
+        if c == 1:
+            others[i] = -np.inf
+            continue
+        cj = con[:, j]
+        # j not the largest: subtracting its term from a sum >= 1 whose largest term stays
+        # loses nothing; j the largest: the others' sum taken from the second largest
+        not_top = np.log(np.maximum(s1 - np.exp(cj - m1), 1e-300)) + m1
+        is_top = m2 + np.log(s2)
+        others[i] = np.where(top == j, is_top, not_top)
+    # p = e^l / (e^l + e^others) = sigmoid(l - others)
+    z = lab - others
+    with np.errstate(over="ignore"):
+        return np.where(z >= 0, 1.0 / (1.0 + np.exp(-z)), np.exp(z) / (1.0 + np.exp(z)))
+
+
+def calibrate_threshold(
+    concept_sim: np.ndarray, truth: np.ndarray, *, steps: int = CALIBRATION_STEPS, seed: int = 0
+) -> tuple[float, float]:
+    """The global cosine threshold maximising the mean F1, over concepts with at least one
+    positive image, of ``concept_sim > threshold`` (``[N, C]``) against ``truth`` (``[C, N]``,
+    ground-truth presence in {0, 1}); returns ``(threshold, mean F1)``. Candidates: ``steps``
+    quantiles of the cosines; at most :data:`CALIBRATION_IMAGES` images (a seeded sample)."""
+    import numpy as np
+
+    sim = np.asarray(concept_sim, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64).T > 0.5  # [N, C]
+    if sim.shape != t.shape:
+        raise DataError(
+            f"Expected cosines and ground truth of the same shape, got {sim.shape} and "
+            f"{t.shape} (ground truth transposed)."
+        )
+    keep = t.any(axis=0)
+    if not keep.any():
+        raise DataError("Cannot calibrate a threshold: no concept is on any probe image.")
+    sim, t = sim[:, keep], t[:, keep]
+    if sim.shape[0] > CALIBRATION_IMAGES:
+        rows = np.random.default_rng(seed).choice(sim.shape[0], CALIBRATION_IMAGES, replace=False)
+        sim, t = sim[np.sort(rows)], t[np.sort(rows)]
+    cands = np.unique(np.quantile(sim, np.linspace(0.0, 1.0, steps + 1)[:-1]))
+    pos = t.sum(axis=0)
+    best = (float(cands[0]), -1.0)
+    for tau in cands:
+        pred = sim > tau
+        tp = (pred & t).sum(axis=0)
+        f1 = 2.0 * tp / np.maximum(pred.sum(axis=0) + pos, 1)
+        score = float(f1.mean())
+        if score > best[1]:
+            best = (float(tau), score)
+    return best
+
+
+class ClipPresence:
+    """Presence of free-text labels over a probe's images from a joint image-text encoder (see
+    the module docstring). ``concepts``: the concept set of the softmax (and of the threshold's
+    calibration); ``truth``: ``[C, N]`` ground-truth presence of those concepts, to calibrate
+    the threshold when none is given."""
+
+    def __init__(
+        self,
+        encoder: Any,
+        probe: Any,
+        *,
+        concepts: Sequence[str],
+        mode: str = "softmax",
+        scale: float = CLIP_LOGIT_SCALE,
+        threshold: float | None = None,
+        truth: np.ndarray | None = None,
+        cache: Any = None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ):
+        if mode not in CLIP_MODES:
+            raise DataError(f"Expected a CLIP presence mode in {CLIP_MODES}, got {mode!r}.")
+        if mode == "softmax" and not concepts:
+            raise DataError(
+                "CLIP presence by softmax needs a concept set; give one (a list of concept "
+                "names) or use a probe with concepts."
+            )
+        if mode == "threshold" and threshold is None and truth is None:
+            raise DataError(
+                "CLIP presence by threshold needs a threshold, or a probe with segmentations "
+                "to calibrate one on; pass the threshold (a cosine)."
+            )
+        if not scale > 0:
+            raise DataError(f"Expected a positive logit scale, got {scale}.")
+        self.encoder = encoder
+        self.probe = probe
+        self.concepts = [str(c) for c in concepts]
+        self.mode = mode
+        self.scale = float(scale)
+        self.threshold = threshold
+        self.truth = truth
+        self.cache = cache
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        self.calibration: dict[str, Any] | None = None
+        self._images: np.ndarray | None = None
+        self._concepts: np.ndarray | None = None
+
+    @property
+    def num_images(self) -> int:
+        return len(self.probe)
+
+    def image_embeddings(self) -> np.ndarray:
+        """``float64 [N, D]``, L2-normalised; cached like CLIP-Dissect's (the same entries)."""
+        if self._images is None:
+            from bench.components.cached import cached_embeddings
+            from bench.progress import progress_bar
+
+            n = len(self.probe)
+
+            def compute() -> Any:
+                import torch
+
+                parts = []
+                with progress_bar(
+                    total=n, desc="image embeddings", enabled=self.progress, unit="img"
+                ) as bar:
+                    for start in range(0, n, self.batch_size):
+                        stop = min(n, start + self.batch_size)
+                        ims = [self.probe.load_image(i) for i in range(start, stop)]
+                        parts.append(torch.as_tensor(self.encoder.encode_images(ims)).float())
+                        bar.update(stop - start)
+                return torch.cat(parts) if parts else torch.zeros((0, 0))
+
+            emb = cached_embeddings(
+                self.cache,
+                self.encoder,
+                "images",
+                {"probe": self.probe.identity(), "n": n},
+                compute,
+            )
+            if emb.shape[0] != n:
+                raise DataError(f"Expected {n} image embeddings, got {emb.shape[0]}.")
+            self._images = _l2(emb)
+        return self._images
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
+        if not texts:
+            return np.zeros((0, self.image_embeddings().shape[1]))
+        emb = self.encoder.encode_texts(list(texts))
+        arr = emb.detach().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
+        if arr.shape[0] != len(texts):
+            raise DataError(f"Expected {len(texts)} text embeddings, got {arr.shape[0]}.")
+        return _l2(arr)
+
+    def concept_similarity(self) -> np.ndarray:
+        """``float64 [N, C]``: cosine of every image with every concept of the set."""
+        if self._concepts is None:
+            img = self.image_embeddings()
+            txt = self.text_embeddings(self.concepts)
+            if txt.size and txt.shape[1] != img.shape[1]:
+                raise DataError(
+                    f"The image-text encoder gave image embeddings of dimension {img.shape[1]} "
+                    f"and text embeddings of dimension {txt.shape[1]}; CLIP presence needs one "
+                    "joint space."
+                )
+            self._concepts = img @ txt.T
+        return self._concepts
+
+    def _threshold(self) -> float:
+        if self.threshold is not None:
+            return float(self.threshold)
+        if self.calibration is None:
+            tau, f1 = calibrate_threshold(self.concept_similarity(), self.truth)  # type: ignore[arg-type]
+            self.calibration = {"threshold": tau, "mean_f1": f1, "rule": "max mean F1 over the "
+                                "probe's concepts against their segmentations"}  # fmt: skip
+        return float(self.calibration["threshold"])
+
+    def presence(self, labels: Sequence[str]) -> LabelPresence:
+        """Presence ``[L, N]`` of every label (all read as free text: ``source="clip"``); the
+        ``coverage`` field holds the raw cosines."""
+        import numpy as np
+
+        distinct = list(dict.fromkeys(labels))
+        img = self.image_embeddings()
+        sim = self.text_embeddings(distinct) @ img.T  # [L', N]
+        if self.mode == "softmax":
+            norm = {_norm(c): i for i, c in enumerate(self.concepts)}
+            same = [norm.get(_norm(t)) for t in distinct]
+            pres = softmax_presence(sim, self.concept_similarity(), same, scale=self.scale)
+        else:
+            pres = (sim > self._threshold()).astype(np.float64)
+        where = {t: i for i, t in enumerate(distinct)}
+        rows = [where[t] for t in labels]
+        readings = [Reading(label=t, formula=None, source="clip") for t in labels]
+        return LabelPresence(presence=pres[rows], coverage=sim[rows], readings=readings)
+
+    def settings(self) -> dict[str, Any]:
+        """What the numbers depend on, for the result."""
+        out: dict[str, Any] = {
+            "mode": "clip",
+            "encoder": self.encoder.identity(),
+            "to_presence": self.mode,
+        }
+        if self.mode == "softmax":
+            out["rule"] = (
+                "per image, softmax of logit_scale * cosine over the concept set plus the label; "
+                "the label's probability (a label in the set is counted once)"
+            )
+            out["logit_scale"] = self.scale
+        else:
+            out["rule"] = "1 where the image-label cosine exceeds the threshold"
+            out["threshold"] = self._threshold()
+            out["threshold_from"] = "given" if self.threshold is not None else "calibrated"
+            if self.calibration is not None:
+                out["calibration"] = dict(self.calibration)
+        import hashlib
+
+        out["concept_set"] = {
+            "n": len(self.concepts),
+            "sha256": hashlib.sha256("\n".join(self.concepts).encode("utf-8")).hexdigest(),
+        }
+        return out

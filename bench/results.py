@@ -259,6 +259,10 @@ class MethodScore:
     bootstrap over units), 2 for the best of the rest and those tied with it, and so on
     (:func:`metrics.stats.significance_groups`); ``None`` when not computed. ``p_vs_best``: the
     paired bootstrap p-value of the best method against this one (``None`` for the best).
+    ``normalised``: where the metric has a ceiling, the ceiling-normalised mean
+    ``(method - depictions) / (ceiling - depictions)`` from the means (0: the constant
+    ``depictions`` label, 1: the ceiling; ``None`` without a ceiling, a ``depictions`` score, or
+    when the ceiling does not exceed ``depictions``); ``normalised_per_layer`` the same per layer.
     """
 
     mean: float
@@ -268,9 +272,12 @@ class MethodScore:
     group: int | None = None
     p_vs_best: float | None = None
     per_layer: dict[str, Estimate] = field(default_factory=dict)
+    normalised: float | None = None
+    normalised_per_layer: dict[str, float] = field(default_factory=dict)
 
     _KEYS: ClassVar[tuple[str, ...]] = (
-        "mean", "ci_low", "ci_high", "n", "group", "p_vs_best", "per_layer",
+        "mean", "ci_low", "ci_high", "n", "group", "p_vs_best", "per_layer", "normalised",
+        "normalised_per_layer",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -282,6 +289,12 @@ class MethodScore:
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"p_vs_best: expected a p-value in [0, 1], got {p!r}")
         _check_per_layer(self.per_layer)
+        if self.normalised is not None:
+            _check_num(self.normalised, "normalised")
+        _check_dict(self.normalised_per_layer, "normalised_per_layer")
+        for layer, v in self.normalised_per_layer.items():
+            _check_name(layer, "normalised_per_layer key")
+            _check_num(v, f"normalised_per_layer[{layer!r}]")
 
     @property
     def estimate(self) -> Estimate:
@@ -293,6 +306,12 @@ class MethodScore:
             "group": self.group,
             "p_vs_best": self.p_vs_best,
             "per_layer": _per_layer_to_json(self.per_layer),
+            **({"normalised": self.normalised} if self.normalised is not None else {}),
+            **(
+                {"normalised_per_layer": dict(self.normalised_per_layer)}
+                if self.normalised_per_layer
+                else {}
+            ),
         }
 
     @classmethod
@@ -306,6 +325,8 @@ class MethodScore:
             group=d.get("group"),
             p_vs_best=d.get("p_vs_best"),
             per_layer=per_layer,
+            normalised=d.get("normalised"),
+            normalised_per_layer=d.get("normalised_per_layer", {}),
         )
 
 

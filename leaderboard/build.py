@@ -38,7 +38,7 @@ from bench.results import (
 )
 from bench.schema import SCHEMA_VERSION, UnitRef, atomic_write, dumps
 from leaderboard.html import esc, fmt, fmt_interval, fmt_seconds, page
-from leaderboard.svg import CostPoint, Row, cost_plot, interval_plot
+from leaderboard.svg import CostPoint, Row, cost_plot, distribution_plot, interval_plot
 
 __all__ = ["MANIFEST", "build", "render", "safe_name"]
 
@@ -47,7 +47,18 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SITE_TITLE = "neuron-bench leaderboard"
 #: Suites in the order the issue lists them; others follow alphabetically.
-SUITE_ORDER = ("milannotations", "final-layer", "cifar-auroc", "planted")
+SUITE_ORDER = (
+    "milannotations",
+    "final-layer",
+    "cifar-auroc",
+    "planted",
+    "faithfulness",
+    "generated",
+    "sanity",
+)
+#: The metric report card (``bench metrics check``): its "methods" are metrics, its "metrics" the
+#: sanity tests; rendered as a pass/fail card, and its failures mark metric columns elsewhere.
+SANITY_SUITE = "sanity"
 SUITE_BLURBS = {
     "milannotations": "Agreement of each label with the unit's human annotations (MILANNOTATIONS), "
     "with the inter-annotator ceiling beside the methods.",
@@ -55,6 +66,14 @@ SUITE_BLURBS = {
     "cifar-auroc": "For each class, the unit whose label is closest to the class name, used as a "
     "one-class classifier by its mean activation.",
     "planted": "Recovery of the concepts planted in units of a synthetic target.",
+    "faithfulness": "Does the label predict what its unit does? Each unit's pooled activation "
+    "over the probe images against the presence of its label's concept on them (AUROC, AUPRC, "
+    "IoU and F1 of the top images, Pearson correlation, MAD). Labels that do not read into the "
+    "probe's concepts are counted as unparsed, never scored.",
+    "sanity": "The metric report card (bench metrics check): NeuronEval's sanity tests on units "
+    "whose truth is known. A metric passes a test when the correct label's score drops under "
+    "the perturbation for at least the threshold share of units. Columns of a metric that fails "
+    "a test are marked in the other tables.",
 }
 REFERENCE_TITLES = {
     "annotations": "Annotations",
@@ -262,24 +281,83 @@ def _score_cell(metric: MetricSummary, method: str) -> str:
     )
 
 
-def _estimate_cell(e: Estimate | None) -> str:
+def _estimate_cell(e: Estimate | None, *, normalised: float | None = None) -> str:
     if e is None:
         return f'<td class="num" data-sort="">{_DASH}</td>'
+    norm = (
+        ""
+        if normalised is None
+        else f' <span class="norm" title="{esc(_NORMALISED_TIP)}">norm. {fmt(normalised)}</span>'
+    )
     return (
         f'<td class="num" data-sort="{e.mean!r}" title="n = {e.n}"><span class="v">'
-        f'{fmt(e.mean)}</span> <span class="ci">{fmt_interval(e.ci_low, e.ci_high)}</span></td>'
+        f'{fmt(e.mean)}</span> <span class="ci">{fmt_interval(e.ci_low, e.ci_high)}</span>'
+        f"{norm}</td>"
     )
 
 
-def _metric_header(metric: MetricSummary) -> str:
+def _metric_header(metric: MetricSummary, fails: Sequence[str] = ()) -> str:
     arrow = "\u2191" if metric.higher_is_better else "\u2193"
     marks = ""
     if metric.ok and not metric.comparable_with_papers:
         marks += '<sup title="not comparable with the papers">\u2020</sup>'
+    cls = ""
+    if fails:
+        why = "fails the metric sanity tests: " + "; ".join(fails)
+        marks += f'<sup class="insane" title="{esc(why)}">\u2717</sup>'
+        cls = ' class="fails-sanity"'
     tip = metric.note or (metric.reason or "")
     return (
-        f'<th scope="col" data-type="num" title="{esc(tip)}">{esc(metric.name)} {arrow}{marks}</th>'
+        f'<th scope="col" data-type="num"{cls} title="{esc(tip)}">{esc(metric.name)} {arrow}'
+        f"{marks}</th>"
     )
+
+
+Failures = dict[str, dict[str, list[str]]]
+
+
+def _sanity_failures(sections: Sequence[_Section]) -> Failures:
+    """target -> metric -> what it fails ("missing_labels on synth.resnet: 36/55 units pass,
+    threshold 90%"), from every report card; the key ``""`` holds every card's failures."""
+    out: Failures = {}
+    for sec in sections:
+        r = sec.result
+        if r.suite != SANITY_SUITE:
+            continue
+        verdicts = r.settings.get("verdicts")
+        if not isinstance(verdicts, dict):
+            continue
+        for metric, per in sorted(verdicts.items()):
+            if not isinstance(per, dict):
+                continue
+            for test, v in sorted(per.items()):
+                if not isinstance(v, dict) or v.get("passed", True):
+                    continue
+                threshold = _card_threshold(r, test)
+                text = (
+                    f"{test} on {r.run.target}: {v.get('passed_units')}/{v.get('judged_units')} "
+                    f"units pass" + (f", threshold {fmt(threshold * 100, 0)}%" if threshold else "")
+                )
+                for key in (r.run.target, ""):
+                    bucket = out.setdefault(key, {}).setdefault(str(metric), [])
+                    if text not in bucket:
+                        bucket.append(text)
+    return out
+
+
+def _card_threshold(r: SuiteResult, test: str) -> float | None:
+    for m in r.metrics:
+        if m.name == test and isinstance(m.settings.get("threshold"), (int, float)):
+            return float(m.settings["threshold"])
+    return None
+
+
+def _fails_for(sec: _Section, failures: Failures) -> dict[str, list[str]]:
+    """The failures that mark this table's columns: the report card of its own target when there
+    is one, else every card's."""
+    if sec.result.suite == SANITY_SUITE:
+        return {}
+    return failures.get(sec.result.run.target) or failures.get("", {})
 
 
 def _method_name_cell(info: MethodInfo) -> str:
@@ -300,20 +378,58 @@ def _ceiling_name(sec: _Section) -> str:
     return "inter-annotator ceiling" + (f" ({notes[0]})" if notes else "")
 
 
-def _main_table(sec: _Section) -> str:
+_NORMALISED_TIP = (
+    "ceiling-normalised: (method - depictions) / (ceiling - depictions) from the means; "
+    "0 = the constant label, 1 = the ceiling"
+)
+
+
+def _normalised(metric: MetricSummary) -> bool:
+    """Whether the metric has ceiling-normalised scores (a column beside the raw one)."""
+    return metric.ok and any(s.normalised is not None for s in metric.per_method.values())
+
+
+def _normalised_header(metric: MetricSummary) -> str:
+    return (
+        f'<th scope="col" data-type="num" class="normalised" title="{esc(_NORMALISED_TIP)}">'
+        f"{esc(metric.name)} normalised \u2191</th>"
+    )
+
+
+def _normalised_cell(value: float | None) -> str:
+    if value is None:
+        return f'<td class="num normalised" data-sort="" title="undefined">{_DASH}</td>'
+    return f'<td class="num normalised" data-sort="{value!r}">{fmt(value)}</td>'
+
+
+def _main_table(sec: _Section, fails: dict[str, list[str]] | None = None) -> str:
     r = sec.result
     metrics = r.metrics
+    fails = fails or {}
     head = (
         '<th scope="col" data-type="text">Method</th>'
         '<th scope="col" data-type="num" title="wall seconds per unit">s / unit</th>'
         '<th scope="col" data-type="num" title="units of this table the method labelled">'
-        "units labelled</th>" + "".join(_metric_header(m) for m in metrics)
+        "units labelled</th>"
+        + "".join(
+            _metric_header(m, fails.get(m.name, ()))
+            + (_normalised_header(m) if _normalised(m) else "")
+            for m in metrics
+        )
     )
     rows = []
     total = len(r.units)
     for name in sec.methods:
         info = r.methods[name]
-        cells = "".join(_score_cell(m, name) for m in metrics)
+        cells = "".join(
+            _marked(_score_cell(m, name), m.name in fails)
+            + (
+                _normalised_cell(s.normalised if (s := m.per_method.get(name)) else None)
+                if _normalised(m)
+                else ""
+            )
+            for m in metrics
+        )
         n = _coverage(sec, name)
         cover = f'<td class="num" data-sort="{n}">{n} / {total}</td>'
         rows.append(
@@ -326,6 +442,7 @@ def _main_table(sec: _Section) -> str:
             '<td class="na" data-sort="">unavailable</td>'
             if not m.ok
             else _estimate_cell(None if m.ceiling is None else m.ceiling.estimate)
+            + (_normalised_cell(1.0) if _normalised(m) else "")
             for m in metrics
         )
         ceiling = (
@@ -344,10 +461,24 @@ def _main_table(sec: _Section) -> str:
     )
 
 
-def _metric_notes(sec: _Section) -> str:
+def _marked(cell: str, fails: bool) -> str:
+    """A ``<td>`` with the ``fails-sanity`` class added when its metric fails a sanity test."""
+    if not fails:
+        return cell
+    return cell.replace('<td class="', '<td class="fails-sanity ', 1)
+
+
+def _metric_notes(sec: _Section, fails: dict[str, list[str]] | None = None) -> str:
+    fails = fails or {}
     items = []
     for i, m in enumerate(sec.result.metrics):
         parts = []
+        if m.name in fails:
+            parts.append(
+                '<strong class="insane">\u2717 fails the metric sanity tests</strong> ('
+                + esc("; ".join(fails[m.name]))
+                + ")"
+            )
         if not m.ok:
             parts.append(f'<strong class="na">unavailable</strong>: {esc(m.reason or "")}')
         else:
@@ -469,7 +600,11 @@ def _per_layer(sec: _Section) -> str:
         for name in sec.methods:
             s = m.per_method.get(name)
             cells = "".join(
-                _estimate_cell(None if s is None else s.per_layer.get(layer)) for layer in layers
+                _estimate_cell(
+                    None if s is None else s.per_layer.get(layer),
+                    normalised=None if s is None else s.normalised_per_layer.get(layer),
+                )
+                for layer in layers
             )
             rows.append(
                 f'<tr data-method="{esc(name)}">{_method_name_cell(r.methods[name])}{cells}</tr>'
@@ -581,8 +716,73 @@ def _unit_index(sec: _Section, units: _Units) -> str:
     )
 
 
-def _section_html(sec: _Section, units: _Units) -> str:
+def _sanity_card(sec: _Section) -> str:
+    """The report card: one row per metric, one column per test, pass or FAIL with the counts."""
     r = sec.result
+    verdicts = r.settings.get("verdicts")
+    if not isinstance(verdicts, dict) or not verdicts:
+        return '<p class="muted">This report card holds no verdicts.</p>'
+    tests = [m.name for m in r.metrics]
+    head = '<th scope="col" data-type="text">Metric</th>' + "".join(
+        f'<th scope="col" data-type="num">{esc(t)}</th>' for t in tests
+    )
+    rows = []
+    for metric in sorted(verdicts):
+        per = verdicts[metric] if isinstance(verdicts[metric], dict) else {}
+        cells = []
+        failed = False
+        for t in tests:
+            v = per.get(t)
+            if not isinstance(v, dict):
+                cells.append(f'<td class="na" data-sort="">{_DASH}</td>')
+                continue
+            ok = bool(v.get("passed"))
+            failed = failed or not ok
+            rate = v.get("rate")
+            sort = "" if not isinstance(rate, (int, float)) else repr(float(rate))
+            undefined = v.get("undefined_units") or 0
+            tip = f"{v.get('passed_units')} of {v.get('judged_units')} units pass" + (
+                f"; {undefined} undefined" if undefined else ""
+            )
+            cells.append(
+                f'<td class="num {"pass" if ok else "fail"}" data-sort="{esc(sort)}" '
+                f'title="{esc(tip)}">{"pass" if ok else "FAIL"} '
+                f'<span class="ci">{esc(v.get("passed_units"))}/{esc(v.get("judged_units"))}'
+                "</span></td>"
+            )
+        mark = ' <sup class="insane">\u2717</sup>' if failed else ""
+        rows.append(
+            f'<tr data-metric="{esc(metric)}"><th scope="row" data-sort="{esc(metric)}">'
+            f"{esc(metric)}{mark}</th>{''.join(cells)}</tr>"
+        )
+    thresholds = sorted({t for t in (_card_threshold(r, x) for x in tests) if t is not None})
+    units = r.settings.get("units")
+    caption = (
+        "pass: at least "
+        + (", ".join(f"{fmt(t * 100, 0)}%" for t in thresholds) or "the threshold share")
+        + " of the known units score lower under the test than with their correct label; the "
+        "counts are units passing / units with a defined score."
+        + (f" Known units: {dumps(units)}." if units else "")
+    )
+    na = r.settings.get("not_applicable")
+    na_html = (
+        '<p class="muted">Not applicable: '
+        + esc("; ".join(f"{k}: {v}" for k, v in sorted(na.items())))
+        + "</p>"
+        if isinstance(na, dict) and na
+        else ""
+    )
+    return (
+        f'<div class="scroll"><table class="sortable sanity" id="{esc(sec.sid)}-table">'
+        f"<caption>{esc(caption)}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>{na_html}"
+    )
+
+
+def _section_html(sec: _Section, units: _Units, fails: dict[str, list[str]] | None = None) -> str:
+    r = sec.result
+    if r.suite == SANITY_SUITE:
+        return _sanity_section(sec)
     run = r.run
     probe = f" \u00b7 probe {esc(run.probe)}" if run.probe else ""
     blurb = SUITE_BLURBS.get(r.suite, "")
@@ -609,13 +809,66 @@ def _section_html(sec: _Section, units: _Units) -> str:
         f"{'result files' if len(sec.sources) > 1 else 'result file'} {esc(sec.display)}"
         + _shared_note(sec)
         + "</p>"
-        + _main_table(sec)
-        + _metric_notes(sec)
+        + _main_table(sec, fails)
+        + _label_counts(sec)
+        + _metric_notes(sec, fails)
         + settings
         + _plots(sec)
         + _per_layer(sec)
         + _per_class(sec, units)
         + _unit_index(sec, units)
+        + "</section>"
+    )
+
+
+def _label_counts(sec: _Section) -> str:
+    """Faithfulness: per method, how many labels read into the probe's concepts, how many did
+    not (unparsed: no score, never a zero) and how many were degenerate (concept on no image or
+    on every one)."""
+    r = sec.result
+    counts = r.settings.get("labels")
+    if r.suite != "faithfulness" or not isinstance(counts, dict) or not counts:
+        return ""
+    rows = []
+    for name in sec.methods:
+        c = counts.get(name)
+        if not isinstance(c, dict):
+            continue
+        cells = "".join(
+            f'<td class="num" data-sort="{esc(c.get(k, ""))}">{esc(c.get(k, _DASH))}</td>'
+            for k in ("units", "unparsed", "degenerate")
+        )
+        rows.append(
+            f'<tr data-method="{esc(name)}">{_method_name_cell(r.methods[name])}{cells}</tr>'
+        )
+    if not rows:
+        return ""
+    return (
+        '<div class="scroll"><table class="sortable labelcounts"><caption>Labels per method: '
+        "unparsed labels do not read into the probe's concepts and get no score; degenerate "
+        "ones name a concept on no probe image or on every one.</caption><thead><tr>"
+        '<th scope="col" data-type="text">Method</th><th scope="col" data-type="num">labels</th>'
+        '<th scope="col" data-type="num">unparsed</th>'
+        '<th scope="col" data-type="num">degenerate</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _sanity_section(sec: _Section) -> str:
+    r = sec.result
+    probe = f" \u00b7 probe {esc(r.run.probe)}" if r.run.probe else ""
+    settings = (
+        f"<details><summary>report card settings</summary>{_json_pre(r.settings)}</details>"
+        if r.settings
+        else ""
+    )
+    return (
+        f'<section class="suite" id="{esc(sec.sid)}" data-suite="{esc(r.suite)}">'
+        f"<h2>metric report card <small>target {esc(r.run.target)}{probe}</small></h2>"
+        f"<p>{esc(SUITE_BLURBS[SANITY_SUITE])}</p>"
+        + f'<p class="muted">result file {esc(sec.display)}</p>'
+        + _sanity_card(sec)
+        + settings
         + "</section>"
     )
 
@@ -746,6 +999,7 @@ def _index_data(sections: Sequence[_Section]) -> dict[str, Any]:
                                 "ci_high": sc.ci_high,
                                 "n": sc.n,
                                 "group": sc.group,
+                                "normalised": sc.normalised,
                             }
                             for n, sc in m.per_method.items()
                         },
@@ -760,6 +1014,7 @@ def _index_data(sections: Sequence[_Section]) -> dict[str, Any]:
 
 
 def _index(sections: Sequence[_Section], units: _Units) -> str:
+    failures = _sanity_failures(sections)
     nav = "".join(
         f'<li><a href="#{esc(s.sid)}">{esc(_title(s))}</a> '
         f"<small>{esc(', '.join(s.methods))}"
@@ -771,7 +1026,7 @@ def _index(sections: Sequence[_Section], units: _Units) -> str:
         "with text, scored on shared suites. Every number comes with its 95% bootstrap interval "
         'over units. <a href="#provenance">Provenance</a>.</p>'
         f"<nav><ul>{nav}</ul></nav></header><main>"
-        + "".join(_section_html(s, units) for s in sections)
+        + "".join(_section_html(s, units, _fails_for(s, failures)) for s in sections)
         + "</main>"
     )
     return page(
@@ -791,6 +1046,47 @@ def _unit_score(metric: MetricSummary, u: UnitResult, method: str) -> str:
     if metric.value_type == "binary":
         return f'<td class="num" data-sort="{v!r}">{"yes" if v == 1 else "no"}</td>'
     return f'<td class="num" data-sort="{v!r}">{fmt(v)}</td>'
+
+
+def _distributions(sec: _Section, u: UnitResult) -> str:
+    """The unit's activation histogram on concept against other images, per method, from the
+    faithfulness suite's details (nothing for other suites, or labels without one)."""
+    if sec.result.suite != "faithfulness":
+        return ""
+    per = u.details.get("labels")
+    if not isinstance(per, dict):
+        return ""
+    figures = []
+    name = f"{u.unit.layer}:{u.unit.index}"
+    for method in sec.methods:
+        entry = per.get(method)
+        dist = entry.get("distribution") if isinstance(entry, dict) else None
+        if not isinstance(dist, dict):
+            continue
+        try:
+            label = u.labels.get(method, "")
+            svg = distribution_plot(
+                [float(x) for x in dist["edges"]],
+                [int(x) for x in dist["concept"]],
+                [int(x) for x in dist["other"]],
+                title=f"Unit {name}: activation on images with the concept of {method}'s label "
+                f"against the other images",
+            )
+        except (KeyError, TypeError, ValueError) as e:  # a malformed entry is skipped, said so
+            log.warning("unit %s: %s's activation distribution is unreadable (%s)", name, method, e)
+            continue
+        read_as = entry.get("formula") if isinstance(entry, dict) else None
+        figures.append(
+            f"<figure>{svg}<figcaption>{esc(method)}: \u201c{esc(label)}\u201d"
+            + (f" read as <code>{esc(read_as)}</code>" if read_as else "")
+            + "; each histogram is the share of its own images.</figcaption></figure>"
+        )
+    if not figures:
+        return ""
+    return (
+        "<h3>Activation on concept against other images</h3>"
+        f'<div class="dists">{"".join(figures)}</div>'
+    )
 
 
 def _unit_page(
@@ -854,6 +1150,7 @@ def _unit_page(
             if u.details
             else ""
         )
+        details = _distributions(sec, u) + details
         blocks.append(
             f'<section class="suite" data-suite="{esc(sec.result.suite)}"><h2>'
             f'<a href="../index.html#{esc(sec.sid)}">{esc(_title(sec))}</a></h2>'

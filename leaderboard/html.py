@@ -118,6 +118,16 @@ svg .dot { fill: #6e7781; }
 svg .dot.g1 { fill: var(--bestfg); }
 svg .band { fill: #8250df; fill-opacity: .12; }
 svg .ceil { stroke: #8250df; stroke-dasharray: 4 3; stroke-width: 1.5; }
+th.fails-sanity, td.fails-sanity { background-image: repeating-linear-gradient(135deg,
+  transparent 0 6px, rgba(207, 34, 46, .07) 6px 12px); }
+.insane { color: #cf222e; }
+td.pass { color: var(--bestfg); }
+td.fail { color: #cf222e; font-weight: 700; background: #ffebe9; }
+td.normalised, .norm { color: var(--muted); }
+.norm { font-size: .85em; }
+svg .on { fill: #cf222e; fill-opacity: .45; stroke: #cf222e; stroke-width: 1; }
+svg .off { fill: #8c959f; fill-opacity: .35; stroke: #6e7781; stroke-width: 1; }
+.dists { display: flex; flex-wrap: wrap; gap: .5rem 1.5rem; }
 img.exemplars { max-width: 100%; height: auto; border: 1px solid var(--line); }
 .gen-strip { display: inline-grid; max-width: 100%; }
 .gen-strip img { grid-column: 1 / -1; width: 100%; height: auto; image-rendering: pixelated;

@@ -34,6 +34,7 @@ from bench.results import (
     UnitResult,
 )
 from bench.schema import UnitRef, dumps
+from bench.suites.base import BASELINE, with_normalised
 
 __all__ = ["Table", "comparable_settings", "differing_settings", "tables"]
 
@@ -233,6 +234,10 @@ def _merge_metric(
         assert best is not None
         note = f"{best.note}; over the {best.n} units of {path.name}" if best.note else best.note
         ceiling = replace(best, note=note)
+        if BASELINE in per_method:
+            per_method = with_normalised(
+                per_method, ceiling, higher_is_better=metric.higher_is_better
+            )
     note = metric.note.split("; significance groups withheld")[0]
     if note.startswith("Significance groups withheld"):
         note = ""

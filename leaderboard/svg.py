@@ -1,5 +1,6 @@
-"""Inline SVG plots: a metric's mean and interval per method (dot and whisker), and quality
-against cost per unit (scatter on a log-scaled cost axis).
+"""Inline SVG plots: a metric's mean and interval per method (dot and whisker), quality
+against cost per unit (scatter on a log-scaled cost axis), and a unit's activation histogram on
+concept against non-concept images.
 
 Pure functions of their inputs returning markup; coordinates are printed with two decimals, so
 the same numbers always give the same bytes. Names are escaped with :func:`leaderboard.html.esc`
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from leaderboard.html import esc, fmt, fmt_interval, fmt_seconds
 
-__all__ = ["CostPoint", "Row", "cost_plot", "interval_plot", "nice_ticks"]
+__all__ = ["CostPoint", "Row", "cost_plot", "distribution_plot", "interval_plot", "nice_ticks"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -218,4 +219,65 @@ def cost_plot(points: Sequence[CostPoint], *, metric: str, higher_is_better: boo
             f"{'' if p.seconds > 0 else ' (' + esc(cost) + ' s)'}</text></g>"
         )
     out.append("</svg>")
+    return "".join(out)
+
+
+def distribution_plot(
+    edges: Sequence[float],
+    concept: Sequence[int],
+    other: Sequence[int],
+    *,
+    title: str,
+) -> str:
+    """A unit's activations on the images with the concept and on the others: two step
+    histograms over the same bins, each as the share of its own images (so a handful of
+    concept images is visible beside thousands of others). Returns a small ``<svg>``."""
+    bins = len(concept)
+    if bins == 0 or len(other) != bins or len(edges) != bins + 1:
+        raise ValueError(
+            f"expected {bins + 1} bin edges and {bins} counts per group, got {len(edges)} edges, "
+            f"{len(concept)} and {len(other)} counts"
+        )
+    width, height, left, right, top, bottom = 300, 120, 34, 10, 16, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+    n_on, n_off = sum(concept), sum(other)
+    share_on = [c / n_on if n_on else 0.0 for c in concept]
+    share_off = [c / n_off if n_off else 0.0 for c in other]
+    peak = max([*share_on, *share_off, 1e-12])
+    lo, hi = float(edges[0]), float(edges[-1])
+    span = hi - lo if hi > lo else 1.0
+
+    def x(v: float) -> float:
+        return left + (v - lo) / span * plot_w
+
+    def y(v: float) -> float:
+        return top + plot_h - v / peak * plot_h
+
+    def steps(shares: Sequence[float]) -> str:
+        pts = [f"{_c(x(lo))},{_c(y(0.0))}"]
+        for i, v in enumerate(shares):
+            pts.append(f"{_c(x(edges[i]))},{_c(y(v))}")
+            pts.append(f"{_c(x(edges[i + 1]))},{_c(y(v))}")
+        pts.append(f"{_c(x(edges[-1]))},{_c(y(0.0))}")
+        return " ".join(pts)
+
+    base = top + plot_h
+    out = [
+        f'<svg class="plot dist" role="img" aria-label="{esc(title)}" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}">',
+        f"<title>{esc(title)}</title>",
+        f'<polygon class="off" points="{steps(share_off)}"/>',
+        f'<polygon class="on" points="{steps(share_on)}"/>',
+        f'<line class="axis" x1="{left}" y1="{_c(base)}" x2="{width - right}" y2="{_c(base)}"/>',
+        f'<text x="{left}" y="{_c(base + 13)}" text-anchor="start">{esc(fmt(lo))}</text>',
+        f'<text x="{width - right}" y="{_c(base + 13)}" text-anchor="end">{esc(fmt(hi))}</text>',
+        f'<text x="{_c(left + plot_w / 2)}" y="{_c(base + 25)}" text-anchor="middle">'
+        "activation</text>",
+        f'<text x="{left - 4}" y="{_c(top + 4)}" text-anchor="end">{esc(fmt(peak, 2))}</text>',
+        f'<rect class="on" x="{left + 4}" y="2" width="10" height="8"/>'
+        f'<text x="{left + 18}" y="10">concept ({n_on})</text>',
+        f'<rect class="off" x="{left + 124}" y="2" width="10" height="8"/>'
+        f'<text x="{left + 138}" y="10">other images ({n_off})</text>',
+        "</svg>",
+    ]
     return "".join(out)

@@ -32,6 +32,7 @@ __all__ = [
     "SignificanceGroups",
     "bootstrap_ci",
     "bootstrap_means",
+    "ceiling_normalised",
     "paired_bootstrap",
     "significance_groups",
 ]
@@ -328,3 +329,18 @@ def significance_groups(
         n_resamples=n_resamples,
         seed=seed,
     )
+
+
+def ceiling_normalised(
+    method: float, baseline: float, ceiling: float, *, higher_is_better: bool = True
+) -> float | None:
+    """``(method - baseline) / (ceiling - baseline)``: 0 at the constant baseline (``depictions``),
+    1 at the ceiling. ``None`` when the ceiling is not better than the baseline (the scale would
+    be undefined or inverted: a method better than the baseline would come out negative)."""
+    for name, v in (("method", method), ("baseline", baseline), ("ceiling", ceiling)):
+        if not math.isfinite(v):
+            raise NonFiniteError(f"ceiling_normalised: expected a finite {name} score, got {v}.")
+    gap = ceiling - baseline
+    if (gap <= 0.0) if higher_is_better else (gap >= 0.0):
+        return None
+    return (method - baseline) / gap

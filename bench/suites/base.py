@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 #: unavailable) or ``papers`` (roberta-large BERTScore presets, all-mpnet-base-v2, CLIP ViT-B/16).
 TEXT_MODES: tuple[str, ...] = ("offline", "papers")
 CONFIDENCE = 0.95
+#: The constant baseline that ceiling-normalised scores are measured from (0 = its score).
+BASELINE = "depictions"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -530,6 +532,9 @@ def summarise(
             per_layer=_per_layer(mv.ceiling, order, layer_of, options),
             note=mv.ceiling_note,
         )
+    if ceiling is not None and BASELINE in per_method:
+        per_method = with_normalised(per_method, ceiling, higher_is_better=mv.higher_is_better)
+        settings["normalised"] = NORMALISED_NOTE
     return MetricSummary(
         name=mv.name,
         settings=settings,
@@ -542,6 +547,41 @@ def summarise(
         alpha=options.alpha,
         confidence=CONFIDENCE,
     )
+
+
+NORMALISED_NOTE = (
+    f"(method - {BASELINE}) / (ceiling - {BASELINE}) from the means overall and per layer; "
+    f"undefined where the ceiling does not exceed {BASELINE}"
+)
+
+
+def with_normalised(
+    per_method: dict[str, MethodScore], ceiling: Ceiling, *, higher_is_better: bool = True
+) -> dict[str, MethodScore]:
+    """``per_method`` with each method's ceiling-normalised mean (overall and per layer) filled
+    in from the means of the method, the ``depictions`` baseline and the ceiling."""
+    from dataclasses import replace
+
+    from metrics.stats import ceiling_normalised
+
+    base = per_method.get(BASELINE)
+    if base is None:
+        return per_method
+    out = {}
+    for m, s in per_method.items():
+        overall = ceiling_normalised(
+            s.mean, base.mean, ceiling.mean, higher_is_better=higher_is_better
+        )
+        layers: dict[str, float] = {}
+        for layer, e in s.per_layer.items():
+            b, c = base.per_layer.get(layer), ceiling.per_layer.get(layer)
+            if b is None or c is None:
+                continue
+            v = ceiling_normalised(e.mean, b.mean, c.mean, higher_is_better=higher_is_better)
+            if v is not None:
+                layers[layer] = v
+        out[m] = replace(s, normalised=overall, normalised_per_layer=layers)
+    return out
 
 
 def _clip01(p: float) -> float:

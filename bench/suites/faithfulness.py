@@ -4,7 +4,9 @@ NeuronEval's framing (Oikarinen et al. 2025; reference/evaluation.md): for every
 its pooled activation over the probe images (``a_k``: spatial mean by default, CoSy's and
 INVERT's pooling; ``pool=max`` by option) against the presence of its label's concept over the
 same images (``c_t``, :mod:`bench.presence`: the label read into the probe's own concepts,
-presence from the ground-truth segmentations). Per unit and method:
+presence from the ground-truth segmentations; or, with ``presence=clip``, any text through a joint
+image-text model, by a calibrated cosine threshold or a softmax over a concept set, said in the
+result's settings). Per unit and method:
 
 * ``auroc``: presence as the class, activation as the score (CoSy's and INVERT's direction);
 * ``auprc``: average precision of the activation retrieving the concept's images;
@@ -14,6 +16,10 @@ presence from the ground-truth segmentations). Per unit and method:
 * ``mad``: mean activation on the concept minus off it, over the off-concept standard deviation
   (CoSy's MAD with the probe's off-concept images as the control);
 * ``parsed``: 1 when the label reads into the probe's concepts, 0 when it does not.
+
+Each unit's details keep, per method, a histogram of the unit's activation on the images that
+show the label's concept and on the others (:func:`activation_histograms`, presence above 0.5),
+which the leaderboard's unit pages draw.
 
 A label that does not read into concepts is **unparsed**: it gets ``parsed = 0`` and no other
 score (never a zero presence scored as if it were a concept), and it is counted per method in
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from bench.cache import Cache
+    from bench.presence import ClipPresence, SegmentationPresence
     from bench.probes.base import ProbeSet
     from bench.targets import Target
 
@@ -88,8 +95,27 @@ class FaithfulnessConfig:
     alpha: float = 0.005
     #: Pooling of a unit's map per image: ``mean`` (CoSy, INVERT) or ``max``.
     pool: str = "mean"
-    #: Where presence comes from; only ``segmentation`` (the probe's ground-truth labels) here.
+    #: Where presence comes from: ``segmentation`` (the label read into the probe's concepts,
+    #: presence from its ground-truth masks) or ``clip`` (any text, through a joint image-text
+    #: model; :class:`bench.presence.ClipPresence`).
     presence: str = "segmentation"
+    #: CLIP presence: ``threshold`` on the cosine (default; calibrated on the probe's
+    #: segmentations unless given) or ``softmax`` over a concept set. Softmax presence rarely
+    #: exceeds 0.5 for one of several concepts on an image (on the synthetic world most planted
+    #: single concepts were never "on": undefined AUROC), so the threshold is the default.
+    clip_mode: str = "threshold"
+    #: CLIP presence by threshold: the cosine; ``None``: calibrated on the probe's segmentations.
+    clip_threshold: float | None = None
+    #: CLIP presence by softmax: the logit scale (CLIP's 100).
+    clip_logit_scale: float = 100.0
+    #: The concept set (a file with one concept per line); ``None``: the probe's concepts.
+    clip_concepts: str | None = None
+    #: ``image_text_encoder`` backend; ``None``: ``synthetic`` (the synthetic world's recogniser,
+    #: offline) for synthetic targets, ``open-clip`` otherwise.
+    clip_backend: str | None = None
+    #: open_clip model and pretrained tag (``None``: the component's ViT-B-16 / openai).
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
     #: An image shows a concept when more than this share of its pixels does (0: any pixel).
     min_fraction: float = 0.0
     #: Probe set; ``None``: the run's probe (labels scored without a run on a synthetic target:
@@ -106,11 +132,16 @@ class FaithfulnessConfig:
             raise ValueError(f"Expected 0 < alpha <= 1, got {self.alpha}")
         if self.pool not in POOLS:
             raise ValueError(f"Expected pool in {POOLS}, got {self.pool!r}")
-        if self.presence != "segmentation":
-            raise ValueError(
-                f"Expected presence 'segmentation', got {self.presence!r} (CLIP presence is not "
-                "implemented yet)"
-            )
+        from bench.presence import CLIP_MODES, PRESENCE_MODES
+
+        if self.presence not in PRESENCE_MODES:
+            raise ValueError(f"Expected presence in {PRESENCE_MODES}, got {self.presence!r}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"Expected clip_mode in {CLIP_MODES}, got {self.clip_mode!r}")
+        if not self.clip_logit_scale > 0:
+            raise ValueError(f"Expected clip_logit_scale > 0, got {self.clip_logit_scale}")
+        if self.clip_threshold is not None and not -1.0 <= self.clip_threshold <= 1.0:
+            raise ValueError(f"Expected clip_threshold in [-1, 1], got {self.clip_threshold}")
         if not 0.0 <= self.min_fraction < 1.0:
             raise ValueError(f"Expected 0 <= min_fraction < 1, got {self.min_fraction}")
         if self.n_images is not None and self.n_images < 10:
@@ -253,6 +284,41 @@ def _load_probe(ctx: SuiteContext, name: str, root: str | None, n_images: int | 
     return load_probe(name, root, options=options, cache=ctx.cache)
 
 
+# --- distributions for the unit pages ------------------------------------------------------------
+
+#: Bins of each unit's activation histogram (concept against non-concept images).
+HISTOGRAM_BINS = 16
+
+
+def activation_histograms(
+    acts: np.ndarray, on: np.ndarray, bins: int = HISTOGRAM_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per unit, a histogram of its activations on the concept's images and on the others.
+
+    ``acts``: ``[M, N]`` activations; ``on``: ``[M, N]`` booleans (the concept on the image).
+    Returns ``(edges [M, bins + 1], concept [M, bins], other [M, bins])``: equal-width bins over
+    each unit's own range (the last bin closed), counts as int64. One ``bincount`` for all units.
+    """
+    import numpy as np
+
+    a = np.asarray(acts, dtype=np.float64)
+    o = np.asarray(on, dtype=bool)
+    if a.shape != o.shape or a.ndim != 2:
+        raise DataError(
+            f"Expected activations and presence of the same shape [units, images], got "
+            f"{a.shape} and {o.shape}."
+        )
+    m = a.shape[0]
+    lo = a.min(axis=1, initial=np.inf) if a.size else np.zeros(m)
+    hi = a.max(axis=1, initial=-np.inf) if a.size else np.zeros(m)
+    width = np.where(hi > lo, hi - lo, 1.0)
+    edges = lo[:, None] + width[:, None] * np.linspace(0.0, 1.0, bins + 1)[None, :]
+    idx = np.clip(((a - lo[:, None]) / width[:, None] * bins).astype(np.int64), 0, bins - 1)
+    flat = (np.arange(m)[:, None] * 2 + o.astype(np.int64)) * bins + idx
+    counts = np.bincount(flat.ravel(), minlength=m * 2 * bins).reshape(m, 2, bins)
+    return edges, counts[:, 1], counts[:, 0]
+
+
 # --- the suite -----------------------------------------------------------------------------------
 
 
@@ -285,13 +351,75 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
         if own:
             root = (ctx.run.config or {}).get("probe_root")
         probe = _load_probe(ctx, name, root, cfg.n_images)
-        if not probe.has_segmentations:
+        clip_without_masks = cfg.presence == "clip" and (
+            cfg.clip_concepts is not None
+            if cfg.clip_mode == "softmax"
+            else cfg.clip_threshold is not None
+        )
+        if not probe.has_segmentations and not clip_without_masks:
+            if cfg.presence == "clip":
+                raise UsageError(
+                    f"Suite 'faithfulness': probe set '{probe.name}' has no segmentations to "
+                    "take CLIP presence's concept set from or to calibrate its threshold on. "
+                    "Pass faithfulness.clip_threshold=COSINE, or faithfulness.clip_mode=softmax "
+                    "with faithfulness.clip_concepts=FILE (one concept per line)."
+                )
             raise UsageError(
                 f"Suite 'faithfulness' reads labels into a probe's concepts and needs "
                 f"segmentations; probe set '{probe.name}' has none. Use a Broden-format probe "
-                "(faithfulness.probe=broden or synthetic)."
+                "(faithfulness.probe=broden or synthetic), or CLIP presence "
+                "(faithfulness.presence=clip)."
             )
         return probe, own
+
+    def _clip(
+        self, ctx: SuiteContext, probe: ProbeSet, source: SegmentationPresence | None
+    ) -> ClipPresence:
+        """CLIP presence: the image-text encoder, the concept set and (to calibrate a threshold)
+        the concepts' ground truth."""
+        from bench.components import build_component
+        from bench.formula import Leaf
+        from bench.presence import ClipPresence
+
+        cfg = self.config
+        backend = cfg.clip_backend or ("synthetic" if ctx.target.synthetic else "open-clip")
+        options: dict[str, Any] = {}
+        if cfg.clip_model is not None:
+            options["model"] = cfg.clip_model
+        if cfg.clip_pretrained is not None:
+            options["pretrained"] = cfg.clip_pretrained
+        encoder = build_component("image_text_encoder", backend, options, device=ctx.device)
+        truth = None
+        if cfg.clip_concepts is not None:
+            from bench.suites.final_layer import parse_class_lines
+
+            concepts = list(parse_class_lines(Path(cfg.clip_concepts).expanduser()))
+        elif source is not None:
+            concepts = list(source.names.clean)
+        else:
+            concepts = []
+        if source is not None and cfg.clip_mode == "threshold" and cfg.clip_threshold is None:
+            known = [c for c in concepts if source.names.get(c) is not None]
+            if not known:
+                raise UsageError(
+                    "Suite 'faithfulness': cannot calibrate the CLIP threshold: none of the "
+                    "concept set's names is a concept of the probe. Pass "
+                    "faithfulness.clip_threshold=COSINE."
+                )
+            concepts = known
+            truth = source.presence([Leaf(source.names.get(c) or c) for c in concepts])
+        return ClipPresence(
+            encoder,
+            probe,
+            concepts=concepts,
+            mode=cfg.clip_mode,
+            scale=cfg.clip_logit_scale,
+            threshold=cfg.clip_threshold,
+            truth=truth,
+            cache=ctx.cache,
+            batch_size=ctx.options.batch_size,
+            progress=ctx.options.progress,
+        )
 
     def _activations(
         self, ctx: SuiteContext, probe: ProbeSet, own: bool, layers: list[str]
@@ -317,7 +445,12 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
         import numpy as np
 
         from bench.dissect import concept_table_cached
-        from bench.presence import SegmentationPresence, label_reader, segmentation_presence
+        from bench.presence import (
+            LabelPresence,
+            SegmentationPresence,
+            label_reader,
+            segmentation_presence,
+        )
 
         cfg = self.config
         units = ctx.described_units(cfg.layers or None)
@@ -329,11 +462,24 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
             )
         layers = list(dict.fromkeys(u.layer for u in units))
         probe, own = self._probe(ctx)
-        source = SegmentationPresence(
-            concept_table_cached(ctx.cache, probe, progress=ctx.options.progress),
-            min_fraction=cfg.min_fraction,
+        source = (
+            SegmentationPresence(
+                concept_table_cached(ctx.cache, probe, progress=ctx.options.progress),
+                min_fraction=cfg.min_fraction,
+            )
+            if probe.has_segmentations
+            else None
         )
         reader = label_reader(probe.name)
+        clip = self._clip(ctx, probe, source) if cfg.presence == "clip" else None
+        num_images = clip.num_images if clip is not None else source.num_images  # type: ignore[union-attr]
+
+        def presence_of(labels: list[str], extras: list[Any]) -> LabelPresence:
+            if clip is not None:
+                return clip.presence(labels)
+            assert source is not None
+            return segmentation_presence(labels, source, extras=extras, reader=reader)
+
         acts_by_layer, acts_from = self._activations(ctx, probe, own, layers)
         metrics = {
             name: MetricValues(
@@ -346,7 +492,11 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                     "presence": cfg.presence,
                 },
                 comparable_with_papers=False,
-                note="presence from the probe's ground-truth segmentations",
+                note=(
+                    f"presence from {clip.settings()['encoder'].get('name')} ({cfg.clip_mode})"
+                    if clip is not None
+                    else "presence from the probe's ground-truth segmentations"
+                ),
             )
             for name, (_, takes_alpha) in METRICS.items()
         }
@@ -364,9 +514,9 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
 
         for layer in layers:
             acts = np.asarray(acts_by_layer[layer], dtype=np.float64)  # [N, U]
-            if acts.shape[0] != source.num_images:
+            if acts.shape[0] != num_images:
                 raise DataError(
-                    f"Expected activations for {source.num_images} probe images, got "
+                    f"Expected activations for {num_images} probe images, got "
                     f"{acts.shape[0]} for layer '{layer}'."
                 )
             layer_units = [u for u in units if u.layer == layer]
@@ -381,12 +531,7 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                 scored = [(u, d) for u in layer_units if (d := m.get(u)) is not None and d.ok]
                 if not scored:
                     continue
-                pres = segmentation_presence(
-                    [d.label for _, d in scored],
-                    source,
-                    extras=[d.extras for _, d in scored],
-                    reader=reader,
-                )
+                pres = presence_of([d.label for _, d in scored], [d.extras for _, d in scored])
                 ok = np.array([r.parsed for r in pres.readings], dtype=bool)
                 c["units"] += len(scored)
                 c["unparsed"] += int((~ok).sum())
@@ -400,6 +545,7 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                         values[name] = fn(a, p, cfg.alpha) if takes_alpha else fn(a, p)
                 kept = [u for (u, _), k in zip(scored, ok, strict=True) if k]
                 n_on = p.sum(axis=1) if ok.any() else np.zeros(0)
+                hist = activation_histograms(a, p > 0.5) if ok.any() else None
                 for j, u in enumerate(kept):
                     if not np.isfinite(values["auroc"][j]):
                         c["degenerate"] += 1
@@ -410,18 +556,30 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                     parsed_mv.values.setdefault(mname, {})[u] = 1.0 if k else 0.0
                     details[u]["labels"][mname] = (
                         {"formula": str(r.formula), "read_as": r.source}
+                        if k and r.formula is not None
+                        else {"read_as": r.source}
                         if k
                         else {"unparsed": r.reason}
                     )
                 for j, u in enumerate(kept):
-                    details[u]["labels"][mname]["images_with_concept"] = int(n_on[j])
+                    entry = details[u]["labels"][mname]
+                    entry["images_with_concept"] = int(n_on[j])
+                    if hist is not None:
+                        edges, on_counts, off_counts = hist
+                        entry["distribution"] = {
+                            "edges": [float(x) for x in edges[j]],
+                            "concept": [int(x) for x in on_counts[j]],
+                            "other": [int(x) for x in off_counts[j]],
+                        }
         entries = [UnitEntry(unit=u, details=details[u]) for u in units]
         settings = {
             "probe": probe.identity(),
-            "images": source.num_images,
+            "images": num_images,
             "alpha": cfg.alpha,
             "pool": cfg.pool,
-            "presence": {
+            "presence": clip.settings()
+            if clip is not None
+            else {
                 "mode": cfg.presence,
                 "min_fraction": cfg.min_fraction,
                 "rule": "formula evaluated per pixel on the ground-truth masks (image-level "

@@ -10,6 +10,10 @@ So this suite reports, per metric (BERTScore, sentence cosine, CLIP text cosine)
   MILAN's multi-reference call), per layer and overall, the ``depictions`` baseline included;
 * the **inter-annotator ceiling** beside them: each annotation against the unit's other ones,
   averaged over the annotations;
+* **identification** (:mod:`bench.suites.identification`): top-1 accuracy and reciprocal rank of
+  each unit's own annotations among every scored unit's annotations under the sentence cosine
+  (the label's mean cosine with a unit's annotations), with its inter-annotator ceiling (each
+  annotation as the label, its unit's other annotations as the own references);
 * with ``protocol="dnd"``, only the units DnD counts as *reliable* (methods.md 4.3: some pair of
   the unit's three annotations has CLIP ViT-B/16 text cosine above 0.81). Offline there is no
   CLIP: the offline sentence encoder stands in, and its cosines are on another scale (at 0.81 it
@@ -382,6 +386,16 @@ class MilannotationsSuite(Suite[MilannotationsConfig]):
             bertscore=preset,
             idf_sentences=refs,
             ceiling_note=CEILING_NOTE,
+        )
+        from bench.suites.identification import identification_metrics
+
+        metrics += identification_metrics(
+            ctx.methods,
+            units,
+            {u: annotations[u] for u in units},
+            options=ctx.options,
+            device=ctx.device,
+            ceiling=True,
         )
         entries = [
             UnitEntry(

@@ -37,6 +37,7 @@ from bench.schema import (
 )
 from bench.suites import get_suite, suite_names
 from bench.suites.base import (
+    BASELINE,
     MethodLabels,
     ScoreOptions,
     Suite,
@@ -47,7 +48,6 @@ from bench.suites.base import (
 
 log = logging.getLogger(__name__)
 
-BASELINE = "depictions"
 IMPORT_VERSION = "imported"
 
 

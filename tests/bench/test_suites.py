@@ -509,3 +509,41 @@ def test_faithfulness_reads_the_recorded_evidence_and_matches_a_forward_pass(sco
         assert value == pytest.approx(float(faith_auroc(a, pres.presence[0])[0]), abs=1e-3)
         checked += 1
     assert checked >= 5
+
+
+def test_ceiling_normalised_scores_by_hand() -> None:
+    from bench.results import MetricSummary
+    from metrics.stats import ceiling_normalised
+
+    assert ceiling_normalised(0.6, 0.4, 0.9) == pytest.approx(0.4)
+    assert ceiling_normalised(0.4, 0.4, 0.9) == 0.0
+    assert ceiling_normalised(0.3, 0.4, 0.9) == pytest.approx(-0.2)
+    assert ceiling_normalised(0.6, 0.5, 0.5) is None  # no room between baseline and ceiling
+    assert ceiling_normalised(0.6, 0.5, 0.4) is None  # ceiling below the constant label
+    assert ceiling_normalised(0.2, 0.4, 0.1, higher_is_better=False) == pytest.approx(2 / 3)
+
+    units = [UnitRef(layer=la, index=i) for la in ("a", "b") for i in range(2)]
+    # a: method 0.6, 0.8; depictions 0.4, 0.4; ceiling 0.9, 0.9 -> (0.7-0.4)/(0.9-0.4) = 0.6
+    # b: method 0.5, 0.5; depictions 0.5, 0.3; ceiling 0.6, 0.8 -> (0.5-0.4)/(0.7-0.4) = 1/3
+    method = dict(zip(units, [0.6, 0.8, 0.5, 0.5], strict=True))
+    depictions = dict(zip(units, [0.4, 0.4, 0.5, 0.3], strict=True))
+    ceiling = dict(zip(units, [0.9, 0.9, 0.6, 0.8], strict=True))
+    mv = MetricValues(
+        name="m", values={"x": method, "depictions": depictions}, ceiling=ceiling, ceiling_note="c"
+    )
+    s = summarise(mv, ["x", "depictions"], units, {u: u.layer for u in units}, OPTIONS)
+    x = s.per_method["x"]
+    # overall: (0.6 - 0.4) / (0.8 - 0.4)
+    assert x.normalised == pytest.approx(0.5)
+    assert x.normalised_per_layer == pytest.approx({"a": 0.6, "b": 1 / 3})
+    assert s.per_method["depictions"].normalised == 0.0
+    assert "normalised" in s.settings
+    again = MetricSummary.from_json(s.to_json())
+    assert again.per_method["x"].normalised == pytest.approx(0.5)
+    assert again.per_method["x"].normalised_per_layer == pytest.approx({"a": 0.6, "b": 1 / 3})
+    # No ceiling, or no depictions: no normalised scores.
+    mv.ceiling = None
+    s = summarise(mv, ["x", "depictions"], units, {u: u.layer for u in units}, OPTIONS)
+    assert (
+        s.per_method["x"].normalised is None and "normalised" not in s.to_json()["per_method"]["x"]
+    )
