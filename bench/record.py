@@ -357,34 +357,48 @@ class _ExactTail:
         return torch.topk(sample, rank, dim=1, sorted=False).values.amin(dim=1).cpu().numpy()
 
     def quantiles(self, n: int, specs: Sequence[QuantileSpec]) -> dict[str, np.ndarray]:
-        import numpy as np
-
         if self.n_seen != n:
             raise RuntimeError(f"Quantile tail saw {self.n_seen} values per unit, expected {n}")
+        return tail_quantiles(self.top(), n, specs)
+
+    def top(self) -> np.ndarray:
+        """The ``m`` largest values seen of every unit, unordered: float32 ``[U, m]``, a view of
+        the buffer (valid until the next ``update``)."""
         self._compact()
-        kept = self.buf[:, : self.m]  # the m largest, unordered
-        reads = {}
-        for spec in specs:
-            prev, nxt, gamma = quantile_positions(n, spec)
-            # Ascending index j of all n values is ascending index j - (n - m) of the top m.
-            ia, ib = prev - (n - self.m), nxt - (n - self.m)
-            if not (0 <= ia <= ib < self.m):
-                raise RuntimeError(
-                    f"Quantile {spec.key} reads values outside the kept tail; "
-                    "this is a bug in bench.record."
-                )
-            reads[spec.key] = (ia, ib, gamma)
-        kept.partition(sorted({i for ia, ib, _ in reads.values() for i in (ia, ib)}), axis=1)
-        if not np.isfinite(kept).all():
+        return self.buf[:, : self.m]
+
+
+def tail_quantiles(
+    kept: np.ndarray, n: int, specs: Sequence[QuantileSpec]
+) -> dict[str, np.ndarray]:
+    """Exact quantiles ``specs`` of ``n`` values per unit from their ``m`` largest, ``kept``
+    float32 ``[U, m]`` in any order (partitioned in place): numpy's ``np.quantile`` of all ``n``
+    values, bit for bit, since the values it reads are determined by the multiset."""
+    import numpy as np
+
+    m = kept.shape[1]
+    reads = {}
+    for spec in specs:
+        prev, nxt, gamma = quantile_positions(n, spec)
+        # Ascending index j of all n values is ascending index j - (n - m) of the top m.
+        ia, ib = prev - (n - m), nxt - (n - m)
+        if not (0 <= ia <= ib < m):
             raise RuntimeError(
-                "Quantile tail holds fewer values than needed; this is a bug in bench.record."
+                f"Quantile {spec.key} reads values outside the kept tail; "
+                "this is a bug in bench.record."
             )
-        out = {}
-        for key, (ia, ib, gamma) in reads.items():
-            a = np.ascontiguousarray(kept[:, ia])
-            b = np.ascontiguousarray(kept[:, ib])
-            out[key] = (a if gamma is None else lerp(a, b, gamma)).astype(np.float32)
-        return out
+        reads[spec.key] = (ia, ib, gamma)
+    kept.partition(sorted({i for ia, ib, _ in reads.values() for i in (ia, ib)}), axis=1)
+    if not np.isfinite(kept).all():
+        raise RuntimeError(
+            "Quantile tail holds fewer values than needed; this is a bug in bench.record."
+        )
+    out = {}
+    for key, (ia, ib, gamma) in reads.items():
+        a = np.ascontiguousarray(kept[:, ia])
+        b = np.ascontiguousarray(kept[:, ib])
+        out[key] = (a if gamma is None else lerp(a, b, gamma)).astype(np.float32)
+    return out
 
 
 class _SampledTail:
@@ -546,9 +560,12 @@ class _LayerRecorder:
         accumulators: list[Accumulator],
         device: torch.device,
         maps: np.ndarray | None = None,
+        offset: int = 0,
     ):
         import numpy as np
 
+        #: Probe index of this recorder's row 0 (a recording of the images [offset, offset + N)).
+        self.offset = offset
         self.layer = layer
         self.target_name = target_name
         self.n_images = n_images
@@ -600,6 +617,8 @@ class _LayerRecorder:
                     "weights and preprocessing (a half-precision overflow?), or drop these images."
                 )
         rows = indices.numpy()
+        if self.offset:
+            rows = rows - self.offset
         if self.maps is not None:
             self.maps[rows] = acts.cpu().numpy()
         self.pooled_max[rows] = pmax.cpu().numpy()
@@ -824,18 +843,7 @@ def record(
         dev,
     )
 
-    current: dict[str, Any] = {"indices": None, "seen": set()}
     recorders: dict[str, _LayerRecorder] = {}
-
-    def on_output(layer: str, out: Any) -> None:
-        if layer in current["seen"]:
-            raise UsageError(
-                f"Layer '{layer}' of '{target.name}' ran twice in one forward pass; "
-                "expected once. Record a module that the network calls once."
-            )
-        current["seen"].add(layer)
-        recorders[layer].update(target.spatialize(layer, out), current["indices"])
-
     try:
         model.eval()
         model.to(dev)
@@ -878,28 +886,16 @@ def record(
                     accumulators=[f() for f in factories.get(layer, ())],
                     device=dev,
                 )
-            loader: torch.utils.data.DataLoader[tuple[torch.Tensor, int]]
-            loader = torch.utils.data.DataLoader(
-                # ProbeImages is a duck-typed map-style dataset, not a torch Dataset subclass
-                # (torch is imported lazily here), which torch's stubs do not accept.
-                dataset,  # type: ignore[arg-type]
+            _run_batches(
+                target,
+                names,
+                dataset,
+                recorders,
                 batch_size=batch_size,
-                shuffle=False,
                 num_workers=num_workers,
-                pin_memory=dev.type == "cuda",
+                device=dev,
+                progress=progress,
             )
-            with (
-                progress_bar(
-                    total=len(loader), desc=f"record {target.name}", enabled=progress, unit="batch"
-                ) as bar,
-                hooks(model, names, on_output),
-            ):
-                for images, indices in loader:
-                    current["indices"] = indices.to(torch.int64)
-                    current["seen"] = set()
-                    model(images.to(dev, non_blocking=True))
-                    _check_all_ran(target.name, names, current["seen"])
-                    bar.update(1)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
@@ -921,6 +917,57 @@ def record(
         out[layer] = recorders[layer].finalize(specs, meta)
     log.info("Recorded %d layers in %.1f s.", len(names), seconds)
     return out
+
+
+def _run_batches(
+    target: Target,
+    names: Sequence[str],
+    dataset: Any,
+    recorders: Mapping[str, _LayerRecorder],
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    """Forward ``dataset`` (items ``(input, probe index)``) through the target in batches of
+    ``batch_size``, in order, feeding each layer's spatialized output to its recorder. Call inside
+    ``torch.inference_mode`` with the model in eval mode on ``device``."""
+    import torch
+
+    current: dict[str, Any] = {"indices": None, "seen": set()}
+
+    def on_output(layer: str, out: Any) -> None:
+        if layer in current["seen"]:
+            raise UsageError(
+                f"Layer '{layer}' of '{target.name}' ran twice in one forward pass; "
+                "expected once. Record a module that the network calls once."
+            )
+        current["seen"].add(layer)
+        recorders[layer].update(target.spatialize(layer, out), current["indices"])
+
+    loader: torch.utils.data.DataLoader[tuple[torch.Tensor, int]]
+    loader = torch.utils.data.DataLoader(
+        # ProbeImages is a duck-typed map-style dataset, not a torch Dataset subclass
+        # (torch is imported lazily here), which torch's stubs do not accept.
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    with (
+        progress_bar(
+            total=len(loader), desc=f"record {target.name}", enabled=progress, unit="batch"
+        ) as bar,
+        hooks(target.model, names, on_output),
+    ):
+        for images, indices in loader:
+            current["indices"] = indices.to(torch.int64)
+            current["seen"] = set()
+            target.model(images.to(device, non_blocking=True))
+            _check_all_ran(target.name, names, current["seen"])
+            bar.update(1)
 
 
 def _check_all_ran(target_name: str, names: Sequence[str], seen: set[str]) -> None:
