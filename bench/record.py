@@ -24,11 +24,12 @@ import math
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bench.errors import ConfigError, DataError, NonFiniteError, UsageError
+from bench.errors import CacheError, ConfigError, DataError, NonFiniteError, UsageError
 from bench.evidence import (
     MILAN_QUANTILE,
     NETDISSECT_QUANTILE,
@@ -357,34 +358,48 @@ class _ExactTail:
         return torch.topk(sample, rank, dim=1, sorted=False).values.amin(dim=1).cpu().numpy()
 
     def quantiles(self, n: int, specs: Sequence[QuantileSpec]) -> dict[str, np.ndarray]:
-        import numpy as np
-
         if self.n_seen != n:
             raise RuntimeError(f"Quantile tail saw {self.n_seen} values per unit, expected {n}")
+        return tail_quantiles(self.top(), n, specs)
+
+    def top(self) -> np.ndarray:
+        """The ``m`` largest values seen of every unit, unordered: float32 ``[U, m]``, a view of
+        the buffer (valid until the next ``update``)."""
         self._compact()
-        kept = self.buf[:, : self.m]  # the m largest, unordered
-        reads = {}
-        for spec in specs:
-            prev, nxt, gamma = quantile_positions(n, spec)
-            # Ascending index j of all n values is ascending index j - (n - m) of the top m.
-            ia, ib = prev - (n - self.m), nxt - (n - self.m)
-            if not (0 <= ia <= ib < self.m):
-                raise RuntimeError(
-                    f"Quantile {spec.key} reads values outside the kept tail; "
-                    "this is a bug in bench.record."
-                )
-            reads[spec.key] = (ia, ib, gamma)
-        kept.partition(sorted({i for ia, ib, _ in reads.values() for i in (ia, ib)}), axis=1)
-        if not np.isfinite(kept).all():
+        return self.buf[:, : self.m]
+
+
+def tail_quantiles(
+    kept: np.ndarray, n: int, specs: Sequence[QuantileSpec]
+) -> dict[str, np.ndarray]:
+    """Exact quantiles ``specs`` of ``n`` values per unit from their ``m`` largest, ``kept``
+    float32 ``[U, m]`` in any order (partitioned in place): numpy's ``np.quantile`` of all ``n``
+    values, bit for bit, since the values it reads are determined by the multiset."""
+    import numpy as np
+
+    m = kept.shape[1]
+    reads = {}
+    for spec in specs:
+        prev, nxt, gamma = quantile_positions(n, spec)
+        # Ascending index j of all n values is ascending index j - (n - m) of the top m.
+        ia, ib = prev - (n - m), nxt - (n - m)
+        if not (0 <= ia <= ib < m):
             raise RuntimeError(
-                "Quantile tail holds fewer values than needed; this is a bug in bench.record."
+                f"Quantile {spec.key} reads values outside the kept tail; "
+                "this is a bug in bench.record."
             )
-        out = {}
-        for key, (ia, ib, gamma) in reads.items():
-            a = np.ascontiguousarray(kept[:, ia])
-            b = np.ascontiguousarray(kept[:, ib])
-            out[key] = (a if gamma is None else lerp(a, b, gamma)).astype(np.float32)
-        return out
+        reads[spec.key] = (ia, ib, gamma)
+    kept.partition(sorted({i for ia, ib, _ in reads.values() for i in (ia, ib)}), axis=1)
+    if not np.isfinite(kept).all():
+        raise RuntimeError(
+            "Quantile tail holds fewer values than needed; this is a bug in bench.record."
+        )
+    out = {}
+    for key, (ia, ib, gamma) in reads.items():
+        a = np.ascontiguousarray(kept[:, ia])
+        b = np.ascontiguousarray(kept[:, ib])
+        out[key] = (a if gamma is None else lerp(a, b, gamma)).astype(np.float32)
+    return out
 
 
 class _SampledTail:
@@ -546,9 +561,12 @@ class _LayerRecorder:
         accumulators: list[Accumulator],
         device: torch.device,
         maps: np.ndarray | None = None,
+        offset: int = 0,
     ):
         import numpy as np
 
+        #: Probe index of this recorder's row 0 (a recording of the images [offset, offset + N)).
+        self.offset = offset
         self.layer = layer
         self.target_name = target_name
         self.n_images = n_images
@@ -600,6 +618,8 @@ class _LayerRecorder:
                     "weights and preprocessing (a half-precision overflow?), or drop these images."
                 )
         rows = indices.numpy()
+        if self.offset:
+            rows = rows - self.offset
         if self.maps is not None:
             self.maps[rows] = acts.cpu().numpy()
         self.pooled_max[rows] = pmax.cpu().numpy()
@@ -824,18 +844,7 @@ def record(
         dev,
     )
 
-    current: dict[str, Any] = {"indices": None, "seen": set()}
     recorders: dict[str, _LayerRecorder] = {}
-
-    def on_output(layer: str, out: Any) -> None:
-        if layer in current["seen"]:
-            raise UsageError(
-                f"Layer '{layer}' of '{target.name}' ran twice in one forward pass; "
-                "expected once. Record a module that the network calls once."
-            )
-        current["seen"].add(layer)
-        recorders[layer].update(target.spatialize(layer, out), current["indices"])
-
     try:
         model.eval()
         model.to(dev)
@@ -878,28 +887,16 @@ def record(
                     accumulators=[f() for f in factories.get(layer, ())],
                     device=dev,
                 )
-            loader: torch.utils.data.DataLoader[tuple[torch.Tensor, int]]
-            loader = torch.utils.data.DataLoader(
-                # ProbeImages is a duck-typed map-style dataset, not a torch Dataset subclass
-                # (torch is imported lazily here), which torch's stubs do not accept.
-                dataset,  # type: ignore[arg-type]
+            _run_batches(
+                target,
+                names,
+                dataset,
+                recorders,
                 batch_size=batch_size,
-                shuffle=False,
                 num_workers=num_workers,
-                pin_memory=dev.type == "cuda",
+                device=dev,
+                progress=progress,
             )
-            with (
-                progress_bar(
-                    total=len(loader), desc=f"record {target.name}", enabled=progress, unit="batch"
-                ) as bar,
-                hooks(model, names, on_output),
-            ):
-                for images, indices in loader:
-                    current["indices"] = indices.to(torch.int64)
-                    current["seen"] = set()
-                    model(images.to(dev, non_blocking=True))
-                    _check_all_ran(target.name, names, current["seen"])
-                    bar.update(1)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
@@ -921,6 +918,57 @@ def record(
         out[layer] = recorders[layer].finalize(specs, meta)
     log.info("Recorded %d layers in %.1f s.", len(names), seconds)
     return out
+
+
+def _run_batches(
+    target: Target,
+    names: Sequence[str],
+    dataset: Any,
+    recorders: Mapping[str, _LayerRecorder],
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    """Forward ``dataset`` (items ``(input, probe index)``) through the target in batches of
+    ``batch_size``, in order, feeding each layer's spatialized output to its recorder. Call inside
+    ``torch.inference_mode`` with the model in eval mode on ``device``."""
+    import torch
+
+    current: dict[str, Any] = {"indices": None, "seen": set()}
+
+    def on_output(layer: str, out: Any) -> None:
+        if layer in current["seen"]:
+            raise UsageError(
+                f"Layer '{layer}' of '{target.name}' ran twice in one forward pass; "
+                "expected once. Record a module that the network calls once."
+            )
+        current["seen"].add(layer)
+        recorders[layer].update(target.spatialize(layer, out), current["indices"])
+
+    loader: torch.utils.data.DataLoader[tuple[torch.Tensor, int]]
+    loader = torch.utils.data.DataLoader(
+        # ProbeImages is a duck-typed map-style dataset, not a torch Dataset subclass
+        # (torch is imported lazily here), which torch's stubs do not accept.
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    with (
+        progress_bar(
+            total=len(loader), desc=f"record {target.name}", enabled=progress, unit="batch"
+        ) as bar,
+        hooks(target.model, names, on_output),
+    ):
+        for images, indices in loader:
+            current["indices"] = indices.to(torch.int64)
+            current["seen"] = set()
+            target.model(images.to(device, non_blocking=True))
+            _check_all_ran(target.name, names, current["seen"])
+            bar.update(1)
 
 
 def _check_all_ran(target_name: str, names: Sequence[str], seen: set[str]) -> None:
@@ -995,6 +1043,650 @@ def _layer_shapes(
             model(x)
     _check_all_ran(target.name, names, seen)
     return shapes
+
+
+# --- recording in image ranges ----------------------------------------------------------------
+#
+# A recording split into jobs over image ranges [start, stop) whose partial statistics merge into
+# the one-pass result bit for bit (see record_cached's ``images_per_job``):
+#
+# - pooled max/mean and the activation maps are per image: the parts' rows are concatenated;
+# - top-k: a part keeps its own top min(k, rows) by (score descending, index ascending). That
+#   order is total, so every member of the global top k is in its part's top k; a stable sort of
+#   the parts' candidates in range order restores the one-pass order, ties included;
+# - exact quantiles read only the m largest of the N * h * w values of a unit (tail_size); a part
+#   keeps its own top min(m, rows * h * w), whose union holds the global top m, and the merge
+#   reads the same order statistics as the one pass (tail_quantiles).
+#
+# Bitwise equality of the merged statistics with the one pass also needs the same activations:
+# range boundaries are multiples of batch_size, so every job runs exactly the one pass's batches.
+
+#: Cache stage of one image range's partial statistics (:func:`run_range_job`).
+PART_STAGE = "record-part"
+#: Bump when a part's files or their meaning change (part of every part's key).
+PART_VERSION = "1"
+#: Images per job when :func:`record_cached` gets ``map_jobs`` without ``images_per_job``.
+DEFAULT_IMAGES_PER_JOB = 4096
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerSource:
+    """How a worker process rebuilds the target and the probe set by name (they do not travel).
+
+    ``target``: its name in ``bench.registry.TARGETS`` (default: ``target.spec.name``);
+    ``weights``: the local weights file given to ``load_target`` (``--weights``), as a path every
+    worker can read; ``probe``: the name in ``bench.registry.PROBES`` (default: ``probe.name``,
+    which is not always the registry name: pass it); ``probe_root``, ``probe_options`` (as given
+    to ``load_probe``, JSON values) and ``probe_download`` likewise.
+    """
+
+    target: str | None = None
+    weights: str | None = None
+    probe: str | None = None
+    probe_root: str | None = None
+    probe_options: Mapping[str, Any] = field(default_factory=dict)
+    probe_download: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RangeJob:
+    """One image range ``[start, stop)`` of a recording, with everything a worker on another
+    machine needs, as JSON values (``to_json``/``from_json``): what to load (``target``,
+    ``weights``, ``probe``, ``probe_root``, ``probe_options``, ``probe_download``), what to
+    record (``layers``, ``k``, ``topk_by``, ``quantiles`` as ``(q, method)`` pairs with the exact
+    float ``q``, ``store_maps``), how (``batch_size``, ``num_workers``, ``device``), where
+    (``cache_root``: an absolute path, so the worker's environment plays no part), and what it
+    must find: ``record_parts``, the inputs of the one-pass cache key (the target's identity with
+    its weights hash, the probe's identity, the torch version), checked by the worker against what
+    it loaded. ``record_key`` is the one-pass entry the part belongs to, ``key`` the part's own
+    content key (stage :data:`PART_STAGE`).
+    """
+
+    target: str
+    weights: str | None
+    probe: str
+    probe_root: str | None
+    probe_options: dict[str, Any]
+    probe_download: bool
+    n_images: int
+    layers: tuple[str, ...]
+    start: int
+    stop: int
+    k: int
+    topk_by: tuple[str, ...]
+    quantiles: tuple[tuple[float, str], ...]
+    batch_size: int
+    num_workers: int
+    device: str
+    store_maps: bool
+    cache_root: str
+    record_parts: dict[str, Any]
+    record_key: str
+    key: str
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.stop <= self.n_images:
+            raise ConfigError(
+                f"Expected 0 <= start < stop <= n_images, got [{self.start}, {self.stop}) of "
+                f"{self.n_images} images."
+            )
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("k", self.k)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    @property
+    def target_identity(self) -> dict[str, Any]:
+        """The target's identity (name, architecture, weights hash, preprocessing)."""
+        return dict(self.record_parts["target"])
+
+    @property
+    def probe_identity(self) -> dict[str, Any]:
+        return dict(self.record_parts["probe"])
+
+    def specs(self) -> tuple[QuantileSpec, ...]:
+        return tuple(QuantileSpec(q=q, method=m) for q, m in self.quantiles)  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values (lists for tuples); ``RangeJob.from_json`` reverses it."""
+        import json
+
+        from bench.schema import dumps
+
+        out: dict[str, Any] = json.loads(dumps({f: getattr(self, f) for f in _JOB_FIELDS}))
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RangeJob:
+        missing = sorted(set(_JOB_FIELDS) - set(data))
+        unknown = sorted(set(data) - set(_JOB_FIELDS))
+        if missing or unknown:
+            raise ConfigError(
+                f"Expected a range job with the fields {sorted(_JOB_FIELDS)}, got one missing "
+                f"{missing} with unknown {unknown}; plan the jobs with plan_range_jobs of the same "
+                "neuron-bench version."
+            )
+        values = dict(data)
+        for name in ("layers", "topk_by"):
+            values[name] = tuple(values[name])
+        values["quantiles"] = tuple((float(q), str(m)) for q, m in values["quantiles"])
+        values["probe_options"] = dict(values["probe_options"])
+        values["record_parts"] = dict(values["record_parts"])
+        return cls(**values)
+
+
+_JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RangeJob))
+
+#: ``map_jobs(run_range_job, jobs)``: runs every job (anywhere) and returns their entry paths.
+MapJobs = Callable[[Callable[[RangeJob], str], Sequence[RangeJob]], Iterable[str]]
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as it reads back from canonical JSON (tuples become lists, keys sorted)."""
+    import json
+
+    from bench.schema import dumps
+
+    return json.loads(dumps(value))
+
+
+def _part_key_parts(record_parts: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
+    return {"record": dict(record_parts), "part_version": PART_VERSION, "range": [start, stop]}
+
+
+def plan_range_jobs(
+    cache: Cache,
+    target: Target,
+    probe: ProbeSet,
+    layers: Sequence[str] | None = None,
+    *,
+    images_per_job: int,
+    k: int = 15,
+    topk_by: Sequence[str] = ("max",),
+    quantiles: Sequence[QuantileSpec | str] = DEFAULT_QUANTILES,
+    batch_size: int = 64,
+    device: str = "cpu",
+    store_maps: bool = False,
+    num_workers: int = 0,
+    source: WorkerSource | None = None,
+) -> list[RangeJob]:
+    """The jobs of a recording split by image ranges, in probe order (same inputs, same jobs).
+
+    Ranges hold ``images_per_job`` images rounded up to a multiple of ``batch_size`` (so that
+    each job runs exactly the batches of the one pass; the last range takes the rest). Each job
+    computes the partial statistics of its range (:func:`run_range_job`); :func:`record_cached`
+    merges them. ``source`` says how workers load the target and probe by name.
+    """
+    _check_positive("images_per_job", images_per_job)
+    _check_positive("batch_size", batch_size)
+    _check_positive("k", k)
+    if num_workers < 0:
+        raise ConfigError(f"Expected num_workers >= 0, got {num_workers}.")
+    src = source if source is not None else WorkerSource()
+    names = target.resolve_layers(list(layers) if layers else None)
+    specs = _quantile_specs(quantiles)
+    modes = _topk_modes(topk_by)
+    n_images = len(probe)
+    if n_images == 0:
+        raise DataError(f"Probe set '{probe.name}' has no images; expected at least one.")
+    per_job = -(-images_per_job // batch_size) * batch_size
+    if per_job != images_per_job:
+        log.info(
+            "images_per_job=%d rounded up to %d, a multiple of batch_size=%d (each job then runs "
+            "the one pass's batches).",
+            images_per_job,
+            per_job,
+            batch_size,
+        )
+    parts = _json_value(
+        record_key_parts(
+            target,
+            probe,
+            names,
+            k=k,
+            topk_by=modes,
+            quantiles=specs,
+            device=device,
+            store_maps=store_maps,
+        )
+    )
+    weights = str(Path(src.weights).expanduser().absolute()) if src.weights else None
+    root = str(Path(src.probe_root).expanduser().absolute()) if src.probe_root else None
+    jobs = []
+    for start in range(0, n_images, per_job):
+        stop = min(n_images, start + per_job)
+        jobs.append(
+            RangeJob(
+                target=src.target or target.spec.name,
+                weights=weights,
+                probe=src.probe or probe.name,
+                probe_root=root,
+                probe_options=_json_value(dict(src.probe_options)),
+                probe_download=bool(src.probe_download),
+                n_images=n_images,
+                layers=tuple(names),
+                start=start,
+                stop=stop,
+                k=int(k),
+                topk_by=modes,
+                quantiles=tuple((float(s.q), str(s.method)) for s in specs),
+                batch_size=int(batch_size),
+                num_workers=int(num_workers),
+                device=str(device),
+                store_maps=bool(store_maps),
+                cache_root=str(cache.root),
+                record_parts=parts,
+                record_key=cache.key(STAGE, parts),
+                key=cache.key(PART_STAGE, _part_key_parts(parts, start, stop)),
+            )
+        )
+    log.debug("planned %d range jobs of record %s", len(jobs), jobs[0].record_key[:12])
+    return jobs
+
+
+def run_range_job(job: RangeJob) -> str:
+    """Compute the partial statistics of ``job``'s image range into the cache it names and
+    return the entry's directory (a cache hit when the entry exists and is intact).
+
+    Runs in any process: the target and the probe are loaded by name from ``job`` (weights and
+    datasets from ``job.cache_root``), and must reproduce the identities the driver planned with,
+    else :class:`~bench.errors.UsageError` says what differs.
+    """
+    from bench.cache import Cache
+    from bench.probes import load_probe
+    from bench.targets import load_target
+
+    cache = Cache(job.cache_root)
+    hit = cache.load(PART_STAGE, job.key)
+    if hit is not None:
+        return str(hit)
+    target = load_target(
+        job.target, weights=job.weights, device=job.device, download=True, cache=cache
+    )
+    probe = load_probe(
+        job.probe,
+        job.probe_root,
+        download=job.probe_download,
+        options=job.probe_options,
+        cache=cache,
+    )
+    return str(_run_part(job, cache, target, probe))
+
+
+def _run_part(
+    job: RangeJob, cache: Cache, target: Target, probe: ProbeSet, progress: bool = False
+) -> Path:
+    """``job``'s part entry, computed with the already loaded ``target`` and ``probe``."""
+    here = _json_value(
+        record_key_parts(
+            target,
+            probe,
+            list(job.layers),
+            k=job.k,
+            topk_by=job.topk_by,
+            quantiles=job.specs(),
+            device=job.device,
+            store_maps=job.store_maps,
+        )
+    )
+    if here != job.record_parts:
+        differ = sorted(
+            key
+            for key in set(here) | set(job.record_parts)
+            if here.get(key) != job.record_parts.get(key)
+        )
+        details = "; ".join(
+            f"{key}: planned {job.record_parts.get(key)!r}, here {here.get(key)!r}"
+            for key in differ
+        )
+        raise UsageError(
+            f"Range job [{job.start}, {job.stop}) of record {job.record_key[:12]} was planned "
+            f"for other inputs than this worker loaded ({details}). Every worker needs the "
+            "driver's target weights, probe set and torch version."
+        )
+    if len(probe) != job.n_images:
+        raise DataError(
+            f"Expected probe set '{job.probe}' to hold {job.n_images} images as planned, "
+            f"got {len(probe)}."
+        )
+    parts = _part_key_parts(job.record_parts, job.start, job.stop)
+    if cache.key(PART_STAGE, parts) != job.key:
+        raise ConfigError(
+            f"Range job [{job.start}, {job.stop}) has the key {job.key[:12]}, which does not "
+            "match its contents; plan jobs with plan_range_jobs instead of editing them."
+        )
+    path, hit = cache.get_or_create(
+        PART_STAGE, parts, lambda d: _write_part(job, target, probe, Path(d), progress)
+    )
+    log.info("record part [%d, %d): cache %s", job.start, job.stop, "hit" if hit else "miss")
+    return path
+
+
+def _write_part(
+    job: RangeJob, target: Target, probe: ProbeSet, directory: Path, progress: bool
+) -> None:
+    """Record ``job``'s range into ``directory``: per layer i, ``<i>.safetensors`` (pooled_max,
+    pooled_mean [rows, U]; topk.<mode>.indices/values/maps of the range's top min(k, rows) with
+    probe indices; tail float32 [U, min(m, rows * h * w)], the range's largest values of every
+    unit, unordered), ``<i>.json``, ``<i>.maps.npy`` with maps; ``part.json``."""
+    import numpy as np
+    import torch
+    from torch.utils.data import Subset
+
+    from bench.cache import save_arrays
+    from bench.environment import tune_allocator
+    from bench.schema import write_json
+
+    start_time = time.perf_counter()
+    tune_allocator()
+    names = list(job.layers)
+    specs = job.specs()
+    modes = _topk_modes(job.topk_by)
+    rows = job.stop - job.start
+    dev = torch.device(job.device)
+    dataset = ProbeImages(probe, target.preprocessing)
+    model = target.model
+    was_training = model.training
+    recorders: dict[str, _LayerRecorder] = {}
+    tails: dict[str, _ExactTail | None] = {}
+    try:
+        model.eval()
+        model.to(dev)
+        with torch.inference_mode():
+            shapes = _layer_shapes(target, names, dataset[job.start][0].unsqueeze(0).to(dev))
+            for i, layer in enumerate(names):
+                u, h, w = shapes[layer]
+                m = min(tail_size(job.n_images * h * w, specs), rows * h * w)
+                tails[layer] = _ExactTail(u, m) if m else None
+                maps = None
+                if job.store_maps:
+                    maps = np.lib.format.open_memmap(
+                        directory / f"{i}.maps.npy",
+                        mode="w+",
+                        dtype=np.float32,
+                        shape=(rows, u, h, w),
+                    )
+                recorders[layer] = _LayerRecorder(
+                    maps=maps,
+                    layer=layer,
+                    target_name=target.name,
+                    n_images=rows,
+                    num_units=u,
+                    map_shape=(h, w),
+                    k=min(job.k, rows),
+                    topk_by=modes,
+                    tail=tails[layer],
+                    accumulators=[],
+                    device=dev,
+                    offset=job.start,
+                )
+            _run_batches(
+                target,
+                names,
+                Subset(dataset, range(job.start, job.stop)),  # type: ignore[arg-type]
+                recorders,
+                batch_size=job.batch_size,
+                num_workers=job.num_workers,
+                device=dev,
+                progress=progress,
+            )
+    finally:
+        model.train(was_training)
+    for i, layer in enumerate(names):
+        rec = recorders[layer]
+        if rec.seen != rows:
+            raise RuntimeError(f"Layer '{layer}' saw {rec.seen} images, expected {rows}")
+        arrays: dict[str, np.ndarray] = {
+            "pooled_max": rec.pooled_max,
+            "pooled_mean": rec.pooled_mean,
+        }
+        for mode, running in rec.topk.items():
+            top = running.result()
+            arrays[f"topk.{mode}.indices"] = top.indices
+            arrays[f"topk.{mode}.values"] = top.values
+            arrays[f"topk.{mode}.maps"] = top.maps
+        tail = tails[layer]
+        h, w = rec.map_shape
+        if tail is not None:
+            if tail.n_seen != rows * h * w:
+                raise RuntimeError(f"Quantile tail of '{layer}' saw {tail.n_seen} values")
+            arrays["tail"] = tail.top()
+        if rec.maps is not None and hasattr(rec.maps, "flush"):
+            rec.maps.flush()
+        save_arrays(directory / f"{i}.safetensors", arrays)
+        write_json(
+            directory / f"{i}.json",
+            {
+                "layer": layer,
+                "num_units": rec.num_units,
+                "map_shape": [h, w],
+                "dtype": rec.dtype,
+                "range": [job.start, job.stop],
+                "maps": rec.maps is not None,
+            },
+        )
+    write_json(
+        directory / "part.json",
+        {
+            "part_version": PART_VERSION,
+            "record_key": job.record_key,
+            "range": [job.start, job.stop],
+            "n_images": job.n_images,
+            "layers": names,
+            "seconds": round(time.perf_counter() - start_time, 3),
+        },
+    )
+
+
+class _BadPart(Exception):
+    """A part entry whose contents do not fit its job (names the job)."""
+
+    def __init__(self, job: RangeJob, problem: str):
+        super().__init__(problem)
+        self.job = job
+
+
+def _read_part_layer(
+    path: Path, job: RangeJob, i: int, layer: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray | None]:
+    """Layer ``i`` of a part entry: its metadata, arrays and maps, checked against ``job``."""
+    import numpy as np
+
+    from bench.cache import load_arrays
+    from bench.schema import read_json
+
+    try:
+        info = read_json(path / f"{i}.json")
+        arrays = load_arrays(path / f"{i}.safetensors")
+        maps = (
+            np.load(path / f"{i}.maps.npy", mmap_mode="r", allow_pickle=False)
+            if job.store_maps
+            else None
+        )
+    except (OSError, ValueError, CacheError) as e:
+        raise _BadPart(job, f"unreadable: {e}") from e
+    if info.get("layer") != layer or info.get("range") != [job.start, job.stop]:
+        raise _BadPart(job, f"holds {info.get('layer')!r} {info.get('range')}")
+    try:
+        rows, u = job.stop - job.start, int(info["num_units"])
+        h, w = (int(v) for v in info["map_shape"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise _BadPart(job, f"metadata without its shapes: {e}") from e
+    want: dict[str, tuple[int, ...]] = {"pooled_max": (rows, u), "pooled_mean": (rows, u)}
+    k = min(job.k, rows)
+    for mode in job.topk_by:
+        want[f"topk.{mode}.indices"] = (u, k)
+        want[f"topk.{mode}.values"] = (u, k)
+        want[f"topk.{mode}.maps"] = (u, k, h, w)
+    for name, shape in want.items():
+        if name not in arrays or arrays[name].shape != shape:
+            got = arrays[name].shape if name in arrays else "nothing"
+            raise _BadPart(job, f"{name}: expected shape {shape}, got {got}")
+    for mode in job.topk_by:
+        idx = arrays[f"topk.{mode}.indices"]
+        if idx.size and (int(idx.min()) < job.start or int(idx.max()) >= job.stop):
+            raise _BadPart(job, f"top-k indices outside [{job.start}, {job.stop})")
+    if maps is not None and maps.shape != (rows, u, h, w):
+        raise _BadPart(job, f"maps: expected shape {(rows, u, h, w)}, got {maps.shape}")
+    return info, arrays, maps
+
+
+def _merge_parts(cache: Cache, jobs: Sequence[RangeJob], directory: Path, seconds: float) -> None:
+    """Write the one-pass entry's files into ``directory`` from the parts of ``jobs``."""
+    import numpy as np
+    import torch
+
+    first = jobs[0]
+    names = list(first.layers)
+    n_images = first.n_images
+    specs = first.specs()
+    modes = _topk_modes(first.topk_by)
+    k_eff = min(first.k, n_images)
+    paths = [cache.entry_dir(PART_STAGE, job.key) for job in jobs]
+    for i, layer in enumerate(names):
+        infos, arrays, part_maps = [], [], []
+        for job, path in zip(jobs, paths, strict=True):
+            info, arr, mp = _read_part_layer(path, job, i, layer)
+            infos.append(info)
+            arrays.append(arr)
+            part_maps.append(mp)
+        u = int(infos[0]["num_units"])
+        h, w = (int(v) for v in infos[0]["map_shape"])
+        for job, info in zip(jobs, infos, strict=True):
+            if (int(info["num_units"]), list(info["map_shape"])) != (u, [h, w]):
+                raise _BadPart(job, f"layer '{layer}' has another shape than the other parts")
+        m = tail_size(n_images * h * w, specs)
+        thresholds: dict[str, np.ndarray] = {}
+        if m:
+            kept: np.ndarray | None = None
+            for job, arr in zip(jobs, arrays, strict=True):
+                part_tail = arr.get("tail")
+                width = min(m, (job.stop - job.start) * h * w)
+                if part_tail is None or part_tail.shape != (u, width):
+                    got = None if part_tail is None else part_tail.shape
+                    raise _BadPart(job, f"tail: expected shape {(u, width)}, got {got}")
+                cat = part_tail if kept is None else np.concatenate([kept, part_tail], axis=1)
+                if cat.shape[1] > m:
+                    cat = np.partition(cat, cat.shape[1] - m, axis=1)[:, cat.shape[1] - m :]
+                kept = np.array(cat, dtype=np.float32, order="C")
+            assert kept is not None and kept.shape == (u, m)
+            thresholds = tail_quantiles(kept, n_images * h * w, specs)
+        topk = {}
+        for mode in modes:
+            values = torch.from_numpy(np.concatenate([a[f"topk.{mode}.values"] for a in arrays], 1))
+            order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k_eff]
+            pick = order.numpy()
+            cand_idx = np.concatenate([a[f"topk.{mode}.indices"] for a in arrays], axis=1)
+            cand_maps = np.concatenate([a[f"topk.{mode}.maps"] for a in arrays], axis=1)
+            topk[mode] = TopK(
+                indices=np.take_along_axis(cand_idx, pick, axis=1),
+                values=np.take_along_axis(values.numpy(), pick, axis=1),
+                maps=np.ascontiguousarray(cand_maps[np.arange(u)[:, None], pick]),
+            )
+        maps = None
+        if first.store_maps:
+            maps = np.lib.format.open_memmap(
+                directory / f"{i}.maps.npy",
+                mode="w+",
+                dtype=np.float32,
+                shape=(n_images, u, h, w),
+            )
+            for job, mp in zip(jobs, part_maps, strict=True):
+                maps[job.start : job.stop] = mp
+            maps.flush()
+        dtypes = {info["dtype"] for info in infos}
+        if len(dtypes) != 1:
+            raise _BadPart(jobs[0], f"layer '{layer}' has output dtypes {sorted(dtypes)}")
+        meta = {
+            "n_images": n_images,
+            "exact_quantiles": True,
+            "quantile_exact_bytes": TAIL_BYTES_PER_VALUE * u * m,
+            "k": k_eff,
+            "topk_by": list(modes),
+            "maps": bool(first.store_maps),
+            "device": str(torch.device(first.device)),
+            "seconds": round(seconds, 3),
+            "dtype": dtypes.pop(),
+            "map_shape": [h, w],
+        }
+        LayerEvidence(
+            layer=layer,
+            num_units=u,
+            map_shape=(h, w),
+            topk=topk,
+            thresholds=thresholds,
+            pooled_max=np.concatenate([a["pooled_max"] for a in arrays]),
+            pooled_mean=np.concatenate([a["pooled_mean"] for a in arrays]),
+            extras={},
+            meta=meta,
+            maps=maps,
+        ).save(directory, str(i))
+        del arrays, part_maps, maps
+
+
+def _record_in_ranges(
+    cache: Cache,
+    jobs: Sequence[RangeJob],
+    target: Target,
+    probe: ProbeSet,
+    directory: Path,
+    map_jobs: MapJobs | None,
+    progress: bool,
+) -> None:
+    """Run ``jobs`` (``map_jobs``, or here one after the other), then merge their parts into
+    ``directory``. A part missing, corrupt or not fitting its job is recomputed here, once."""
+    start = time.perf_counter()
+
+    def here(job: RangeJob) -> str:
+        return str(_run_part(job, cache, target, probe, progress=progress))
+
+    if map_jobs is None:
+        results = [here(job) for job in jobs]
+    else:
+        results = list(map_jobs(run_range_job, jobs))
+    if len(results) != len(jobs):
+        raise UsageError(
+            f"Expected map_jobs to return one entry path per job ({len(jobs)}), "
+            f"got {len(results)}; it must run every job."
+        )
+    redone: set[str] = set()
+    for job in jobs:
+        if cache.load(PART_STAGE, job.key) is None:  # checks every file's size and hash
+            log.warning(
+                "Part [%d, %d) of record %s is missing or corrupt after its job ran; "
+                "recomputing it here.",
+                job.start,
+                job.stop,
+                job.record_key[:12],
+            )
+            here(job)
+            redone.add(job.key)
+    seconds = time.perf_counter() - start
+    while True:
+        try:
+            _merge_parts(cache, jobs, directory, seconds)
+            return
+        except _BadPart as e:
+            bad = e.job
+            if bad.key in redone:
+                raise CacheError(
+                    f"Part [{bad.start}, {bad.stop}) of record {bad.record_key[:12]}, "
+                    f"recomputed here, still does not fit its job: {e}. This is a bug in "
+                    "bench.record."
+                ) from e
+            log.warning(
+                "Part [%d, %d) of record %s does not fit its job (%s); recomputing it here.",
+                bad.start,
+                bad.stop,
+                bad.record_key[:12],
+                e,
+            )
+            shutil.rmtree(cache.entry_dir(PART_STAGE, bad.key), ignore_errors=True)
+            here(bad)
+            redone.add(bad.key)
+            for f in list(directory.iterdir()):
+                f.unlink()
 
 
 # --- caching ----------------------------------------------------------------------------------
@@ -1074,6 +1766,9 @@ def record_cached(
     num_workers: int = 0,
     progress: bool = False,
     store_maps: bool = False,
+    images_per_job: int | None = None,
+    map_jobs: MapJobs | None = None,
+    source: WorkerSource | None = None,
 ) -> Evidence:
     """:func:`record` through the cache (stage ``"record"``): a hit runs no forward pass.
 
@@ -1082,8 +1777,26 @@ def record_cached(
     ``accumulators``, the record is cached only when ``accumulator_identity`` (JSON that changes
     whenever their output may) is given; it joins the key. A cached entry whose quantiles were
     approximated is recomputed when the current ``memory_budget`` allows exact ones.
+
+    With ``images_per_job`` (or ``map_jobs``, then ``DEFAULT_IMAGES_PER_JOB``), a missing entry is
+    recorded in image ranges instead (:func:`plan_range_jobs`; ``source`` says how workers load
+    the target and probe by name): ``map_jobs(run_range_job, jobs)`` runs the jobs anywhere
+    (default: here, one after the other, with the loaded target and probe), each writing its
+    partial statistics as a cache entry of stage :data:`PART_STAGE`; their merge, stored under
+    the one-pass key, equals the one pass array for array, ties and thresholds included (same
+    batches, same activations). Quantiles are then always exact: a part keeps the largest
+    ``min(m, rows * h * w)`` values per unit and ``memory_budget`` does not apply. The parts are
+    deleted once the merged entry is stored. Accumulators have no merge and are refused.
     """
     names = target.resolve_layers(list(layers) if layers else None)
+    ranged = images_per_job is not None or map_jobs is not None
+    if ranged and accumulators:
+        raise ConfigError(
+            "Expected no accumulators with images_per_job or map_jobs, got accumulators for "
+            f"{sorted(accumulators)}: their partial results have no merge. Record them in one "
+            "pass (images_per_job=None)."
+        )
+    merged_jobs: list[RangeJob] = []
 
     def run(maps_dir: Path | None = None) -> dict[str, LayerEvidence]:
         return record(
@@ -1121,6 +1834,25 @@ def record_cached(
     key = cache.key(STAGE, parts)
 
     def write(directory: Any) -> None:
+        if ranged:
+            jobs = plan_range_jobs(
+                cache,
+                target,
+                probe,
+                names,
+                images_per_job=images_per_job or DEFAULT_IMAGES_PER_JOB,
+                k=k,
+                topk_by=topk_by,
+                quantiles=quantiles,
+                batch_size=batch_size,
+                device=device,
+                store_maps=store_maps,
+                num_workers=num_workers,
+                source=source,
+            )
+            _record_in_ranges(cache, jobs, target, probe, Path(directory), map_jobs, progress)
+            merged_jobs.extend(jobs)
+            return
         recorded = run(Path(directory))
         for i, name in enumerate(names):
             recorded[name].save(directory, str(i))
@@ -1140,6 +1872,8 @@ def record_cached(
             shutil.rmtree(path, ignore_errors=True)
             path, hit = cache.get_or_create(STAGE, parts, write)
             evidence = _load_entry(path, names)
+    for job in merged_jobs:  # merged and stored: the parts have served
+        shutil.rmtree(cache.entry_dir(PART_STAGE, job.key), ignore_errors=True)
     log.info("record %s: cache %s", key[:12], "hit" if hit else "miss")
     return Evidence(target=target, probe=probe, layers=evidence, key=key, cached=hit)
 
