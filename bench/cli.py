@@ -270,6 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the methods' shards run: local (this process, or --workers processes) or "
+        "ray (a Ray cluster; pip install 'neuron-bench[ray]') (default: local)",
+    )
+    r.add_argument(
+        "--address",
+        help="Ray cluster to use with --executor ray: auto (the one 'ray start' began on this "
+        "machine) or HOST:PORT (default: start a private local Ray)",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        help="local: worker processes (default: 1, in this process); ray: actors per method "
+        "that holds models (default: as many as the cluster's resources fit)",
+    )
+    r.add_argument(
         "--leaderboard",
         metavar="DIR",
         help="where to build the leaderboard site of this run after scoring (default: "
@@ -555,7 +573,14 @@ def _cmd_run(args: argparse.Namespace, hold: ExitStack) -> int:
         out=args.out,
         cache_dir=args.cache_dir,
         progress=not args.no_progress and sys.stderr.isatty(),
+        executor=args.executor,
+        address=args.address,
+        workers=args.workers,
     )
+    if args.address and args.executor != "ray":
+        raise UsageError("--address is for --executor ray; add --executor ray or drop it.")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"Expected --workers >= 1, got {args.workers}.")
     suite_config = _suite_options(args.suite_option)
     if args.no_suites and (args.suites or suite_config):
         raise UsageError("--no-suites cannot be combined with --suites or --suite-option.")

@@ -48,6 +48,7 @@ __all__ = [
     "MethodContext",
     "NoConfig",
     "Requirements",
+    "Resources",
     "config_to_json",
     "make_config",
 ]
@@ -77,15 +78,59 @@ COMPONENT_KINDS = frozenset(
 )
 
 
+#: GPU memory classes (GiB) a method may ask for; a cluster node declares every class its GPUs
+#: reach as a Ray resource (:func:`Resources.gpu_memory_resource`).
+GPU_MEMORY_CLASSES = (8, 16, 24, 40, 80)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Resources:
+    """What one shard of a method (a chunk of units) needs from the machine that runs it.
+
+    ``gpus`` and ``gpu_memory`` apply when the run's device is a GPU (a CPU run asks for none);
+    ``gpu_memory`` is a class of :data:`GPU_MEMORY_CLASSES`, in GiB. ``actor``: the method holds
+    large models (captioners, language or diffusion models) and runs in long-lived workers that
+    load them once and take many shards. Executors that run in one process ignore all of it.
+    """
+
+    cpus: float = 1
+    gpus: float = 0
+    gpu_memory: int | None = None
+    actor: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.cpus > 0 or self.gpus < 0:
+            raise ValueError(f"Expected cpus > 0 and gpus >= 0, got {self.cpus}, {self.gpus}.")
+        if self.gpu_memory is not None:
+            if self.gpu_memory not in GPU_MEMORY_CLASSES:
+                raise ValueError(
+                    f"Expected gpu_memory in {GPU_MEMORY_CLASSES} (GiB), got {self.gpu_memory}."
+                )
+            if not self.gpus:
+                raise ValueError("gpu_memory needs gpus > 0.")
+
+    def gpu_memory_resource(self) -> str | None:
+        """The name of the custom Ray resource of this GPU memory class, e.g.
+        ``bench_gpu_mem_24g``; ``None`` without one."""
+        return None if self.gpu_memory is None else gpu_memory_resource(self.gpu_memory)
+
+
+def gpu_memory_resource(gib: int) -> str:
+    """The Ray resource a node declares for each GPU whose memory reaches class ``gib``."""
+    return f"bench_gpu_mem_{gib}g"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Requirements:
-    """What a method needs from a run. The runner records the union over all methods."""
+    """What a method needs from a run. The runner records the union over all methods;
+    ``resources`` is what one shard needs from a machine (executors use it)."""
 
     evidence: frozenset[str] = frozenset()
     topk_by: tuple[str, ...] = ("max",)
     k: int = 15
     quantiles: tuple[QuantileSpec, ...] = ()
     components: frozenset[str] = frozenset()
+    resources: Resources = Resources()
 
     def __post_init__(self) -> None:
         unknown = set(self.evidence) - EVIDENCE_KINDS

@@ -8,38 +8,44 @@ units already in ``units.jsonl`` are skipped, and nothing is written twice.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bench.cache import Cache
 from bench.environment import provenance, resolve_device
 from bench.errors import BenchError, ConfigError, UsageError
 from bench.registry import METHODS
 from bench.runlock import run_lock
-from bench.schema import (
-    Description,
-    RunState,
-    UnitRef,
-    append_descriptions,
-    atomic_write,
-    dumps,
-    read_descriptions,
+from bench.schema import RunState, UnitRef, dumps
+from bench.shards import (
+    DESCRIBE_STAGE,
+    MethodOutput,
+    Shard,
+    chunked,
+    class_path,
+    describe_cached,
+    describe_key_parts,
+    plan_shards,
+    seed_state,
 )
+from bench.shards import component_identity as _identity
 
 if TYPE_CHECKING:
     from bench.evidence import Evidence
+    from bench.executors import Executor
     from bench.method import Method, MethodContext
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "synth.resnet"
 DEFAULT_PROBE = "synthetic"
-DESCRIBE_STAGE = "describe"
+__all__ = ["DESCRIBE_STAGE", "RunConfig", "describe_cached", "describe_key_parts", "run"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,6 +74,12 @@ class RunConfig:
     out: str | None = None  # run directory; default results/<target>-<probe>-<hash>
     cache_dir: str | None = None  # the one cache root: stages, datasets, exports, models
     progress: bool = False
+    # Where shards run (bench.executors): "local" (in-process, or a pool of `workers`
+    # processes) or "ray" (the cluster at `address`, or a private local one). Results do not
+    # depend on them, so they are not part of the run id.
+    executor: str = "local"
+    address: str | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -150,53 +162,7 @@ def build_method(cls: type[Method], overrides: dict[str, Any] | None) -> Method:
 
 def chunks(units: Sequence[UnitRef], size: int) -> Iterator[list[UnitRef]]:
     """Consecutive chunks of at most ``size`` units, never mixing layers."""
-    current: list[UnitRef] = []
-    for u in units:
-        if current and (len(current) >= size or current[-1].layer != u.layer):
-            yield current
-            current = []
-        current.append(u)
-    if current:
-        yield current
-
-
-# --- describing with a cache --------------------------------------------------------------------
-
-
-def describe_key_parts(
-    method: Method, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
-) -> dict[str, Any]:
-    return {
-        "method": method.identity(),
-        "evidence": evidence.key,
-        "units": [str(u) for u in units],
-        "seed": ctx.seed,
-        "components": {k: _identity(v) for k, v in sorted(ctx.components.items())},
-    }
-
-
-def _identity(component: Any) -> Any:
-    ident = getattr(component, "identity", None)
-    return ident() if callable(ident) else type(component).__qualname__
-
-
-def describe_cached(
-    method: Method, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
-) -> tuple[list[Description], bool]:
-    """``(descriptions, cache_hit)``. Chunks with failed units are not cached (they are retried)."""
-    parts = describe_key_parts(method, units, evidence, ctx)
-    key = ctx.cache.key(DESCRIBE_STAGE, parts)
-    hit = ctx.cache.load(DESCRIBE_STAGE, key)
-    if hit is not None:
-        return read_descriptions(hit / "units.jsonl"), True
-    out = method.describe(units, evidence, ctx)
-    if all(d.ok for d in out):
-
-        def write(tmp: Path) -> None:
-            atomic_write(tmp / "units.jsonl", "".join(dumps(d.to_json()) + "\n" for d in out))
-
-        ctx.cache.store(DESCRIBE_STAGE, key, parts, write)
-    return out, False
+    return chunked(units, size)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -337,11 +303,25 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
     state.error = None
     state.save(run_dir)
     log.info("run directory: %s", run_dir)
+    from bench.executors import make_executor
+
+    plan = _Plan(
+        config=config,
+        target=target,
+        probe=probe,
+        layers=layers,
+        record=cast("dict[str, Any]", resolved["record"]),
+        device=device,
+        cache_root=str(Path(cache.root).resolve()),
+        run_dir=run_dir.resolve(),
+        components=component_names,
+    )
     try:
-        record_hit, summaries = _describe_all(
-            config, methods, contexts, units, layers, req, cache, target, probe, device, state,
-            run_dir,
-        )  # fmt: skip
+        with make_executor(config.executor, address=config.address, workers=config.workers) as ex:
+            record_hit, summaries = _describe_all(
+                config, methods, contexts, units, layers, req, cache, target, probe, device,
+                state, run_dir, ex, plan,
+            )  # fmt: skip
     except BaseException as e:
         mark_run(run_dir, "failed", error=_error_text(e))
         raise
@@ -373,6 +353,54 @@ def mark_run(run_dir: str | Path, status: str, *, error: str | None = None) -> N
         log.warning("could not mark %s as %s: %s", path, status, e)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Plan:
+    """What every shard of the run shares (bench.shards.Shard less the method and units)."""
+
+    config: RunConfig
+    target: Any
+    probe: Any
+    layers: list[str]
+    record: dict[str, Any]
+    device: str
+    cache_root: str
+    run_dir: Path
+    components: dict[str, str]
+
+    def base_shard(self, method: Method, evidence: Evidence) -> Shard:
+        from bench.method import config_to_json
+
+        kinds = sorted(method.requires.components)
+        return Shard(
+            method=method.name,
+            method_class=class_path(type(method)),
+            method_config=dict(self.config.method_config.get(method.name) or {}),
+            method_identity=method.identity(),
+            target=self.config.target,
+            weights=str(Path(self.config.weights).resolve()) if self.config.weights else None,
+            target_identity=self.target.identity(),
+            probe=self.probe.name,
+            probe_root=str(Path(self.config.probe_root).resolve())
+            if self.config.probe_root
+            else None,
+            probe_options=dict(self.config.probe_options),
+            probe_identity=self.probe.identity(),
+            layers=tuple(self.layers),
+            record=dict(self.record) if evidence.layers else None,
+            record_key=evidence.key,
+            components={k: self.components[k] for k in kinds},
+            component_options={
+                k: dict(v) for k, v in self.config.component_options.items() if k in kinds
+            },
+            device=self.device,
+            seed=self.config.seed,
+            cache_root=self.cache_root,
+            run_dir=str(self.run_dir),
+            units=(),
+            resources=config_to_json(method.requires.resources),
+        )
+
+
 def _describe_all(
     config: RunConfig,
     methods: Sequence[Method],
@@ -386,9 +414,20 @@ def _describe_all(
     device: str,
     state: RunState,
     run_dir: Path,
+    executor: Executor,
+    plan: _Plan,
 ) -> tuple[bool, list[MethodSummary]]:
     from bench.evidence import Evidence, QuantileSpec
     from bench.record import record_cached
+
+    def describe(evidence: Evidence) -> list[MethodSummary]:
+        out = []
+        for m in methods:
+            ctx = contexts[m.name]
+            ctx.workdir = run_dir
+            out.append(_run_method(m, units, evidence, ctx, run_dir, state, executor, plan))
+            state.save(run_dir)
+        return out
 
     t_rec = time.perf_counter()
     if not any(m.requires.evidence for m in methods):
@@ -400,7 +439,13 @@ def _describe_all(
         evidence = Evidence(target=target, probe=probe, layers={}, key=key)
         state.stages["record"] = {"status": "done", "skipped": "no method reads evidence"}
         state.save(run_dir)
-        return False, [_describe_one(m, contexts, units, evidence, run_dir, state) for m in methods]
+        return False, describe(evidence)
+    # >>> The one call site of the recording. When bench.record takes range jobs
+    # (record_cached(..., map_jobs=...), issue 15 item 4), they run through the executor here.
+    record_kwargs: dict[str, Any] = {}
+    if "map_jobs" in inspect.signature(record_cached).parameters:
+        gpus = 1.0 if device.startswith("cuda") else 0.0
+        record_kwargs["map_jobs"] = lambda fn, jobs: executor.map(fn, jobs, gpus=gpus)
     evidence = record_cached(
         cache,
         target,
@@ -413,7 +458,9 @@ def _describe_all(
         device=device,
         progress=config.progress,
         store_maps=req["maps"],
+        **record_kwargs,
     )
+    # <<<
     record_hit = evidence.cached
     state.stages["record"] = {
         "status": "done",
@@ -422,24 +469,7 @@ def _describe_all(
         "seconds": round(time.perf_counter() - t_rec, 3),
     }
     state.save(run_dir)
-
-    summaries = [_describe_one(m, contexts, units, evidence, run_dir, state) for m in methods]
-    return record_hit, summaries
-
-
-def _describe_one(
-    method: Method,
-    contexts: dict[str, MethodContext],
-    units: list[UnitRef],
-    evidence: Evidence,
-    run_dir: Path,
-    state: RunState,
-) -> MethodSummary:
-    ctx = contexts[method.name]
-    ctx.workdir = run_dir
-    summary = _run_method(method, units, evidence, ctx, run_dir, state)
-    state.save(run_dir)
-    return summary
+    return record_hit, describe(evidence)
 
 
 def _run_method(
@@ -449,39 +479,42 @@ def _run_method(
     ctx: MethodContext,
     run_dir: Path,
     state: RunState,
+    executor: Executor,
+    plan: _Plan,
 ) -> MethodSummary:
+    """Plan the method's shards for the units not yet done, run them through ``executor`` and
+    merge each one's partial file into ``units.jsonl`` as it completes."""
     from bench.progress import progress_bar
 
     t0 = time.perf_counter()
-    mdir = run_dir / method.name
-    mdir.mkdir(parents=True, exist_ok=True)
-    path = mdir / "units.jsonl"
-    existing = read_descriptions(path, repair=True)
-    wanted = set(units)
-    done = {d.unit: d for d in existing if d.ok and d.unit in wanted}
-    if len(done) != len(existing):
-        # Drop failed (to retry) and foreign or duplicated lines by rewriting the file whole.
-        atomic_write(path, "".join(dumps(d.to_json()) + "\n" for d in done.values()))
-    todo = [u for u in units if u not in done]
+    output = MethodOutput(run_dir / method.name, units)
+    done = output.ok_units()
+    shards = plan_shards(plan.base_shard(method, evidence), units, done, method.chunk_size)
     stage = state.stages.setdefault(f"method:{method.name}", {})
-    stage.update({"status": "running", "method": method.identity()})
+    stage.update({"status": "running", "method": method.identity(), "executor": executor.name})
     if done:
         log.info("%s: resuming, %d of %d units already done", method.name, len(done), len(units))
-    if todo:
-        method.fit(ctx)
-    computed = cached = 0
-    with progress_bar(total=len(todo), desc=method.name, enabled=ctx.progress) as bar:
-        for chunk in chunks(todo, method.chunk_size):
-            out, hit = describe_cached(method, chunk, evidence, ctx)
-            if hit:
-                cached += len(chunk)
-            else:
-                computed += len(chunk)
-            append_descriptions(path, out)
-            for d in out:
-                done[d.unit] = d
-            bar.update(len(chunk))
-    final = [done[u] for u in units]
+    if shards and executor.in_process:
+        seed_state(shards[0], method, ctx, evidence)  # the driver's loaded objects
+    counts = {"computed": 0, "cached": 0}
+    with progress_bar(
+        total=sum(len(s.units) for s in shards), desc=method.name, enabled=ctx.progress
+    ) as bar:
+
+        def on_done(shard: Shard, result: dict[str, Any]) -> None:
+            output.merge(Path(result["part"]))
+            counts["cached" if result["cached"] else "computed"] += len(shard.units)
+            bar.update(len(shard.units))
+
+        executor.run(shards, on_done)
+    output.merge_all()  # partial files of attempts whose result never came back
+    missing = [u for u in units if u not in output.done]
+    if missing:
+        raise BenchError(
+            f"{method.name}: {len(missing)} units have no record after every shard ran "
+            f"(first: {missing[0]}); rerun the same command to compute them."
+        )
+    final = [output.done[u] for u in units]
     n_err = sum(not d.ok for d in final)
     stage.update(
         {
@@ -492,14 +525,16 @@ def _run_method(
         }
     )
     if n_err:
-        log.warning("%s: %d of %d units failed; see %s", method.name, n_err, len(final), path)
+        log.warning(
+            "%s: %d of %d units failed; see %s", method.name, n_err, len(final), output.path
+        )
     return MethodSummary(
         name=method.name,
         ok=len(final) - n_err,
         error=n_err,
-        computed=computed,
-        cached=cached,
-        resumed=len(units) - len(todo),
+        computed=counts["computed"],
+        cached=counts["cached"],
+        resumed=len(done),
         seconds=time.perf_counter() - t0,
     )
 

@@ -15,6 +15,7 @@ from bench.method import (
     MethodContext,
     NoConfig,
     Requirements,
+    Resources,
     config_to_json,
     make_config,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "MethodContext",
     "NoConfig",
     "Requirements",
+    "Resources",
     "config_to_json",
     "make_config",
 ]

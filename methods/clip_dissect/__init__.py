@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import ConfigError, DataError, RequirementError
-from bench.method import Method, MethodContext, Requirements
+from bench.method import Method, MethodContext, Requirements, Resources
 from bench.schema import Description, UnitRef
 from methods.clip_dissect.similarity import SIMILARITY_FUNCTIONS
 
@@ -152,6 +152,7 @@ class ClipDissect(Method[ClipDissectConfig]):
     requires = Requirements(
         evidence=frozenset({"pooled", "images"}),
         components=frozenset({"image_text_encoder"}),
+        resources=Resources(gpus=1, gpu_memory=8),
     )
     # The whole layer in one call: the prior is over the layer anyway, and one call computes it
     # once (the runner checkpoints between calls).

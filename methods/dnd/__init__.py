@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.method import Method, MethodContext, Requirements
+from bench.method import Method, MethodContext, Requirements, Resources
 from bench.schema import Description, UnitRef
 from methods.dnd import prompts as P
 from methods.dnd.crops import MAX_BOX_OVERLAP, MAX_CROPS, MAX_IMAGE_IOU
@@ -130,6 +130,9 @@ class DnD(Method[DnDConfig]):
         topk_by=("mean",),
         k=10,
         components=frozenset(COMPONENTS),
+        # A captioner, a diffusion model and an image encoder (and a local LLM with
+        # language_model=hf) held for many shards: an actor with one 24 GiB GPU.
+        resources=Resources(cpus=2, gpus=1, gpu_memory=24, actor=True),
     )
     #: Units per batched pass: bounds the generated images held in memory.
     chunk_size = 32

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import ConfigError, RequirementError, UsageError
 from bench.evidence import MILAN_QUANTILE
-from bench.method import Method, MethodContext, Requirements
+from bench.method import Method, MethodContext, Requirements, Resources
 from bench.schema import Description, UnitRef
 
 if TYPE_CHECKING:
@@ -384,6 +384,8 @@ class Milan(Method[MilanConfig]):
         topk_by=("max",),
         k=15,
         quantiles=(MILAN_QUANTILE,),
+        # The trained captioning model, loaded once per worker that takes many shards.
+        resources=Resources(gpus=1, gpu_memory=8, actor=True),
     )
     chunk_size = 512
 
