@@ -8,7 +8,6 @@ units already in ``units.jsonl`` are skipped, and nothing is written twice.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -440,12 +439,23 @@ def _describe_all(
         state.stages["record"] = {"status": "done", "skipped": "no method reads evidence"}
         state.save(run_dir)
         return False, describe(evidence)
-    # >>> The one call site of the recording. When bench.record takes range jobs
-    # (record_cached(..., map_jobs=...), issue 15 item 4), they run through the executor here.
+    # With workers outside the driver (a process pool, a Ray cluster), the recording is split
+    # into image-range jobs that run through the executor and merge exactly into the one-pass
+    # entry (bench.record); in-process it is the one pass, as before.
     record_kwargs: dict[str, Any] = {}
-    if "map_jobs" in inspect.signature(record_cached).parameters:
+    if not executor.in_process:
+        from bench.record import WorkerSource
+
         gpus = 1.0 if device.startswith("cuda") else 0.0
         record_kwargs["map_jobs"] = lambda fn, jobs: executor.map(fn, jobs, gpus=gpus)
+        record_kwargs["source"] = WorkerSource(
+            target=config.target,
+            weights=config.weights,
+            probe=resolve_probe_name(config, target.spec.family),
+            probe_root=config.probe_root,
+            probe_options=dict(config.probe_options),
+            probe_download=config.download,
+        )
     evidence = record_cached(
         cache,
         target,
@@ -460,7 +470,6 @@ def _describe_all(
         store_maps=req["maps"],
         **record_kwargs,
     )
-    # <<<
     record_hit = evidence.cached
     state.stages["record"] = {
         "status": "done",
