@@ -27,7 +27,7 @@ def milan_annotations(tmp_path_factory) -> dict:
         train_keys=key,
         annotations_root=str(root),
         encoder="synthetic",
-        max_epochs=30,
+        max_epochs=8,
         patience=5,
         batch_size=16,
         beam_size=5,

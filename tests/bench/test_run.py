@@ -145,6 +145,7 @@ def test_killed_run_resumes_without_duplicates_or_recomputation(
         "--out",
         str(out),
         "--no-progress",
+        "--no-suites",  # resumption is the describe stage's; scoring is tested elsewhere
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.cli", *args],
@@ -185,6 +186,7 @@ def test_killed_run_resumes_without_duplicates_or_recomputation(
 def test_failed_units_exit_1_and_are_retried(tmp_path: Path, plugin_env: dict[str, str]) -> None:
     out = tmp_path / "run"
     args = ["run", "--methods", "flaky", "--units", "0-3", "--layers", "layer1", "--out", str(out)]
+    args.append("--no-suites")  # the exit code and the retry are the describe stage's
     res = _bench(args, plugin_env, timeout=300)
     assert res.returncode == 1, res.stderr
     descs = read_descriptions(out / "flaky" / "units.jsonl")
