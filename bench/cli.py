@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.errors import BenchError, UsageError
 from bench.options import parse_fields, parse_owned_fields
+from bench.suites import BUILTIN_SUITES
 
 log = logging.getLogger("bench")
 
@@ -336,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--target", help="target the labels describe, e.g. resnet50")
     sc.add_argument(
         "--suite",
-        help="milannotations, final-layer, cifar-auroc or planted (with --run: comma-separated; "
+        help=f"{', '.join(BUILTIN_SUITES)} or a plug-in's suite (with --run: comma-separated; "
         "default all that apply)",
     )
     sc.add_argument(
