@@ -1268,3 +1268,36 @@ def read_exemplar(result_path: str | os.PathLike[str], unit: UnitResult) -> byte
             "file. Re-run the suite."
         )
     return data
+
+
+#: The constant-label baseline scored beside every method (the DnD paper's "depictions").
+BASELINE = "depictions"
+
+
+def with_normalised(
+    per_method: dict[str, MethodScore], ceiling: Ceiling, *, higher_is_better: bool = True
+) -> dict[str, MethodScore]:
+    """``per_method`` with each method's ceiling-normalised mean (overall and per layer) filled
+    in from the means of the method, the ``depictions`` baseline and the ceiling."""
+    from dataclasses import replace
+
+    from metrics.stats import ceiling_normalised
+
+    base = per_method.get(BASELINE)
+    if base is None:
+        return per_method
+    out = {}
+    for m, s in per_method.items():
+        overall = ceiling_normalised(
+            s.mean, base.mean, ceiling.mean, higher_is_better=higher_is_better
+        )
+        layers: dict[str, float] = {}
+        for layer, e in s.per_layer.items():
+            b, c = base.per_layer.get(layer), ceiling.per_layer.get(layer)
+            if b is None or c is None:
+                continue
+            v = ceiling_normalised(e.mean, b.mean, c.mean, higher_is_better=higher_is_better)
+            if v is not None:
+                layers[layer] = v
+        out[m] = replace(s, normalised=overall, normalised_per_layer=layers)
+    return out

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import (
+    BASELINE,
     Ceiling,
     Estimate,
     MethodInfo,
@@ -32,9 +33,9 @@ from bench.results import (
     RunIdentity,
     SuiteResult,
     UnitResult,
+    with_normalised,
 )
 from bench.schema import UnitRef, dumps
-from bench.suites.base import BASELINE, with_normalised
 
 __all__ = ["Table", "comparable_settings", "differing_settings", "tables"]
 

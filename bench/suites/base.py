@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from bench.errors import ConfigError, UsageError
 from bench.method import C, Configurable
 from bench.results import (
+    BASELINE,
     Ceiling,
     ClassResult,
     Estimate,
@@ -38,6 +39,7 @@ from bench.results import (
     SuiteResult,
     UnitResult,
     publishable,
+    with_normalised,
 )
 from bench.schema import Description, UnitRef
 
@@ -53,7 +55,6 @@ log = logging.getLogger(__name__)
 TEXT_MODES: tuple[str, ...] = ("offline", "papers")
 CONFIDENCE = 0.95
 #: The constant baseline that ceiling-normalised scores are measured from (0 = its score).
-BASELINE = "depictions"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -553,35 +554,6 @@ NORMALISED_NOTE = (
     f"(method - {BASELINE}) / (ceiling - {BASELINE}) from the means overall and per layer; "
     f"undefined where the ceiling does not exceed {BASELINE}"
 )
-
-
-def with_normalised(
-    per_method: dict[str, MethodScore], ceiling: Ceiling, *, higher_is_better: bool = True
-) -> dict[str, MethodScore]:
-    """``per_method`` with each method's ceiling-normalised mean (overall and per layer) filled
-    in from the means of the method, the ``depictions`` baseline and the ceiling."""
-    from dataclasses import replace
-
-    from metrics.stats import ceiling_normalised
-
-    base = per_method.get(BASELINE)
-    if base is None:
-        return per_method
-    out = {}
-    for m, s in per_method.items():
-        overall = ceiling_normalised(
-            s.mean, base.mean, ceiling.mean, higher_is_better=higher_is_better
-        )
-        layers: dict[str, float] = {}
-        for layer, e in s.per_layer.items():
-            b, c = base.per_layer.get(layer), ceiling.per_layer.get(layer)
-            if b is None or c is None:
-                continue
-            v = ceiling_normalised(e.mean, b.mean, c.mean, higher_is_better=higher_is_better)
-            if v is not None:
-                layers[layer] = v
-        out[m] = replace(s, normalised=overall, normalised_per_layer=layers)
-    return out
 
 
 def _clip01(p: float) -> float:

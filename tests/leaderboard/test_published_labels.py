@@ -134,7 +134,8 @@ def test_three_published_files_share_one_table_with_paired_groups(
     assert set(rows) == {"milan", "clip-dissect", "dnd", "depictions"}
     for name, row in rows.items():
         # every method has a mean, an interval and a significance group in every metric
-        assert row.count('class="grp"') == 2, name  # bertscore and sentence-cosine
+        # bertscore and sentence-cosine, and identification's top-1 and reciprocal rank
+        assert row.count('class="grp"') == 4, name
         assert ">8 / 8<" in row, name  # its coverage
     assert "merged from 3 comparable results" in sections[0]
     assert "over the 8 units every method was scored on" in sections[0]
