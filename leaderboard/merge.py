@@ -39,10 +39,25 @@ from bench.schema import UnitRef, dumps
 
 __all__ = ["Table", "comparable_settings", "differing_settings", "tables"]
 
-#: Suite and metric settings that count what was scored rather than how: they differ between
-#: comparable results whose labels cover different units.
+#: Suite and metric settings (at any depth) that count or record what was scored rather than
+#: how: they differ between comparable results whose labels cover different units or methods
+#: (faithfulness: each method's label counts, whether the activations came from the run's
+#: recording or a forward pass over the same probe; generated: the prompts, strips and model
+#: calls of the labels scored).
 VOLATILE_SETTINGS = frozenset(
-    {"units", "units_labelled", "units_reliable", "groups_over_items", "groups_withheld"}
+    {
+        "units",
+        "units_labelled",
+        "units_reliable",
+        "groups_over_items",
+        "groups_withheld",
+        "labels",
+        "activations_from",
+        "prompts",
+        "empty_labels",
+        "strips",
+        "calls",
+    }
 )
 #: Identity fields of a method that say which labels these are (not the run they came from).
 _METHOD_IDENTITY = ("name", "version", "config", "kind", "source")
@@ -64,7 +79,11 @@ class Table:
 
 
 def _strip(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in VOLATILE_SETTINGS}
+    return {
+        k: _strip(v) if isinstance(v, Mapping) else v
+        for k, v in settings.items()
+        if k not in VOLATILE_SETTINGS
+    }
 
 
 def comparable_settings(result: SuiteResult) -> dict[str, Any]:
@@ -316,6 +335,16 @@ def _merge(key: str, sources: Sequence[tuple[Path, SuiteResult]]) -> Table:
     settings = dict(first.settings)
     if "units" in settings:
         settings["units"] = len(units)
+    if isinstance(settings.get("labels"), Mapping):  # faithfulness: label counts per method
+        counts: dict[str, Any] = {}
+        for i, (_, r) in enumerate(sources):
+            for n, c in (r.settings.get("labels") or {}).items():
+                counts.setdefault(rename[i].get(n, n), c)
+        settings["labels"] = counts
+    froms = sorted({str(r.settings["activations_from"]) for _, r in sources
+                    if "activations_from" in r.settings})  # fmt: skip
+    if len(froms) > 1:
+        settings["activations_from"] = "; ".join(froms)
     result = SuiteResult(
         run=run,
         suite=first.suite,

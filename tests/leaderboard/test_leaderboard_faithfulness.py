@@ -230,3 +230,55 @@ def test_activation_histograms_equal_numpy_per_unit() -> None:
         np.testing.assert_array_equal(c_on[j], want_on)
         np.testing.assert_array_equal(c_off[j], want_off)
     assert c_on.sum() + c_off.sum() == a.size
+
+
+def test_a_run_and_an_imported_file_share_one_faithfulness_table() -> None:
+    """The label counts and where the activations came from describe what was scored, not how:
+    a run's result and an imported file's (activations from a forward pass over the same probe)
+    merge into one table whose counts cover both."""
+    from dataclasses import replace
+
+    from leaderboard.merge import differing_settings, tables
+
+    run = faithfulness_result()
+    run = replace(
+        run,
+        # n: the units each summary was taken over (a merge rebuilds them from the unit scores)
+        metrics=tuple(
+            replace(m, per_method={k: replace(v, n=2) for k, v in m.per_method.items()})
+            for m in run.metrics
+        ),
+        settings={**run.settings, "activations_from": "the run's recording"},
+    )
+    imported = replace(
+        run,
+        run=replace(run.run, run_id="r2"),
+        methods={"clip-dissect": _info("clip-dissect", "imported")},
+        metrics=tuple(
+            replace(m, per_method={"clip-dissect": replace(_score(0.7), n=2)}) for m in run.metrics
+        ),
+        units=tuple(
+            replace(
+                u,
+                labels={"clip-dissect": "red"},
+                scores={k: {"clip-dissect": 0.7} for k in u.scores},
+                details={},
+            )
+            for u in run.units
+        ),
+        settings={
+            "labels": {"clip-dissect": {"units": 2, "unparsed": 0, "degenerate": 0}},
+            "activations_from": "a forward pass over the probe",
+        },
+    )
+    (table,) = tables([(Path("a"), run), (Path("b"), imported)])
+    assert table.merged
+    assert set(table.result.methods) == {"netdissect", "depictions", "clip-dissect"}
+    assert set(table.result.settings["labels"]) == {"netdissect", "clip-dissect"}
+    assert table.result.settings["activations_from"] == (
+        "a forward pass over the probe; the run's recording"
+    )
+    assert differing_settings([run, imported]) == [{}, {}]
+    # A setting of how the labels were scored still separates them.
+    other = replace(imported, settings={**imported.settings, "alpha": 0.01})
+    assert len(tables([(Path("a"), run), (Path("b"), other)])) == 2
