@@ -20,8 +20,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/bench run --leaderboard results/leaderboard --metrics-check
 
+# One pytest worker per core (pytest-xdist), each test file on one worker (module fixtures
+# are built once); PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= auto
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu and not network"
