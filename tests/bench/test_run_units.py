@@ -80,3 +80,22 @@ def test_a_method_without_evidence_records_nothing(tmp_path: Path) -> None:
     state = json.loads((tmp_path / "run" / "run.json").read_text())
     assert state["stages"]["record"]["skipped"] == "no method reads evidence"
     assert Cache(cache).entries(STAGE) == []
+
+
+def test_a_method_that_reads_the_whole_layer_gets_it() -> None:
+    """CLIP-Dissect's prior over the layer makes a unit's label depend on every unit of it:
+    with it in the run, --units records whole layers (only those with units to describe)."""
+    from bench.runner import _record_units, build_method, method_classes, parse_units
+
+    sizes = {"layer2": 32, "layer3": 64}
+    units = parse_units("layer2:5,layer2:7-8", sizes)
+
+    def methods(*names: str, **config: dict) -> list:
+        return [build_method(c, config.get(c.name)) for c in method_classes(list(names))]
+
+    assert _record_units(None, units, sizes, methods("netdissect")) is None
+    assert _record_units("x", units, sizes, methods("netdissect")) == {"layer2": "5,7-8"}
+    whole = methods("netdissect", "clip-dissect")
+    assert _record_units("x", units, sizes, whole) == {"layer2": "0-31"}
+    described = methods("netdissect", "clip-dissect", **{"clip-dissect": {"prior": "described"}})
+    assert _record_units("x", units, sizes, described) == {"layer2": "5,7-8"}
