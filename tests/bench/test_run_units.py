@@ -4,6 +4,7 @@ exactly as a run over every unit does (NetDissect, CompExp, INVERT on the synthe
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from bench.record import STAGE
 from bench.schema import read_descriptions
 
 METHODS = ("netdissect", "compexp", "invert")
-PROBE = {"max_images": "24"}
+# The session's cache (tests/conftest.py): the synthetic export and the target are shared with
+# other tests; a probe size no other test uses keeps the recordings this test's own.
+PROBE = {"max_images": "23"}
 LAYERS = ("layer2", "layer3")  # 32 and 64 units
 UNITS = "layer2:5,layer2:9,layer3:14"
 # A short formula search: the same in every run, and the full run labels 96 units.
@@ -27,59 +30,49 @@ def _labels(out: Path, method: str) -> dict[str, tuple[str, float | None]]:
     }
 
 
-def _config(tmp_path: Path, name: str, cache: str, **kw) -> RunConfig:
-    return RunConfig(
-        methods=METHODS,
-        layers=LAYERS,
-        probe_options=PROBE,
-        out=str(tmp_path / name),
-        cache_dir=cache,
-        method_config=SHORT,
-        **kw,
-    )
+def _config(out: Path, methods: tuple[str, ...] = METHODS, **kw) -> RunConfig:
+    return RunConfig(methods=methods, layers=LAYERS, probe_options=PROBE, out=str(out), **kw)
+
+
+def _record_entry(out: Path) -> Path:
+    state = json.loads((out / "run.json").read_text())
+    return Cache().entry_dir(STAGE, state["stages"]["record"]["key"])
 
 
 def test_units_run_records_only_them_and_labels_them_as_the_full_run(tmp_path: Path) -> None:
-    full_cache = str(tmp_path / "full-cache")
-    assert run(_config(tmp_path, "full", full_cache)).exit_code == 0
-    sub_cache = str(tmp_path / "sub-cache")
-    result = run(_config(tmp_path, "sub", sub_cache, units=UNITS))
+    # First, so that no whole-layer recording is there to serve it: the units alone.
+    result = run(_config(tmp_path / "sub", units=UNITS, method_config=SHORT))
     assert result.exit_code == 0 and not result.record_cached
-    wanted = {"layer2:5", "layer2:9", "layer3:14"}
-    for method in METHODS:
-        full, sub = _labels(tmp_path / "full", method), _labels(tmp_path / "sub", method)
-        assert set(sub) == wanted and set(full) > wanted
-        assert sub == {u: full[u] for u in wanted}, method
-        assert any(label for label, _ in sub.values())  # labels, not empty strings
-
-    # run.json says what was recorded; the entry holds those units' maps only.
     state = json.loads((tmp_path / "sub" / "run.json").read_text())
     assert state["config"]["record"]["units"] == {"layer2": "5,9", "layer3": "14"}
-    (entry,) = Cache(sub_cache).entries(STAGE)
-    maps = {p.name: np.load(p, mmap_mode="r").shape for p in entry.path.glob("*.maps.npy")}
-    assert sorted(maps.values()) == sorted([(24, 2, 16, 16), (24, 1, 8, 8)]), maps
+    entry = _record_entry(tmp_path / "sub")  # it holds those units' maps only
+    maps = {p.name: np.load(p, mmap_mode="r").shape for p in entry.glob("*.maps.npy")}
+    assert sorted(maps.values()) == sorted([(23, 2, 16, 16), (23, 1, 8, 8)]), maps
 
-    # A cache holding the whole layers serves the subset without recording again.
-    again = run(_config(tmp_path, "served", full_cache, units=UNITS))
-    assert again.record_cached
+    full = run(_config(tmp_path / "full", method_config=SHORT))  # every unit, recorded anew
+    assert full.exit_code == 0 and not full.record_cached
+    assert _record_entry(tmp_path / "full") != entry  # the selection is in the key
+    wanted = {"layer2:5", "layer2:9", "layer3:14"}
+    for method in METHODS:
+        whole, sub = _labels(tmp_path / "full", method), _labels(tmp_path / "sub", method)
+        assert set(sub) == wanted and set(whole) > wanted
+        assert sub == {u: whole[u] for u in wanted}, method
+        assert any(label for label, _ in sub.values())  # labels, not empty strings
+
+    # Without the subset's entry, the whole layers' entry serves it (row i is unit i there).
+    os.replace(entry, tmp_path / "moved-away")
+    again = run(_config(tmp_path / "served", units=UNITS, method_config=SHORT))
+    assert again.record_cached and not entry.exists()
+    assert _record_entry(tmp_path / "served") == _record_entry(tmp_path / "full")
     for method in METHODS:
         assert _labels(tmp_path / "served", method) == _labels(tmp_path / "sub", method)
 
-
-def test_a_method_without_evidence_records_nothing(tmp_path: Path) -> None:
-    cache = str(tmp_path / "cache")
-    config = RunConfig(
-        methods=("depictions",),
-        layers=("layer2",),
-        units="0-3",
-        probe_options=PROBE,
-        out=str(tmp_path / "run"),
-        cache_dir=cache,
-    )
-    assert run(config).exit_code == 0
-    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    # A method that reads no evidence records nothing, --units or not.
+    before = {e.key for e in Cache().entries(STAGE)}
+    assert run(_config(tmp_path / "depictions", ("depictions",), units="0-3")).exit_code == 0
+    state = json.loads((tmp_path / "depictions" / "run.json").read_text())
     assert state["stages"]["record"]["skipped"] == "no method reads evidence"
-    assert Cache(cache).entries(STAGE) == []
+    assert {e.key for e in Cache().entries(STAGE)} == before
 
 
 def test_a_method_that_reads_the_whole_layer_gets_it() -> None:
