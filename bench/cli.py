@@ -228,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="download the probe set if it is missing (never done silently)",
     )
     r.add_argument(
-        "--units", help="units to describe, e.g. '0-9,15' or 'layer4:0-9' (0-based; default: all)"
+        "--units",
+        help="units to describe, e.g. '0-9,15' or 'layer4:0-9' (0-based; default: all); only "
+        "these are recorded",
     )
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     r.add_argument(

@@ -617,10 +617,34 @@ class UnitTally:
     cat_original: np.ndarray
     active_images: np.ndarray
     meta: dict[str, Any]
+    #: The evidence layer's unit index of each row (``LayerEvidence.units``: set by
+    #: :func:`tally_cached` when the layer was recorded for a subset); ``None``: row i is unit i.
+    units: np.ndarray | None = None
 
     @property
     def num_units(self) -> int:
+        """Rows: the units tallied."""
         return int(self.unit_area.shape[0])
+
+    def row(self, index: int) -> int:
+        """The row of unit ``index`` of the layer (a :class:`~bench.errors.RequirementError`
+        when it was not tallied)."""
+        import numpy as np
+
+        if self.units is None:
+            if not 0 <= index < self.num_units:
+                from bench.errors import RequirementError
+
+                raise RequirementError(
+                    f"The tally holds units 0-{self.num_units - 1}; got {index}."
+                )
+            return int(index)
+        pos = int(np.searchsorted(self.units, index))
+        if pos >= len(self.units) or int(self.units[pos]) != index:
+            from bench.errors import RequirementError
+
+            raise RequirementError(f"Unit {index} was not recorded, so the tally lacks it.")
+        return pos
 
     def intersections(self, table: ConceptTable) -> np.ndarray:
         """int64 [U, C + 1]: |M_u and L| for every unit and concept."""
@@ -1074,8 +1098,9 @@ def tally_cached(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool = False,
 ) -> UnitTally:
-    """:func:`tally_units` for every unit of ``layer`` through the cache (stage
-    ``"dissect-tally"``), keyed by the evidence, the layer, the quantile and the table."""
+    """:func:`tally_units` for every recorded unit of ``layer`` through the cache (stage
+    ``"dissect-tally"``), keyed by the evidence, the layer, the quantile and the table. Its rows
+    are the evidence's rows: ``UnitTally.row`` maps a unit index to its row."""
     import torch
 
     le = evidence.layer(layer)
@@ -1102,14 +1127,22 @@ def tally_cached(
         )
 
     if not evidence.key:  # evidence that was not cached has no identity to key on
-        return compute()
+        tally = compute()
+    else:
 
-    def write(directory: Any) -> None:
-        compute().save(Path(directory))
+        def write(directory: Any) -> None:
+            compute().save(Path(directory))
 
-    path, hit = cache.get_or_create(TALLY_STAGE, parts, write)
-    log.info("tally %s: cache %s", layer, "hit" if hit else "miss")
-    return UnitTally.load(path)
+        path, hit = cache.get_or_create(TALLY_STAGE, parts, write)
+        log.info("tally %s: cache %s", layer, "hit" if hit else "miss")
+        tally = UnitTally.load(path)
+    if tally.num_units != maps.shape[1]:
+        raise CacheError(
+            f"The cached tally of layer '{layer}' has {tally.num_units} units, its evidence "
+            f"{maps.shape[1]}; delete the cache's {TALLY_STAGE} entries and rerun."
+        )
+    tally.units = le.units
+    return tally
 
 
 def tallies_by_layer(

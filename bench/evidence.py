@@ -12,6 +12,12 @@ Shapes (U units, N probe images, k exemplars, h x w the layer's map):
 - ``maps``          float32 [N, U, h, w]  every activation map of the probe set, only when the
                                      record was asked for them (NetDissect, CompExp); a read-only
                                      memory map of ``<stem>.maps.npy`` when loaded from the cache
+
+**Rows are not unit indices** when a layer was recorded for a subset of its units (``bench run
+--units``): ``LayerEvidence.units`` (int64 [U], ascending) then names the layer's unit of each row
+of every per-unit axis above (``U`` is the number of recorded units; ``num_units`` stays the
+layer's size). Readers map unit indices to rows with :meth:`LayerEvidence.rows` (or ``row``),
+which also refuses a unit that was not recorded; with ``units=None`` row ``i`` is unit ``i``.
 """
 
 from __future__ import annotations
@@ -86,6 +92,59 @@ class LayerEvidence:
     meta: dict[str, Any] = field(default_factory=dict)
     #: Every activation map ``[N, U, h, w]`` (evidence kind "maps"), or ``None``.
     maps: np.ndarray | None = None
+    #: The layer's unit index of each row of the per-unit arrays (int64, ascending) when only
+    #: those units were recorded; ``None``: every one of ``num_units`` units, row ``i`` is unit
+    #: ``i``. Index the arrays through :meth:`rows`, never with a unit index directly.
+    units: np.ndarray | None = None
+
+    @property
+    def whole(self) -> bool:
+        """Whether every unit of the layer was recorded (row ``i`` is unit ``i``)."""
+        return self.units is None
+
+    @property
+    def recorded_units(self) -> np.ndarray:
+        """int64 [U]: the layer's unit index of each row (``arange(num_units)`` when whole)."""
+        import numpy as np
+
+        if self.units is None:
+            return np.arange(self.num_units, dtype=np.int64)
+        return np.asarray(self.units, dtype=np.int64)
+
+    def rows(self, indices: Any) -> np.ndarray:
+        """int64 rows of the per-unit arrays holding the layer's units ``indices`` (any int
+        sequence). Raises :class:`~bench.errors.RequirementError` for a unit outside the layer
+        or not recorded."""
+        import numpy as np
+
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        outside = idx[(idx < 0) | (idx >= self.num_units)]
+        if outside.size:
+            from bench.errors import RequirementError
+
+            raise RequirementError(
+                f"Layer '{self.layer}' has {self.num_units} units (0-{self.num_units - 1}); "
+                f"got unit {int(outside[0])}."
+            )
+        if self.units is None:
+            return idx
+        held = np.asarray(self.units, dtype=np.int64)
+        pos = np.searchsorted(held, idx)
+        found = (pos < held.size) & (held[np.minimum(pos, held.size - 1)] == idx)
+        if not found.all():
+            from bench.errors import RequirementError
+
+            missing = idx[~found]
+            raise RequirementError(
+                f"Unit {int(missing[0])} of layer '{self.layer}' was not recorded (the evidence "
+                f"holds units {format_unit_ranges(held)}); record it (bench run --units) or "
+                "the whole layer."
+            )
+        return pos.astype(np.int64)
+
+    def row(self, index: int) -> int:
+        """The row of the per-unit arrays holding unit ``index`` (see :meth:`rows`)."""
+        return int(self.rows([index])[0])
 
     def require_maps(self) -> np.ndarray:
         if self.maps is None:
@@ -125,6 +184,8 @@ class LayerEvidence:
             out[f"threshold.{key}"] = thr
         for key, arr in self.extras.items():
             out[f"extra.{key}"] = arr
+        if self.units is not None:
+            out["units"] = self.units
         return out
 
     def save(self, directory: Path, stem: str) -> None:
@@ -153,6 +214,7 @@ class LayerEvidence:
                 "thresholds": sorted(self.thresholds),
                 "extras": sorted(self.extras),
                 "maps": self.maps is not None,
+                "units": self.units is not None,
                 "meta": self.meta,
             },
         )
@@ -198,9 +260,47 @@ class LayerEvidence:
                 extras={k: arrays[f"extra.{k}"] for k in info["extras"]},
                 meta=info.get("meta", {}),
                 maps=maps,
+                units=arrays["units"] if info.get("units") else None,
             )
         except KeyError as e:
             raise CacheError(f"Evidence file {directory / stem} lacks array {e}.") from e
+
+
+def format_unit_ranges(indices: Any) -> str:
+    """Unit indices as inclusive ranges, ``"0-31,40"`` (sorted, duplicates dropped; ``""`` for
+    none): the form of ``--units`` and of a record's cache key."""
+    values = sorted({int(i) for i in indices})
+    parts = []
+    start = prev = None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:  # type: ignore[operator]
+            prev = v
+        else:
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = v
+    if start is not None:
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ",".join(parts)
+
+
+def parse_unit_ranges(spec: str) -> list[int]:
+    """The sorted unit indices of ``format_unit_ranges``' form (``"0-31,40"``)."""
+    out: set[int] = set()
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        lo, _, hi = item.partition("-")
+        try:
+            start, stop = int(lo), int(hi) if hi else int(lo)
+        except ValueError as e:
+            raise ValueError(f"Expected unit ranges like '0-31,40', got {spec!r}") from e
+        if start < 0 or stop < start:
+            raise ValueError(f"Expected unit ranges like '0-31,40', got {spec!r}")
+        out.update(range(start, stop + 1))
+    return sorted(out)
 
 
 @dataclass(kw_only=True)

@@ -168,10 +168,11 @@ def _thresholds(ev: LayerEvidence, quantile: QuantileSpec) -> np.ndarray:
 
 
 def _units(ev: LayerEvidence, units: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """The layer's unit indices asked for (default: every recorded unit)."""
     import numpy as np
 
     if units is None:
-        return np.arange(ev.num_units, dtype=np.int64)
+        return ev.recorded_units
     arr = np.asarray(units, dtype=np.int64).reshape(-1)
     bad = arr[(arr < 0) | (arr >= ev.num_units)]
     if bad.size:
@@ -241,7 +242,7 @@ def iter_exemplars(
     views: ProbeViews | None = None,
     progress: bool = False,
 ) -> Iterator[Exemplars]:
-    """Exemplars of ``units`` (default: every unit) of ``layer``, in chunks of units.
+    """Exemplars of ``units`` (default: every recorded unit) of ``layer``, in chunks of units.
 
     ``evidence`` must hold the layer's top-k by max with at least ``k`` images (fewer only when
     the probe set has fewer images) and the quantile ``quantile``. The images are
@@ -262,6 +263,7 @@ def iter_exemplars(
     k_eff = min(k, recorded)
     thresholds = _thresholds(ev, quantile)
     chosen = _units(ev, units)
+    rows_of = ev.rows(chosen)  # rows of the evidence arrays (a subset recording's order)
     size = prep.input_size
     step = chunk_size(k_eff, size, memory_budget)
     if views is None:
@@ -276,8 +278,9 @@ def iter_exemplars(
     ) as bar:
         for start in range(0, len(chosen), step):
             part = chosen[start : start + step]
-            ids = np.asarray(top.indices[part, :k_eff], dtype=np.int64)
-            masks = upsample_masks(top.maps[part, :k_eff], thresholds[part], size)
+            rows = rows_of[start : start + step]
+            ids = np.asarray(top.indices[rows, :k_eff], dtype=np.int64)
+            masks = upsample_masks(top.maps[rows, :k_eff], thresholds[rows], size)
             found = views.get(ids)
             images = np.empty((len(part), k_eff, 3, size, size), dtype=np.uint8)
             for (a, b), i in np.ndenumerate(ids):
@@ -286,8 +289,8 @@ def iter_exemplars(
                 layer=layer,
                 units=part.copy(),
                 ids=ids,
-                activations=np.asarray(top.values[part, :k_eff], dtype=np.float32),
-                thresholds=np.asarray(thresholds[part], dtype=np.float32),
+                activations=np.asarray(top.values[rows, :k_eff], dtype=np.float32),
+                thresholds=np.asarray(thresholds[rows], dtype=np.float32),
                 images=images,
                 masks=masks,
             )
@@ -380,8 +383,14 @@ def write_exemplars(
     import numpy as np
 
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     ev, prep = _resolve(evidence, layer, preprocessing)
+    if not ev.whole:
+        raise RequirementError(
+            f"The MILANNOTATIONS layout has a row for every unit of layer '{layer}', but the "
+            f"evidence holds {len(ev.recorded_units)} of its {ev.num_units} units; record the "
+            "whole layer."
+        )
+    out.mkdir(parents=True, exist_ok=True)
     k_eff = min(k, ev.top("max").indices.shape[1])
     s = prep.input_size
     n = ev.num_units

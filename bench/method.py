@@ -305,6 +305,12 @@ class Method(Configurable[C], abc.ABC):
         stage (recording, training): raise a :class:`~bench.errors.RequirementError` saying what
         is missing and how to supply it (files, downloads). No heavy work here. Default: none."""
 
+    def needs_whole_layers(self) -> bool:
+        """Whether a unit's description depends on the other units of its layer (CLIP-Dissect's
+        prior over the layer): then the runner records every unit of each described layer,
+        whatever ``--units`` selects. Default: no, each unit stands alone."""
+        return False
+
     def fit(self, ctx: MethodContext) -> None:  # noqa: B027 - optional hook
         """Train or load what the method needs (MILAN). Default: nothing."""
 
@@ -374,6 +380,14 @@ class Method(Configurable[C], abc.ABC):
                 raise RequirementError(
                     f"Layer '{layer}' has {le.num_units} units; got unit "
                     f"indices {bad[:5]} (0-based)."
+                )
+            le.rows([u.index for u in units if u.layer == layer])  # each one recorded
+            if not le.whole and self.needs_whole_layers():
+                raise RequirementError(
+                    f"Method '{self.name}' needs every unit of layer '{layer}' recorded (its "
+                    "descriptions depend on the whole layer), but the evidence holds "
+                    f"{len(le.recorded_units)} of its {le.num_units} units; record the whole "
+                    "layer."
                 )
             if "topk" in req.evidence:
                 for mode in req.topk_by:

@@ -38,6 +38,8 @@ from bench.evidence import (
     LayerEvidence,
     QuantileSpec,
     TopK,
+    format_unit_ranges,
+    parse_unit_ranges,
 )
 from bench.progress import progress_bar
 
@@ -562,22 +564,36 @@ class _LayerRecorder:
         device: torch.device,
         maps: np.ndarray | None = None,
         offset: int = 0,
+        units: np.ndarray | None = None,
     ):
         import numpy as np
+        import torch
 
         #: Probe index of this recorder's row 0 (a recording of the images [offset, offset + N)).
         self.offset = offset
         self.layer = layer
         self.target_name = target_name
         self.n_images = n_images
+        #: The layer's units; ``units`` (int64, ascending) are the recorded ones (None: all).
         self.num_units = num_units
+        self.units = units
+        width = num_units if units is None else len(units)
+        #: How the recorded units are cut out of the layer's output: a channel range (a view)
+        #: when they are consecutive, else an index tensor (one gather); None: all.
+        self._select: tuple[int, int] | torch.Tensor | None = None
+        if units is not None:
+            if width and int(units[-1]) - int(units[0]) + 1 == width:
+                self._select = (int(units[0]), width)
+            else:
+                self._select = torch.as_tensor(units, dtype=torch.int64, device=device)
+        self.width = width
         self.map_shape = map_shape
-        self.topk = {m: _RunningTopK(k, num_units, map_shape, device) for m in topk_by}
+        self.topk = {m: _RunningTopK(k, width, map_shape, device) for m in topk_by}
         self.tail = tail
         self.accumulators = accumulators
         self.maps = maps
-        self.pooled_max = np.zeros((n_images, num_units), dtype=np.float32)
-        self.pooled_mean = np.zeros((n_images, num_units), dtype=np.float32)
+        self.pooled_max = np.zeros((n_images, width), dtype=np.float32)
+        self.pooled_mean = np.zeros((n_images, width), dtype=np.float32)
         self.dtype = ""
         self.seen = 0
 
@@ -587,13 +603,18 @@ class _LayerRecorder:
 
         if not self.dtype:
             self.dtype = str(out.dtype).removeprefix("torch.")
-        acts = out.detach().to(torch.float32).contiguous()
-        if tuple(acts.shape[1:]) != (self.num_units, *self.map_shape):
+        if tuple(out.shape[1:]) != (self.num_units, *self.map_shape):
             raise UsageError(
                 f"Layer '{self.layer}' of '{self.target_name}' gave maps of shape "
-                f"{tuple(acts.shape[1:])}, expected {(self.num_units, *self.map_shape)} as on the "
+                f"{tuple(out.shape[1:])}, expected {(self.num_units, *self.map_shape)} as on the "
                 "first image; every probe image must be preprocessed to the same size."
             )
+        out = out.detach()
+        if isinstance(self._select, tuple):
+            out = out.narrow(1, *self._select)
+        elif self._select is not None:
+            out = out.index_select(1, self._select)
+        acts = out.to(torch.float32).contiguous()
         with _stats_threads(acts):
             self._update_stats(acts, indices)
         for acc in self.accumulators:
@@ -662,6 +683,7 @@ class _LayerRecorder:
             extras=extras,
             meta={**meta, "dtype": self.dtype, "map_shape": list(self.map_shape)},
             maps=self.maps,
+            units=self.units,
         )
 
 
@@ -706,6 +728,42 @@ def _topk_modes(topk_by: Sequence[str] | str) -> tuple[str, ...]:
 def _check_positive(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"Expected {name} to be an integer >= 1, got {value!r}.")
+
+
+#: Units to record per layer: unit indices (any order, duplicates allowed); a layer absent from
+#: the mapping, or ``None`` for the mapping, records every unit.
+UnitSelection = Mapping[str, Sequence[int]]
+
+
+def normalize_units(
+    units: UnitSelection | None, sizes: Mapping[str, int]
+) -> dict[str, tuple[int, ...]]:
+    """The proper subsets of ``units`` (layer -> sorted distinct indices), checked against the
+    layers' ``sizes``; a selection of every unit of its layer is dropped (recorded whole), so it
+    keys as the whole layer does."""
+    out: dict[str, tuple[int, ...]] = {}
+    for layer, chosen in (units or {}).items():
+        if layer not in sizes:
+            raise ConfigError(
+                f"Expected units only for recorded layers {list(sizes)}, got units for '{layer}'."
+            )
+        idx = tuple(sorted({int(i) for i in chosen}))
+        n = int(sizes[layer])
+        if not idx:
+            raise ConfigError(
+                f"Expected at least one unit of layer '{layer}' to record, got none; leave the "
+                "layer out of the recording instead."
+            )
+        if idx[0] < 0 or idx[-1] >= n:
+            bad = idx[0] if idx[0] < 0 else idx[-1]
+            raise ConfigError(f"Layer '{layer}' has {n} units (0-{n - 1}); got unit {bad}.")
+        if len(idx) < n:
+            out[layer] = idx
+    return out
+
+
+def _units_key(units: Mapping[str, Sequence[int]]) -> dict[str, str]:
+    return {layer: format_unit_ranges(units[layer]) for layer in sorted(units)}
 
 
 def _plan_tails(
@@ -769,8 +827,14 @@ def record(
     progress: bool = False,
     store_maps: bool = False,
     maps_dir: Path | None = None,
+    units: UnitSelection | None = None,
 ) -> dict[str, LayerEvidence]:
     """Record evidence for ``layers`` (default: the target's) of ``target`` on ``probe``.
+
+    ``units`` (layer -> unit indices) records only those units of a layer (every unit of a layer
+    it does not name): every per-unit array below then has one row per recorded unit, ascending,
+    and ``LayerEvidence.units`` names them; each row equals the whole layer's row of that unit
+    exactly (the statistics are per unit).
 
     One forward pass per batch (``torch.inference_mode``, the model in eval mode, moved to
     ``device``) records every layer. Images are ``probe.load_image(i)`` through
@@ -792,7 +856,8 @@ def record(
       per unit), logged as a warning, with ``meta["exact_quantiles"] = False``.
     - ``pooled_max``, ``pooled_mean`` float32 [N, U].
     - ``extras``: ``accumulators[layer]`` factories are called once each; their accumulators see
-      every image once and their arrays are stored as ``f"{name}.{key}"``.
+      every image once (the recorded units' channels only) and their arrays are stored as
+      ``f"{name}.{key}"``.
     - ``maps`` (only with ``store_maps``): every activation map, float32 [N, U, h, w], written
       to ``maps_dir / f"{i}.maps.npy"`` (i: the layer's position in the resolved layers) as a
       memory map when ``maps_dir`` is given, held in memory otherwise. This is what NetDissect
@@ -850,9 +915,14 @@ def record(
         model.to(dev)
         with torch.inference_mode():
             shapes = _layer_shapes(target, names, dataset[0][0].unsqueeze(0).to(dev))
-            plan = _plan_tails(shapes, n_images, specs, memory_budget)
+            chosen = normalize_units(units, {layer: shapes[layer][0] for layer in names})
+            widths = {
+                layer: (len(chosen[layer]) if layer in chosen else u, h, w)
+                for layer, (u, h, w) in shapes.items()
+            }
+            plan = _plan_tails(widths, n_images, specs, memory_budget)
             for layer in names:
-                u, h, w = shapes[layer]
+                u, h, w = widths[layer]
                 kind, rate, _ = plan[layer]
                 m = tail_size(n_images * h * w, specs)
                 tail = (
@@ -879,13 +949,14 @@ def record(
                     layer=layer,
                     target_name=target.name,
                     n_images=n_images,
-                    num_units=u,
+                    num_units=shapes[layer][0],
                     map_shape=(h, w),
                     k=k_eff,
                     topk_by=modes,
                     tail=tail,
                     accumulators=[f() for f in factories.get(layer, ())],
                     device=dev,
+                    units=np.asarray(chosen[layer], dtype=np.int64) if layer in chosen else None,
                 )
             _run_batches(
                 target,
@@ -1064,7 +1135,7 @@ def _layer_shapes(
 #: Cache stage of one image range's partial statistics (:func:`run_range_job`).
 PART_STAGE = "record-part"
 #: Bump when a part's files or their meaning change (part of every part's key).
-PART_VERSION = "1"
+PART_VERSION = "2"
 #: Images per job when :func:`record_cached` gets ``map_jobs`` without ``images_per_job``.
 DEFAULT_IMAGES_PER_JOB = 4096
 
@@ -1148,6 +1219,13 @@ class RangeJob:
     def specs(self) -> tuple[QuantileSpec, ...]:
         return tuple(QuantileSpec(q=q, method=m) for q, m in self.quantiles)  # type: ignore[arg-type]
 
+    @property
+    def units(self) -> dict[str, list[int]]:
+        """The layers recorded for a subset of their units (layer -> sorted unit indices), as
+        the one-pass key says (``record_parts["units"]``); empty for whole layers."""
+        spec = self.record_parts.get("units") or {}
+        return {layer: parse_unit_ranges(str(r)) for layer, r in spec.items()}
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (lists for tuples); ``RangeJob.from_json`` reverses it."""
         import json
@@ -1210,8 +1288,10 @@ def plan_range_jobs(
     store_maps: bool = False,
     num_workers: int = 0,
     source: WorkerSource | None = None,
+    units: UnitSelection | None = None,
 ) -> list[RangeJob]:
     """The jobs of a recording split by image ranges, in probe order (same inputs, same jobs).
+    ``units`` as in :func:`record_cached` (the jobs carry the selection in their key's parts).
 
     Ranges hold ``images_per_job`` images rounded up to a multiple of ``batch_size`` (so that
     each job runs exactly the batches of the one pass; the last range takes the rest). Each job
@@ -1239,6 +1319,7 @@ def plan_range_jobs(
             per_job,
             batch_size,
         )
+    chosen = normalize_units(units, layer_sizes(target, names)) if units else {}
     parts = _json_value(
         record_key_parts(
             target,
@@ -1249,6 +1330,7 @@ def plan_range_jobs(
             quantiles=specs,
             device=device,
             store_maps=store_maps,
+            units=chosen,
         )
     )
     weights = str(Path(src.weights).expanduser().absolute()) if src.weights else None
@@ -1328,6 +1410,7 @@ def _run_part(
             quantiles=job.specs(),
             device=job.device,
             store_maps=job.store_maps,
+            units=job.units,
         )
     )
     if here != job.record_parts:
@@ -1390,13 +1473,21 @@ def _write_part(
     was_training = model.training
     recorders: dict[str, _LayerRecorder] = {}
     tails: dict[str, _ExactTail | None] = {}
+    chosen = job.units
     try:
         model.eval()
         model.to(dev)
         with torch.inference_mode():
             shapes = _layer_shapes(target, names, dataset[job.start][0].unsqueeze(0).to(dev))
+            sizes = {layer: shapes[layer][0] for layer in names}
+            if normalize_units(chosen, sizes) != {k: tuple(v) for k, v in chosen.items()}:
+                raise UsageError(
+                    f"Range job [{job.start}, {job.stop}) asks for units {_units_key(chosen)} "
+                    f"that do not fit the layers' sizes here ({sizes})."
+                )
             for i, layer in enumerate(names):
-                u, h, w = shapes[layer]
+                n_units, h, w = shapes[layer]
+                u = len(chosen[layer]) if layer in chosen else n_units
                 m = min(tail_size(job.n_images * h * w, specs), rows * h * w)
                 tails[layer] = _ExactTail(u, m) if m else None
                 maps = None
@@ -1412,7 +1503,7 @@ def _write_part(
                     layer=layer,
                     target_name=target.name,
                     n_images=rows,
-                    num_units=u,
+                    num_units=n_units,
                     map_shape=(h, w),
                     k=min(job.k, rows),
                     topk_by=modes,
@@ -1420,6 +1511,7 @@ def _write_part(
                     accumulators=[],
                     device=dev,
                     offset=job.start,
+                    units=np.asarray(chosen[layer], dtype=np.int64) if layer in chosen else None,
                 )
             _run_batches(
                 target,
@@ -1459,7 +1551,9 @@ def _write_part(
             directory / f"{i}.json",
             {
                 "layer": layer,
-                "num_units": rec.num_units,
+                "num_units": rec.width,  # rows: the recorded units
+                "layer_units": rec.num_units,
+                "units": None if rec.units is None else [int(v) for v in rec.units],
                 "map_shape": [h, w],
                 "dtype": rec.dtype,
                 "range": [job.start, job.stop],
@@ -1511,8 +1605,11 @@ def _read_part_layer(
     try:
         rows, u = job.stop - job.start, int(info["num_units"])
         h, w = (int(v) for v in info["map_shape"])
+        int(info["layer_units"])
     except (KeyError, TypeError, ValueError) as e:
         raise _BadPart(job, f"metadata without its shapes: {e}") from e
+    if info.get("units") != job.units.get(layer):
+        raise _BadPart(job, f"holds units {info.get('units')}, expected {job.units.get(layer)}")
     want: dict[str, tuple[int, ...]] = {"pooled_max": (rows, u), "pooled_mean": (rows, u)}
     k = min(job.k, rows)
     for mode in job.topk_by:
@@ -1552,10 +1649,13 @@ def _merge_parts(cache: Cache, jobs: Sequence[RangeJob], directory: Path, second
             arrays.append(arr)
             part_maps.append(mp)
         u = int(infos[0]["num_units"])
+        layer_units = int(infos[0]["layer_units"])
         h, w = (int(v) for v in infos[0]["map_shape"])
         for job, info in zip(jobs, infos, strict=True):
-            if (int(info["num_units"]), list(info["map_shape"])) != (u, [h, w]):
+            shape = (int(info["num_units"]), int(info["layer_units"]), list(info["map_shape"]))
+            if shape != (u, layer_units, [h, w]):
                 raise _BadPart(job, f"layer '{layer}' has another shape than the other parts")
+        chosen = first.units.get(layer)
         m = tail_size(n_images * h * w, specs)
         thresholds: dict[str, np.ndarray] = {}
         if m:
@@ -1612,7 +1712,7 @@ def _merge_parts(cache: Cache, jobs: Sequence[RangeJob], directory: Path, second
         }
         LayerEvidence(
             layer=layer,
-            num_units=u,
+            num_units=layer_units,
             map_shape=(h, w),
             topk=topk,
             thresholds=thresholds,
@@ -1621,6 +1721,7 @@ def _merge_parts(cache: Cache, jobs: Sequence[RangeJob], directory: Path, second
             extras={},
             meta=meta,
             maps=maps,
+            units=None if chosen is None else np.asarray(chosen, dtype=np.int64),
         ).save(directory, str(i))
         del arrays, part_maps, maps
 
@@ -1697,7 +1798,8 @@ def cached_run_evidence(
 ) -> Evidence | None:
     """A run's recorded evidence, read back from ``cache`` with the recording settings its
     resolved ``config`` (``run.json``) names; ``None`` when that entry is no longer cached
-    (nothing is recomputed)."""
+    (nothing is recomputed). With ``config["record"]["units"]`` (layer -> ranges, ``bench run
+    --units``), only those layers were recorded, for those units."""
     rec = config.get("record") or {}
     kwargs: dict[str, Any] = {
         "k": int(rec.get("k", 15)),
@@ -1706,10 +1808,16 @@ def cached_run_evidence(
         "device": str(config.get("device") or "cpu"),
         "store_maps": bool(rec.get("maps", False)),
     }
-    key = cache.key(STAGE, record_key_parts(target, probe, list(layers), **kwargs))
-    if not cache.entry_dir(STAGE, key).is_dir():
+    # With --units, the recorded layers and their units (whole layers listed in full).
+    units = {layer: parse_unit_ranges(spec) for layer, spec in (rec.get("units") or {}).items()}
+    names = [layer for layer in layers if not units or layer in units]
+    chosen = normalize_units(units, layer_sizes(target, names)) if units else {}
+    keys = [cache.key(STAGE, record_key_parts(target, probe, names, **kwargs, units=chosen))]
+    if chosen:  # a whole-layer entry serves a subset (record_cached)
+        keys.append(cache.key(STAGE, record_key_parts(target, probe, names, **kwargs)))
+    if not any(cache.entry_dir(STAGE, key).is_dir() for key in keys):
         return None
-    return record_cached(cache, target, probe, list(layers), **kwargs)
+    return record_cached(cache, target, probe, names, **kwargs, units=units or None)
 
 
 def record_key_parts(
@@ -1722,12 +1830,15 @@ def record_key_parts(
     quantiles: Sequence[QuantileSpec | str],
     device: str,
     store_maps: bool = False,
+    units: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Everything that changes :func:`record`'s output, as JSON (the cache key's inputs).
 
-    The target's identity carries its weights hash and preprocessing; batch size, workers and
-    progress do not change the output. The memory budget changes it only when it forces the
-    approximation; :func:`record_cached` handles that case.
+    ``units``: the layers recorded for a subset of their units, as :func:`normalize_units` gives
+    them (keyed as ranges, ``{"layer4": "0-31"}``; absent for whole layers, so whole records keep
+    their keys). The target's identity carries its weights hash and preprocessing; batch size,
+    workers and progress do not change the output. The memory budget changes it only when it
+    forces the approximation; :func:`record_cached` handles that case.
     """
     import torch
 
@@ -1746,6 +1857,8 @@ def record_key_parts(
     }
     if store_maps:  # only then, so records without maps keep their keys
         parts["maps"] = True
+    if units:
+        parts["units"] = _units_key(units)
     return parts
 
 
@@ -1769,8 +1882,15 @@ def record_cached(
     images_per_job: int | None = None,
     map_jobs: MapJobs | None = None,
     source: WorkerSource | None = None,
+    units: UnitSelection | None = None,
 ) -> Evidence:
     """:func:`record` through the cache (stage ``"record"``): a hit runs no forward pass.
+
+    ``units`` (layer -> unit indices) records only those units of those layers (see
+    :func:`record`); the selection is part of the key. An intact cached entry of the same
+    recording with whole layers serves a subset request as it is (its evidence holds more units;
+    readers map units to rows with ``LayerEvidence.rows``), unless its quantiles were
+    approximated.
 
     The entry holds ``<i>.safetensors`` + ``<i>.json`` for the i-th layer (and ``<i>.maps.npy``
     with ``store_maps``, loaded back as a read-only memory map). With
@@ -1797,6 +1917,7 @@ def record_cached(
             "pass (images_per_job=None)."
         )
     merged_jobs: list[RangeJob] = []
+    chosen = normalize_units(units, layer_sizes(target, names)) if units else {}
 
     def run(maps_dir: Path | None = None) -> dict[str, LayerEvidence]:
         return record(
@@ -1814,6 +1935,7 @@ def record_cached(
             progress=progress,
             store_maps=store_maps,
             maps_dir=maps_dir,
+            units=chosen,
         )
 
     if accumulators and accumulator_identity is None:
@@ -1828,10 +1950,15 @@ def record_cached(
         quantiles=quantiles,
         device=device,
         store_maps=store_maps,
+        units=chosen,
     )
     if accumulators:
         parts["accumulators"] = accumulator_identity
     key = cache.key(STAGE, parts)
+    if chosen:
+        whole = _cached_whole(cache, parts, names)
+        if whole is not None:
+            return Evidence(target=target, probe=probe, layers=whole[1], key=whole[0], cached=True)
 
     def write(directory: Any) -> None:
         if ranged:
@@ -1849,6 +1976,7 @@ def record_cached(
                 store_maps=store_maps,
                 num_workers=num_workers,
                 source=source,
+                units=chosen,
             )
             _record_in_ranges(cache, jobs, target, probe, Path(directory), map_jobs, progress)
             merged_jobs.extend(jobs)
@@ -1876,6 +2004,28 @@ def record_cached(
         shutil.rmtree(cache.entry_dir(PART_STAGE, job.key), ignore_errors=True)
     log.info("record %s: cache %s", key[:12], "hit" if hit else "miss")
     return Evidence(target=target, probe=probe, layers=evidence, key=key, cached=hit)
+
+
+def _cached_whole(
+    cache: Cache, parts: Mapping[str, Any], names: Sequence[str]
+) -> tuple[str, dict[str, LayerEvidence]] | None:
+    """``(key, evidence)`` of the intact cached entry recording whole layers with the same
+    ``parts`` otherwise (exact quantiles only), or ``None``."""
+    whole_parts = {k: v for k, v in parts.items() if k != "units"}
+    key = cache.key(STAGE, whole_parts)
+    path = cache.load(STAGE, key)
+    if path is None:
+        return None
+    try:
+        evidence = _load_entry(path, names)
+    except CacheError as e:
+        log.info("Whole-layer record %s is unusable (%s); recording the units.", key[:12], e)
+        return None
+    if not all(ev.meta.get("exact_quantiles", True) for ev in evidence.values()):
+        return None
+    subset = cache.key(STAGE, parts)
+    log.info("record %s: served by the whole-layer entry %s", subset[:12], key[:12])
+    return key, evidence
 
 
 def _load_entry(path: Any, names: Sequence[str]) -> dict[str, LayerEvidence]:

@@ -250,6 +250,7 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
     for m in methods:
         m.check(contexts[m.name])
     req = _union_requirements(methods)
+    record_units = _record_units(config.units, units, sizes, methods)
     resolved = {
         "methods": [m.identity() for m in methods],
         "target": config.target,
@@ -272,6 +273,8 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
             "topk_by": req["topk_by"],
             "quantiles": req["quantiles"],
             **({"maps": True} if req["maps"] else {}),
+            # With --units: the layers recorded and their units (whole layers in full).
+            **({"units": record_units} if record_units is not None else {}),
         },
     }
     run_id = _run_id(resolved, target.identity(), probe.identity())
@@ -456,11 +459,17 @@ def _describe_all(
             probe_options=dict(config.probe_options),
             probe_download=config.download,
         )
+    from bench.evidence import parse_unit_ranges
+
+    chosen = plan.record.get("units")
     evidence = record_cached(
         cache,
         target,
         probe,
-        layers,
+        [layer for layer in layers if chosen is None or layer in chosen],
+        units=None
+        if chosen is None
+        else {layer: parse_unit_ranges(spec) for layer, spec in chosen.items()},
         k=req["k"],
         topk_by=tuple(req["topk_by"]),
         quantiles=tuple(QuantileSpec.parse(q) for q in req["quantiles"]),
@@ -568,6 +577,27 @@ def _build_components(
         **config.components,
     }
     return build_components(names, config.component_options, device=device), names
+
+
+def _record_units(
+    spec: str | None, units: Sequence[UnitRef], sizes: dict[str, int], methods: Sequence[Method]
+) -> dict[str, str] | None:
+    """What the recording keeps with ``--units``: layer -> unit ranges of the layers that have
+    units to describe (``None`` without ``--units``: every unit of every layer). A layer is
+    recorded whole when a method's descriptions depend on the whole layer
+    (``Method.needs_whole_layers``)."""
+    from bench.evidence import format_unit_ranges
+
+    if not spec:
+        return None
+    by_layer: dict[str, list[int]] = {}
+    for u in units:
+        by_layer.setdefault(u.layer, []).append(u.index)
+    whole = any(m.needs_whole_layers() for m in methods if m.requires.evidence)
+    return {
+        layer: format_unit_ranges(range(sizes[layer]) if whole else indices)
+        for layer, indices in by_layer.items()
+    }
 
 
 def _union_requirements(methods: Sequence[Method]) -> dict[str, Any]:

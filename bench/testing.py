@@ -224,7 +224,9 @@ def check_method(
         components = build_components(
             default_backends(sorted(cls.requires.components), synthetic=True)
         )
-    units = [UnitRef(layer=l, index=i) for l, le in ev.layers.items() for i in range(le.num_units)]
+    units = [
+        UnitRef(layer=l, index=int(i)) for l, le in ev.layers.items() for i in le.recorded_units
+    ]
 
     def ctx_for(c: Cache) -> MethodContext:
         return MethodContext(

@@ -266,6 +266,10 @@ def _recorded_pooled(
     except (BenchError, KeyError, TypeError, ValueError) as e:
         log.info("faithfulness: the run's recorded evidence is not usable (%s)", e)
         return None
+    if not set(layers) <= set(evidence.layers) or not all(
+        evidence.layers[layer].whole for layer in layers
+    ):  # a --units run recorded only some units (its columns are not unit indices)
+        return None
     return {
         layer: (ev.pooled_mean if pool == "mean" else ev.pooled_max)
         for layer, ev in evidence.layers.items()

@@ -201,8 +201,9 @@ class RunExemplars:
         if evidence is None:
             return
         by_layer: dict[str, list[int]] = {}
-        for u in units:
-            if u.layer in evidence.layers:
+        recorded = {name: set(le.recorded_units.tolist()) for name, le in evidence.layers.items()}
+        for u in units:  # only units the run recorded (all of them, or its --units)
+            if u.index in recorded.get(u.layer, ()):
                 by_layer.setdefault(u.layer, []).append(u.index)
         out_dir = self.run_dir / EXEMPLARS_DIR
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -165,6 +165,10 @@ class ClipDissect(Method[ClipDissectConfig]):
 
     # --- concepts -------------------------------------------------------------------------------
 
+    def needs_whole_layers(self) -> bool:
+        """With the prior over the layer, a unit's label depends on every unit of it."""
+        return self.config.prior == "layer"
+
     def concept_set(self, evidence: Evidence, ctx: MethodContext) -> ConceptSet:
         cfg = self.config
         if cfg.concepts == "probe":
@@ -324,7 +328,7 @@ class ClipDissect(Method[ClipDissectConfig]):
         if memo_key in self._memo:
             return self._memo[memo_key]
         pooled = le.pooled_mean if self.config.pool == "mean" else le.pooled_max
-        acts = np.asarray(pooled, dtype=np.float32)[:, prior_units]
+        acts = np.asarray(pooled, dtype=np.float32)[:, le.rows(prior_units)]
         sim = self.similarities(image_concept, acts, ctx.device).float().cpu()
         if not bool(torch.isfinite(sim).all()):
             bad = sorted({prior_units[i] for i in torch.nonzero(~torch.isfinite(sim))[:, 0]})

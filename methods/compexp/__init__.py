@@ -90,7 +90,8 @@ class CompExp(Method[CompExpConfig]):
                 skip_trivial=cfg.skip_trivial,
             )
             for u in layer_units:
-                best, single, n_scored = search.search(u.index)
+                r = tally.row(u.index)  # the tally's rows are the recorded units
+                best, single, n_scored = search.search(r)
                 tree = tree_to_names(best.tree, table)
                 formula = from_json(tree)
                 single_name = table.concepts[int(single.tree[1]) - 1].name
@@ -109,7 +110,7 @@ class CompExp(Method[CompExpConfig]):
                         ],
                         "best_single": single_name,
                         "best_single_iou": single.iou,
-                        "unit_area": int(tally.unit_area[u.index]),
+                        "unit_area": int(tally.unit_area[r]),
                         "candidates_scored": n_scored,
                     },
                 )

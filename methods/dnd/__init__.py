@@ -249,7 +249,9 @@ class _Run:
         work: list[_Unit] = []
         pending: dict[str, list[tuple[int, np.ndarray, dict[str, Any]]]] = {}
         for u in units:
-            top = self.ev.layer(u.layer).top("mean")
+            le = self.ev.layer(u.layer)
+            top = le.top("mean")
+            r = le.row(u.index)  # the row of the unit in the recorded arrays
             if n > top.indices.shape[1]:
                 from bench.errors import RequirementError
 
@@ -257,8 +259,8 @@ class _Run:
                     f"dnd needs the top {n} images per unit, but the evidence of layer "
                     f"'{u.layer}' holds {top.indices.shape[1]}; record with k >= {n}."
                 )
-            idx = [int(i) for i in top.indices[u.index, :n]]
-            vals = [float(v) for v in top.values[u.index, :n]]
+            idx = [int(i) for i in top.indices[r, :n]]
+            vals = [float(v) for v in top.values[r, :n]]
             w = _Unit(unit=u, probe_idx=idx, top_images=[], top_sources=[])
             w.top_sources = [
                 {"probe_index": i, "activation": v} for i, v in zip(idx, vals, strict=True)
@@ -269,7 +271,7 @@ class _Run:
                 if cfg.crops_per_image == 0:
                     break
                 boxes = attention_boxes(
-                    top.maps[u.index, j],
+                    top.maps[r, j],
                     view.shape[:2],
                     max_crops=cfg.crops_per_image,
                     max_overlap=cfg.crop_max_overlap,

@@ -92,7 +92,7 @@ class Invert(Method[InvertConfig]):
         for u in units:
             le = evidence.layer(u.layer)
             pooled = le.pooled_mean if cfg.pooling == "mean" else le.pooled_max
-            acts = np.asarray(pooled[:, u.index], dtype=np.float64)
+            acts = np.asarray(pooled[:, le.row(u.index)], dtype=np.float64)
             objective = AurocObjective(
                 labels,
                 acts,

@@ -79,7 +79,8 @@ class NetDissect(Method[NetDissectConfig]):
             iou = netdissect_iou(tally, table, cfg.convention, inter)
             cats = np.asarray([-1, *table.primary[1:]])
             for u in layer_units:
-                row = iou[u.index]
+                r = tally.row(u.index)  # the tally's rows are the recorded units
+                row = iou[r]
                 per_category = {}
                 for ci, cat in enumerate(table.categories):
                     codes = np.nonzero(cats == ci)[0]
@@ -92,11 +93,11 @@ class NetDissect(Method[NetDissectConfig]):
                     }
                 code = int(np.argmax(row[1:])) + 1
                 score = float(row[code])
-                area = int(tally.unit_area[u.index])
+                area = int(tally.unit_area[r])
                 common = {
                     "convention": cfg.convention,
                     "unit_area": area,
-                    "active_images": int(tally.active_images[u.index]),
+                    "active_images": int(tally.active_images[r]),
                 }
                 if not score > 0.0:
                     # Every IoU is 0: the argmax would be the first concept (Lite's "red").
@@ -134,7 +135,7 @@ class NetDissect(Method[NetDissectConfig]):
                         "number": concept.number,
                         "category": table.categories[int(table.primary[code])],
                         "interpretable": score > cfg.interpretable_iou,
-                        "intersection": int(inter[u.index, code]),
+                        "intersection": int(inter[r, code]),
                         "per_category": per_category,
                         **common,
                     },
