@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 #: "ok" so that suites score the unit as a miss; ``extras.no_concept`` is set.
 NO_CONCEPT_LABEL = "(no concept)"
 
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CompExpConfig:
     #: Formulas kept per round (BEAM_SIZE).
