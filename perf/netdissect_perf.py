@@ -2,8 +2,9 @@
 
 Both sides see the same data: the synthetic probe written in the real Broden format
 (``bench.synth.broden_export.write_broden``, seed 271828, ``--images`` / ``PERF_IMAGES`` images,
-default 300), ``synth.resnet``'s activation maps of ``layer2`` and ``layer3`` recorded once with
-``store_maps=True``, and NetDissect's per-unit thresholds (``NETDISSECT_QUANTILE``).
+default 300), ``synth.resnet``'s activation maps of ``layer1``, ``layer2`` and ``layer3`` (a
+three-layer run) recorded once with ``store_maps=True``, and NetDissect's per-unit thresholds
+(``NETDISSECT_QUANTILE``).
 
 - **Baseline**: a per-image, per-unit Python/numpy loop in the style of NetDissect-Lite's
   ``tally_job`` (written here, not copied). Every segmentation is decoded into memory before the
@@ -26,11 +27,14 @@ Two ratios, side by side:
 - **cold** (a first run on a new probe set): the baseline decodes every segmentation PNG in the
   original's style (PIL ``Image.open``, then ``R + 256*G``; NetDissect-Lite does this again in
   each layer's tally) and runs its loops; ours builds the concept table from the files
-  (``build_concept_table``: parallel worker processes, one per available core) and runs its
-  tallies. The cold ratio charges the baseline one decode per layer, as the original does; the
-  stricter variants (one decode for all layers; numba's one-time start-up, about a second,
-  charged to ours) are printed too, with the share of our table build that PNG decoding alone
-  takes (a floor for any table build on these files).
+  (``build_concept_table`` with its default workers: in this process for small probe sets,
+  else worker processes, one per available core) and runs its tallies. The cold ratio charges
+  the baseline one decode per layer, as the original does; the stricter variants (one decode
+  for all layers; numba's one-time start-up, about a second, charged to ours) are printed too,
+  with the share of our table build that PNG decoding alone takes (a floor for any table build
+  on these files) and the cold ratio a build that only decoded would give. Both ratios are
+  also printed in CPU time (user + system, the table's worker processes included), which a
+  shared machine disturbs less than wall time.
 
 Equality: the largest ``|IoU difference|`` over every unit and concept must be <= 1e-6 (codes
 mapped to label numbers) for the warm comparison and for the IoUs from the cold-built table;
