@@ -354,24 +354,29 @@ def _reduce_shard(probe: ProbeSet, plan: _ShardPlan, start: int, stop: int) -> _
     width = int(np.diff(layer_ptr).max(initial=0) + np.diff(whole_ptr).max(initial=0))
     local = np.empty(n * s, dtype=np.int32)
     image_bits = np.zeros(n, dtype=np.int64)
-    keys, key_len, counts, bad = _shard_kernel()(
-        labels,
-        layer_ptr,
-        np.asarray(layer_cat, dtype=np.int64),
-        whole_ptr,
-        np.asarray(whole_codes, dtype=np.int64),
-        plan.lut,
-        s,
-        width,
-        local,
-        image_bits,
-    )
+    kernel = _shard_kernel()
+    layer_cats = np.asarray(layer_cat, dtype=np.int64)
+    whole_arr = np.asarray(whole_codes, dtype=np.int64)
+    cap = _SHARD_KEYS
+    while True:  # a shard with more signatures than ``cap`` is reduced again with room for them
+        keys = np.empty((cap, width + 1), dtype=np.int64)
+        key_len = np.empty(cap, dtype=np.int64)
+        counts = np.empty(cap, dtype=np.int64)
+        slots = np.full(2 * cap, -1, dtype=np.int64)
+        n_keys, bad = kernel(
+            labels, layer_ptr, layer_cats, whole_ptr, whole_arr, plan.lut, s, local, image_bits,
+            keys, key_len, counts, slots,
+        )  # fmt: skip
+        if bad != _FULL:
+            break
+        cap *= 4
     if bad >= 0:
         t = int(np.searchsorted(layer_ptr, bad // s, side="right")) - 1
         raise DataError(
             f"Probe set '{plan.name}' image {start + t}: negative label number "
             f"{int(labels.reshape(-1)[bad])}."
         )
+    keys, key_len, counts = keys[:n_keys], key_len[:n_keys], counts[:n_keys]
     out_keys = [
         (*row[:m], -1, row[width]) for row, m in zip(keys.tolist(), key_len.tolist(), strict=True)
     ]
@@ -386,6 +391,11 @@ def _reduce_shard(probe: ProbeSet, plan: _ShardPlan, start: int, stop: int) -> _
 
 
 _SHARD_KERNEL: Any = None
+#: Signatures a shard's hash table holds at first (a power of two; grown 4x when a shard has
+#: more). The synthetic export's shards have a few hundred.
+_SHARD_KEYS = 4096
+#: The kernel's status when the table is full (negative label positions are >= 0, -1 is done).
+_FULL = -2
 
 
 def _shard_kernel() -> Any:
@@ -398,22 +408,22 @@ def _shard_kernel() -> Any:
 
     @numba.njit(cache=True, nogil=True)
     def reduce_pixels(
-        labels, layer_ptr, layer_cat, whole_ptr, whole_codes, lut, s, width, local, image_bits
-    ):  # pragma: no cover - compiled; tested through build_concept_table
-        # Returns (keys [K, width + 1]: sorted codes padded with 0, then the category bits;
-        # key_len [K]; counts [K]; the flat index into ``labels`` of a negative label or -1).
+        labels, layer_ptr, layer_cat, whole_ptr, whole_codes, lut, s, local, image_bits,
+        keys, key_len, counts, slots,
+    ):  # fmt: skip  # pragma: no cover - compiled; tested through build_concept_table
+        # Fills keys [K, width + 1] (sorted codes, then the category bits in the last column),
+        # key_len, counts, local [n * s] and image_bits [n]; ``slots`` [2 * cap] (all -1) is the
+        # open-addressing table of key ids. Returns (K, -1), or (0, flat index into ``labels``
+        # of a negative label), or (0, -2) when more than ``cap`` keys do not fit.
         n = layer_ptr.shape[0] - 1
         n_lut = lut.shape[0]
-        cap = 256
-        keys = np.zeros((cap, width + 1), np.int64)
-        key_len = np.zeros(cap, np.int64)
-        counts = np.zeros(cap, np.int64)
+        cap = keys.shape[0]
+        width = keys.shape[1] - 1
+        mask = slots.shape[0] - 1
         n_keys = 0
-        slots = np.full(2 * cap, -1, np.int64)  # open addressing, power of two
         buf = np.zeros(width + 1, np.int64)
         for k in range(n):
             a, b = layer_ptr[k], layer_ptr[k + 1]
-            wa, wb = whole_ptr[k], whole_ptr[k + 1]
             bits_all = 0
             prev = -1
             for p in range(s):
@@ -427,27 +437,21 @@ def _shard_kernel() -> Any:
                         local[k * s + p] = prev
                         counts[prev] += 1
                         continue
+                # The pixel's codes (every layer, then the whole-image codes), kept sorted
+                # without repeats by insertion.
                 m = 0
                 bits = 0
-                for t in range(a, b):
-                    x = labels[t, p]
-                    if x < 0:
-                        return keys[:0], key_len[:0], counts[:0], t * s + p
-                    c = lut[x] if x < n_lut else 0
-                    if c > 0:
-                        bits |= np.int64(1) << layer_cat[t]
-                        # insert c into buf[:m], sorted, without repeats
-                        j = m
-                        while j > 0 and buf[j - 1] > c:
-                            j -= 1
-                        if j > 0 and buf[j - 1] == c:
+                for t in range(a, b + whole_ptr[k + 1] - whole_ptr[k]):
+                    if t < b:
+                        x = labels[t, p]
+                        if x < 0:
+                            return 0, t * s + p
+                        c = lut[x] if x < n_lut else 0
+                        if c == 0:
                             continue
-                        for q in range(m, j, -1):
-                            buf[q] = buf[q - 1]
-                        buf[j] = c
-                        m += 1
-                for w in range(wa, wb):
-                    c = whole_codes[w]
+                        bits |= np.int64(1) << layer_cat[t]
+                    else:
+                        c = whole_codes[whole_ptr[k] + t - b]
                     j = m
                     while j > 0 and buf[j - 1] > c:
                         j -= 1
@@ -461,61 +465,33 @@ def _shard_kernel() -> Any:
                 h = np.uint64(1469598103934665603) ^ np.uint64(bits)
                 for q in range(m):
                     h = (h ^ np.uint64(buf[q])) * np.uint64(1099511628211)
-                h = h ^ (h >> np.uint64(29))
-                mask = slots.shape[0] - 1
-                pos = np.int64(h & np.uint64(mask))
-                while True:
-                    g = slots[pos]
-                    if g < 0:
-                        break
+                pos = np.int64((h ^ (h >> np.uint64(29))) & np.uint64(mask))
+                g = slots[pos]
+                while g >= 0:
                     if key_len[g] == m and keys[g, width] == bits:
-                        equal = True
-                        for q in range(m):
-                            if keys[g, q] != buf[q]:
-                                equal = False
-                                break
-                        if equal:
+                        q = 0
+                        while q < m and keys[g, q] == buf[q]:
+                            q += 1
+                        if q == m:
                             break
                     pos = (pos + 1) & mask
+                    g = slots[pos]
                 if g < 0:
                     if n_keys == cap:
-                        cap *= 2
-                        grown = np.zeros((cap, width + 1), np.int64)
-                        grown[:n_keys] = keys
-                        keys = grown
-                        grown_len = np.zeros(cap, np.int64)
-                        grown_len[:n_keys] = key_len
-                        key_len = grown_len
-                        grown_counts = np.zeros(cap, np.int64)
-                        grown_counts[:n_keys] = counts
-                        counts = grown_counts
-                    if 2 * (n_keys + 1) > slots.shape[0]:
-                        slots = np.full(4 * slots.shape[0], -1, np.int64)
-                        mask = slots.shape[0] - 1
-                        for e in range(n_keys):
-                            he = np.uint64(1469598103934665603) ^ np.uint64(keys[e, width])
-                            for q in range(key_len[e]):
-                                he = (he ^ np.uint64(keys[e, q])) * np.uint64(1099511628211)
-                            he = he ^ (he >> np.uint64(29))
-                            pe = np.int64(he & np.uint64(mask))
-                            while slots[pe] >= 0:
-                                pe = (pe + 1) & mask
-                            slots[pe] = e
-                        pos = np.int64(h & np.uint64(mask))
-                        while slots[pos] >= 0:
-                            pos = (pos + 1) & mask
+                        return 0, -2
                     g = n_keys
                     n_keys += 1
                     for q in range(m):
                         keys[g, q] = buf[q]
                     keys[g, width] = bits
                     key_len[g] = m
+                    counts[g] = 0
                     slots[pos] = g
                 local[k * s + p] = g
                 counts[g] += 1
                 prev = g
             image_bits[k] = bits_all
-        return keys[:n_keys], key_len[:n_keys], counts[:n_keys], -1
+        return n_keys, -1
 
     _SHARD_KERNEL = reduce_pixels
     return reduce_pixels

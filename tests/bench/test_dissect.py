@@ -308,8 +308,8 @@ def test_tally_is_cached_and_reloads_equal(world) -> None:
 
 class RandomProbe(ProbeSet):
     """Images of random labels: several layers per category, label numbers beyond the selected
-    concepts, image-level labels also painted on pixels, images without any pixel layer; enough
-    distinct label sets to grow the reduction's hash table several times."""
+    concepts, image-level labels also painted on pixels, images without any pixel layer, runs
+    of equal pixels; hundreds of distinct label sets."""
 
     name = "random"
     has_segmentations = True
@@ -358,9 +358,12 @@ class RandomProbe(ProbeSet):
         return Segmentation(pixel=pixel, image=image)
 
 
-def test_table_build_equals_a_per_pixel_reference() -> None:
+@pytest.mark.parametrize("first_capacity", [D._SHARD_KEYS, 16])
+def test_table_build_equals_a_per_pixel_reference(first_capacity: int, monkeypatch) -> None:
     """Each pixel's signature holds exactly the concepts of its label set (pixel layers and
-    image-level labels; numbers that are no concept ignored) and the categories labelling it."""
+    image-level labels; numbers that are no concept ignored) and the categories labelling it;
+    also when a shard's hash table starts too small and the shard is reduced again."""
+    monkeypatch.setattr(D, "_SHARD_KEYS", first_capacity)
     probe = RandomProbe(40, seed=1)
     table = D.build_concept_table(probe, workers=1)
     number = {code: c.number for code, c in enumerate(table.concepts, start=1)}
@@ -381,7 +384,7 @@ def test_table_build_equals_a_per_pixel_reference() -> None:
                     want |= cat_bit[cat]
             assert table.sig_categories[sig] == want, (i, p)
     np.testing.assert_array_equal(seen_pixels, table.pixels)
-    assert table.num_signatures > 256  # the hash table grew (one shard: 40 images)
+    assert table.num_signatures > 16 * 4 * 4  # with 16 at first: two retries (one shard)
     # signatures are distinct: no two share concepts and categories
     keys = {(tuple(members[g]), int(table.sig_categories[g])) for g in range(table.num_signatures)}
     assert len(keys) == table.num_signatures
