@@ -430,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"setup: export {s['export']:.2f} s, record {s['record']:.2f} s, baseline decode of "
             f"every segmentation (PIL) {s['preload']:.2f} s, numba start-up {s['numba']:.2f} s "
-            f"(once per process), our concept table {s['table']:.2f} s ({workers} worker "
-            "processes; built once per probe set, then cached)",
+            f"(once per process), our concept table {s['table']:.2f} s ("
+            + ("in this process" if workers == 1 else f"{workers} worker processes")
+            + "; built once per probe set, then cached)",
             flush=True,
         )
         # The table again with another number of workers: the same table, and its time.
