@@ -130,11 +130,11 @@ def planted(args: argparse.Namespace) -> int:
     (the embedded default run's target), chunked as a run chunks them."""
     import torch
 
-    from bench.api import chunks
     from bench.cache import Cache
     from bench.components import build_components, default_backends
     from bench.components.synthetic import names_formula
     from bench.record import record_cached
+    from bench.runner import chunks
     from bench.schema import UnitRef
     from bench.synth.probes import synthetic_probe
     from bench.synth.recipes import RECIPES

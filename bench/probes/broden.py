@@ -142,24 +142,30 @@ def decode_segmentation_png(path: str | os.PathLike[str]) -> np.ndarray:
 
     Computed in int32: in uint8 (as the original code did) ``G*256`` wraps around on NumPy 2.
     Plain 8-bit RGB and RGBA PNGs (what Broden and the synthetic export write) are decoded by
-    :func:`decode_png_rgb` (zlib and a compiled row unfilter, about twice as fast as PIL on small
-    images); any other PNG goes through PIL. Both give the same numbers (tested).
+    zlib and one compiled pass that unfilters the rows and composes the label numbers (about 2.5
+    times as fast as PIL's open-convert path on the 64-px synthetic export, file reading
+    included); any other PNG goes through PIL. Both give the same numbers (tested).
     """
     import zlib
 
     import numpy as np
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        rgb = decode_png_rgb(data)
-        if rgb is None:
-            import io
+        with open(path, "rb", buffering=0) as f:
+            data = f.readall()
+        parts = _png_parts(data)
+        if parts is not None:
+            raw, h, w, channels = parts
+            labels = np.empty((h, w), dtype=np.int32)
+            scratch = np.empty((2, w * channels), dtype=np.uint8)
+            if _png_unfilter()(raw, h, w * channels, channels, scratch, labels):
+                return labels
+        import io
 
-            from PIL import Image
+        from PIL import Image
 
-            with Image.open(io.BytesIO(data)) as im:
-                rgb = np.asarray(im.convert("RGB"))
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = np.asarray(im.convert("RGB"))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise  # the caller names the index.csv row that points here
     except (OSError, ValueError, zlib.error) as e:  # truncated, corrupt, not an image
@@ -187,16 +193,20 @@ def _png_unfilter() -> Any:
     import numpy as np
 
     @numba.njit(cache=True, nogil=True)
-    def unfilter(raw, h, stride, bpp, out):  # pragma: no cover - compiled; tested via decode
+    def unfilter(raw, h, stride, bpp, out, labels):  # pragma: no cover - compiled; tested
         # PNG filters (spec section 9): each row starts with its filter type; a, b, c are the
         # reconstructed bytes to the left, above, and above-left (0 outside the image). The
-        # first row reads a zero row above it.
+        # first row reads a zero row above it. ``out`` holds every row ([h, stride]) or only
+        # the last two ([2, stride], rows in turn); with ``labels`` [h, w] (not [0, 0]) each
+        # row's label numbers ``R + 256 * G`` are written there as it is reconstructed.
         zero = np.zeros(stride, np.uint8)
+        ring = out.shape[0]
+        compose = labels.shape[0] > 0
         for r in range(h):
             base = r * (stride + 1) + 1
             f = raw[base - 1]
-            cur = out[r]
-            up = out[r - 1] if r > 0 else zero
+            cur = out[r % ring]
+            up = out[(r - 1) % ring] if r > 0 else zero
             if f == 0:
                 for i in range(stride):
                     cur[i] = raw[base + i]
@@ -227,17 +237,20 @@ def _png_unfilter() -> Any:
                     cur[i] = (np.int32(raw[base + i]) + pred) & 255
             else:
                 return False
+            if compose:
+                row = labels[r]
+                for x in range(row.shape[0]):
+                    row[x] = np.int32(cur[x * bpp]) + (np.int32(cur[x * bpp + 1]) << 8)
         return True
 
     _UNFILTER = unfilter
     return unfilter
 
 
-def decode_png_rgb(data: bytes) -> np.ndarray | None:
-    """uint8 ``[H, W, 3]`` of a PNG that is 8-bit RGB or RGBA and not interlaced (the alpha
-    channel is dropped, as PIL's ``convert("RGB")`` does); ``None`` for any other PNG or for one
-    whose chunks do not check out (the caller decodes those with PIL, which reports the error).
-    """
+def _png_parts(data: bytes) -> tuple[np.ndarray, int, int, int] | None:
+    """(the inflated, still filtered rows as uint8, height, width, channels) of a PNG that is
+    8-bit RGB or RGBA and not interlaced; ``None`` for any other PNG or for one whose chunks do
+    not check out (the caller decodes those with PIL, which reports the error)."""
     import struct
     import zlib
 
@@ -272,14 +285,27 @@ def decode_png_rgb(data: bytes) -> np.ndarray | None:
     if depth != 8 or channels is None or compression or filtering or interlace or not w or not h:
         return None
     try:
-        raw = zlib.decompress(b"".join(idat))
+        raw = zlib.decompress(idat[0] if len(idat) == 1 else b"".join(idat))
     except zlib.error:
         return None
-    stride = w * channels
-    if len(raw) != h * (stride + 1):
+    if len(raw) != h * (w * channels + 1):
         return None
-    out = np.empty((h, stride), dtype=np.uint8)
-    if not _png_unfilter()(np.frombuffer(raw, dtype=np.uint8), h, stride, channels, out):
+    return np.frombuffer(raw, dtype=np.uint8), h, w, channels
+
+
+def decode_png_rgb(data: bytes) -> np.ndarray | None:
+    """uint8 ``[H, W, 3]`` of a PNG that is 8-bit RGB or RGBA and not interlaced (the alpha
+    channel is dropped, as PIL's ``convert("RGB")`` does); ``None`` for any other PNG or for one
+    whose chunks do not check out (the caller decodes those with PIL, which reports the error).
+    """
+    import numpy as np
+
+    parts = _png_parts(data)
+    if parts is None:
+        return None
+    raw, h, w, channels = parts
+    out = np.empty((h, w * channels), dtype=np.uint8)
+    if not _png_unfilter()(raw, h, w * channels, channels, out, np.empty((0, 0), np.int32)):
         return None
     return out.reshape(h, w, channels)[:, :, :3]
 

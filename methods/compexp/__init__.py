@@ -19,6 +19,12 @@ from bench.schema import Description, UnitRef
 if TYPE_CHECKING:
     from bench.evidence import Evidence
 
+#: The label of a unit no concept overlaps (every single concept's IoU is 0: it never exceeds its
+#: threshold, or its mask covers only unlabelled pixels). The original writes ``NONE``; an empty
+#: beam here would otherwise fall back to the first concept (``red``) with IoU 0. Status stays
+#: "ok" so that suites score the unit as a miss; ``extras.no_concept`` is set.
+NO_CONCEPT_LABEL = "(no concept)"
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CompExpConfig:
@@ -54,7 +60,7 @@ class CompExp(Method[CompExpConfig]):
     """A logical formula of concepts per unit, found by beam search on IoU."""
 
     name = "compexp"
-    version = "1"
+    version = "2"  # 2: "(no concept)" for units no concept overlaps
     requires = Requirements(
         evidence=frozenset({"maps", "thresholds", "segmentations"}),
         quantiles=(NETDISSECT_QUANTILE,),
@@ -92,6 +98,33 @@ class CompExp(Method[CompExpConfig]):
             for u in layer_units:
                 r = tally.row(u.index)  # the tally's rows are the recorded units
                 best, single, n_scored = search.search(r)
+                area = int(tally.unit_area[r])
+                if not single.iou > 0.0:
+                    # No concept overlaps the unit's mask, so no formula does either (a formula
+                    # meets the mask only through one of its leaves); the search's beam is empty.
+                    out[u] = Description(
+                        unit=u,
+                        label=NO_CONCEPT_LABEL,
+                        score=0.0,
+                        score_name="iou",
+                        extras={
+                            "no_concept": True,
+                            "reason": (
+                                "the unit never exceeds its threshold on the probe set (empty mask)"
+                                if area == 0
+                                else "the unit's mask covers no concept (only unlabelled pixels)"
+                            ),
+                            "formula": None,
+                            "length": 0,
+                            "score": 0.0,
+                            "categories": [],
+                            "best_single": None,
+                            "best_single_iou": 0.0,
+                            "unit_area": area,
+                            "candidates_scored": n_scored,
+                        },
+                    )
+                    continue
                 tree = tree_to_names(best.tree, table)
                 formula = from_json(tree)
                 single_name = table.concepts[int(single.tree[1]) - 1].name
@@ -110,8 +143,9 @@ class CompExp(Method[CompExpConfig]):
                         ],
                         "best_single": single_name,
                         "best_single_iou": single.iou,
-                        "unit_area": int(tally.unit_area[r]),
+                        "unit_area": area,
                         "candidates_scored": n_scored,
+                        "no_concept": False,
                     },
                 )
         return [out[u] for u in units]

@@ -306,14 +306,95 @@ def test_tally_is_cached_and_reloads_equal(world) -> None:
     assert len(cache.entries(D.TALLY_STAGE)) >= 1
 
 
-def test_unique_rows_matches_numpy() -> None:
-    rng = np.random.default_rng(3)
-    for cols, hi in ((3, 5), (20, 5000)):
-        block = rng.integers(0, hi, size=(5000, cols))
-        block[:, : cols // 2] = rng.integers(0, 2, size=(5000, cols // 2))
-        u, inv = D.unique_rows(block)
-        u2, inv2 = np.unique(block, axis=0, return_inverse=True)
-        assert np.array_equal(u, u2) and np.array_equal(inv, inv2.ravel())
+class RandomProbe(ProbeSet):
+    """Images of random labels: several layers per category, label numbers beyond the selected
+    concepts, image-level labels also painted on pixels, images without any pixel layer, runs
+    of equal pixels; hundreds of distinct label sets."""
+
+    name = "random"
+    has_segmentations = True
+    fixed_geometry = True
+    CATS = ("object", "part", "material", "scene")
+
+    def __init__(self, n: int, seed: int, *, negative_at: int | None = None):
+        self.n, self.seed, self.negative_at = n, seed, negative_at
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load_image(self, i):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def identity(self):
+        return {"name": "random", "seed": self.seed}
+
+    @property
+    def seg_size(self):
+        return (6, 7)
+
+    def categories(self):
+        return list(self.CATS)
+
+    def concepts(self):
+        # numbers 1..40; 41..45 appear in the data but are no concept
+        return [
+            Concept(number=k, name=f"c{k}", raw_name=f"c{k}", category=self.CATS[k % 4],
+                    categories=(self.CATS[k % 4],))
+            for k in range(1, 41)
+        ]  # fmt: skip
+
+    def segmentation(self, i):
+        rng = np.random.default_rng(self.seed * 1000 + i)
+        pixel = {}
+        if i % 5 != 3:  # every fifth image has image-level labels only
+            for cat, layers in (("object", 1), ("part", 3), ("material", 2)):
+                arr = rng.integers(0, 46, size=(layers, 6, 7)).astype(np.int32)
+                arr[rng.random(arr.shape) < 0.4] = 0
+                arr[:, :, 3:] = arr[:, :, :1]  # runs of equal pixels (the neighbour shortcut)
+                pixel[cat] = arr
+        if self.negative_at == i:
+            pixel["object"][0, 2, 5] = -4
+        image = {"scene": tuple(int(x) for x in rng.choice([4, 8, 12, 44], size=2))}
+        return Segmentation(pixel=pixel, image=image)
+
+
+@pytest.mark.parametrize("first_capacity", [D._SHARD_KEYS, 16])
+def test_table_build_equals_a_per_pixel_reference(first_capacity: int, monkeypatch) -> None:
+    """Each pixel's signature holds exactly the concepts of its label set (pixel layers and
+    image-level labels; numbers that are no concept ignored) and the categories labelling it;
+    also when a shard's hash table starts too small and the shard is reduced again."""
+    monkeypatch.setattr(D, "_SHARD_KEYS", first_capacity)
+    probe = RandomProbe(40, seed=1)
+    table = D.build_concept_table(probe, workers=1)
+    number = {code: c.number for code, c in enumerate(table.concepts, start=1)}
+    members = table.members.tolil().rows
+    cat_bit = {c: 1 << k for k, c in enumerate(table.categories)}
+    known = {c.number for c in probe.concepts()}
+    seen_pixels = np.zeros(table.num_signatures, dtype=np.int64)
+    for i in range(len(probe)):
+        seg = probe.segmentation(i)
+        labels, _ = pixel_label_sets(seg, 42)
+        for p in range(42):
+            sig = int(table.sig[i, p])
+            seen_pixels[sig] += 1
+            assert {number[c] for c in members[sig]} == labels[p] & known, (i, p)
+            want = 0
+            for cat, arr in seg.pixel.items():
+                if any(int(x) in known for x in arr[:, p // 7, p % 7]):
+                    want |= cat_bit[cat]
+            assert table.sig_categories[sig] == want, (i, p)
+    np.testing.assert_array_equal(seen_pixels, table.pixels)
+    assert table.num_signatures > 16 * 4 * 4  # with 16 at first: two retries (one shard)
+    # signatures are distinct: no two share concepts and categories
+    keys = {(tuple(members[g]), int(table.sig_categories[g])) for g in range(table.num_signatures)}
+    assert len(keys) == table.num_signatures
+
+
+def test_a_negative_label_number_is_named() -> None:
+    from bench.errors import DataError
+
+    with pytest.raises(DataError, match="image 6: negative label number -4"):
+        D.build_concept_table(RandomProbe(9, seed=2, negative_at=6), workers=1)
 
 
 # --- the formula search against exhaustive enumeration -----------------------------------------

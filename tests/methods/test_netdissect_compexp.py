@@ -72,7 +72,7 @@ def test_planted_units_are_recovered(cache: Cache, name: str) -> None:
             found = parse(d.label)
             assert equivalent(found, from_json(p["formula"])), (p["concept"], d.label, d.score)
             assert from_json(d.extras["formula"]) == found
-            assert d.score >= d.extras["best_single_iou"]
+            assert d.score >= d.extras["best_single_iou"] and d.extras["no_concept"] is False
     assert sum(len(split_planted(load_card(n)["planted_units"])[1]) for n in RECIPES) >= 4
 
 
@@ -140,8 +140,10 @@ def test_needs_maps_and_segmentations(tmp_path: Path) -> None:
 def test_plateaus_at_the_threshold_give_empty_masks(tmp_path: Path) -> None:
     """The conformance kit's colour detectors output one constant value on their colour, so the
     top-0.5% quantile equals the maximum and, as in NetDissect, nothing lies strictly above it:
-    every IoU is 0. Such a unit gets the "no concept" record (NetDissect-Lite gives no label),
-    not the first concept (``red``), which an argmax over an all-zero row would pick."""
+    every IoU is 0. Such a unit gets the "no concept" record (NetDissect-Lite gives no label,
+    CompExp's original ``NONE``), not the first concept (``red``), which an argmax over an
+    all-zero row (NetDissect) or the best single concept of an empty beam (CompExp) would pick."""
+    from methods.compexp import NO_CONCEPT_LABEL as COMPEXP_NONE
     from methods.netdissect import NO_CONCEPT_LABEL
 
     cache = Cache(tmp_path)
@@ -155,6 +157,13 @@ def test_plateaus_at_the_threshold_give_empty_masks(tmp_path: Path) -> None:
         assert d.extras["no_concept"] is True and d.extras["interpretable"] is False
         assert d.extras["unit_area"] == 0 and d.extras["concept"] is None
         assert "never exceeds its threshold" in d.extras["reason"]
+    for method in (CompExp(), CompExpAnalysis()):
+        out, _ = describe_cached(method, units, ev, MethodContext(cache=cache))
+        for d in out:
+            assert d.ok and d.score == 0.0 and d.label == COMPEXP_NONE, (method.name, d.label)
+            assert d.extras["no_concept"] is True and d.extras["formula"] is None
+            assert d.extras["best_single"] is None and d.extras["unit_area"] == 0
+            assert "never exceeds its threshold" in d.extras["reason"]
 
 
 def test_cli_runs_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
