@@ -14,11 +14,17 @@ A unit passes a test when the perturbed score is lower than the correct one by m
 ``epsilon`` after dividing by the metric's range (NeuronEval's epsilon = 0.001); a metric passes
 a test when at least ``threshold`` (default 90%) of the units with a defined score pass. Units
 where either score is undefined (NaN) are counted and left out.
+
+**Text metrics** (BERTScore, sentence and CLIP cosine: a label against reference texts) have no
+concept presence to drop or add, so the missing- and extra-labels tests do not apply to them
+(:data:`TEXT_NOT_APPLICABLE`). The other two do (:func:`text_test_scores`): each unit's correct
+label is scored against its references, then another unit's correct label (a derangement) and a
+constant label against the same references.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,19 +36,30 @@ __all__ = [
     "DEFAULT_EPSILON",
     "DEFAULT_THRESHOLD",
     "SANITY_TESTS",
+    "TEXT_NOT_APPLICABLE",
+    "TEXT_TESTS",
     "SanityOutcome",
+    "TextTestScores",
     "add_positives",
     "derange",
     "drop_positives",
     "judge",
     "label_test_scores",
     "run_label_tests",
+    "text_test_scores",
     "unit_passes",
 ]
 
 DEFAULT_EPSILON = 0.001
 DEFAULT_THRESHOLD = 0.9
 SANITY_TESTS = ("missing_labels", "extra_labels", "permutation", "constant")
+#: The tests that apply to text metrics, and why the others do not.
+TEXT_TESTS = ("permutation", "constant")
+TEXT_NOT_APPLICABLE = {
+    test: "a text metric compares a label with reference texts, not with per-image concept "
+    "presence, so there are no positive labels to drop or add"
+    for test in ("missing_labels", "extra_labels")
+}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -233,4 +250,92 @@ def label_test_scores(
             out[test] = (correct[~same], scores[~same])
         else:
             out[test] = (correct, fn(a, perturbed))
+    return out
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TextTestScores:
+    """One text test: per unit the correct and the perturbed label's score (``float64 [U]``,
+    each the mean over the unit's (label, references) pairs) and ``same`` (``bool [U]``): the
+    perturbed labels are the correct ones, letter for letter, so the unit cannot lose to them
+    and is left out of the verdict (as the constant test leaves out the constant's own unit)."""
+
+    correct: np.ndarray
+    perturbed: np.ndarray
+    same: np.ndarray
+    #: The perturbed labels of each unit (one per pair), for the record.
+    labels: list[list[str]]
+
+
+def text_test_scores(
+    fn: Callable[[list[str], list[list[str]]], Any],
+    candidates: Sequence[Sequence[str]],
+    references: Sequence[Sequence[Sequence[str]]],
+    *,
+    constant: str,
+    seed: int = 0,
+) -> dict[str, TextTestScores]:
+    """test -> :class:`TextTestScores` of a text metric under :data:`TEXT_TESTS`.
+
+    Unit ``u`` has pairs ``(candidates[u][i], references[u][i])``: its correct label(s) and the
+    reference texts each is scored against (a final-layer unit: its class name against the
+    class's reference; an annotated unit: each annotation held out against the others). Its
+    score is the mean over its pairs. ``permutation`` scores, against the same references, the
+    correct labels of another unit (a seeded derangement of the units; pair ``i`` takes the other
+    unit's label ``i``, cycling when it has fewer); ``constant`` scores ``constant``.
+
+    ``fn(candidates, references)`` scores a flat list of labels against their reference lists
+    (``float [len(candidates)]``); it is called once, with every pair of every test.
+    """
+    n = len(candidates)
+    if len(references) != n:
+        raise DataError(
+            f"Expected one list of reference lists per unit, got {len(references)} for {n} units."
+        )
+    for u, (cs, rs) in enumerate(zip(candidates, references, strict=True)):
+        if not cs or len(cs) != len(rs):
+            raise DataError(
+                f"Expected unit {u} to have at least one label and one reference list per "
+                f"label, got {len(cs)} labels and {len(rs)} reference lists."
+            )
+    rng = np.random.default_rng(seed)
+    perm = derange(n, rng)
+    variants = {
+        "permutation": [
+            [candidates[perm[u]][i % len(candidates[perm[u]])] for i in range(len(candidates[u]))]
+            for u in range(n)
+        ],
+        "constant": [[constant] * len(candidates[u]) for u in range(n)],
+    }
+    flat_c: list[str] = []
+    flat_r: list[list[str]] = []
+    owner: list[int] = []
+    for labels in [candidates, *variants.values()]:
+        for u in range(n):
+            for i, cand in enumerate(labels[u]):
+                flat_c.append(str(cand))
+                flat_r.append([str(r) for r in references[u][i]])
+                owner.append(u)
+    values = np.asarray(fn(flat_c, flat_r), dtype=np.float64)
+    if values.shape != (len(flat_c),):
+        raise DataError(
+            f"Expected the text metric to return {len(flat_c)} values, got shape {values.shape}."
+        )
+    sizes = np.array([len(c) for c in candidates])
+    per_test = len(flat_c) // 3
+    owners = np.asarray(owner[:per_test])
+
+    def per_unit(part: np.ndarray) -> np.ndarray:
+        return np.bincount(owners, weights=part, minlength=n) / sizes
+
+    correct = per_unit(values[:per_test])
+    out: dict[str, TextTestScores] = {}
+    for j, (test, labels) in enumerate(variants.items(), start=1):
+        same = np.array([list(labels[u]) == list(candidates[u]) for u in range(n)])
+        out[test] = TextTestScores(
+            correct=correct,
+            perturbed=per_unit(values[j * per_test : (j + 1) * per_test]),
+            same=same,
+            labels=[list(x) for x in labels],
+        )
     return out
