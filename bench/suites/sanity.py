@@ -75,7 +75,8 @@ log = logging.getLogger(__name__)
 #: The suites whose text metrics the card tests, in row order.
 TEXT_SUITES: tuple[str, ...] = ("milannotations", "final-layer", "planted")
 #: Range of each text metric for the epsilon rule (all are means of cosines, in [-1, 1];
-#: a BERTScore rescaled with a baseline is not bounded there and uses the spread instead).
+#: a BERTScore rescaled with a baseline is not bounded there and uses
+#: :func:`metrics.sanity.score_scale` instead).
 TEXT_VALUE_RANGES: dict[str, tuple[float, float]] = {
     "bertscore": (-1.0, 1.0),
     "sentence-cosine": (-1.0, 1.0),

@@ -184,3 +184,14 @@ def test_text_tests_leave_out_a_unit_whose_perturbed_labels_are_its_own() -> Non
         assert perm.same.tolist() == same
     with pytest.raises(DataError, match="one reference list per label"):
         S.text_test_scores(exact, [["a"], ["b"]], [[("a",)], []], constant="c")
+
+
+def test_one_extreme_unit_does_not_set_an_unbounded_metrics_tolerance() -> None:
+    # MAD on synth.resnet: most units near 1-3, one planted unit silent off its concept at 2350.
+    correct = np.array([1.0, 1.5, 2.0, 2.5, 3.0, 2350.0])
+    perturbed = correct - 0.01  # every unit's score drops a little
+    assert S.score_scale(correct) == pytest.approx(np.percentile(correct, 75) - 1.625)
+    out = S.judge("missing_labels", "mad", correct, perturbed)
+    assert out.passed_units == 6  # with max - min as the range, epsilon would be 2.35
+    flat = S.judge("constant", "mad", [1.0, 1.0, 1.0], [1.0, 0.5, 1.0])
+    assert flat.passed_units == 1  # no spread: epsilon in units of 1
