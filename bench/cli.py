@@ -838,7 +838,7 @@ def _print_cards(written: Mapping[str, Any]) -> None:
         tests = [m.name for m in result.metrics]
         print(f"{target}: {result.settings['units']} known units -> {path}")
         print(f"  {'metric':<30}" + "".join(f"{t:>16}" for t in tests))
-        for metric, per in verdicts.items():
+        for metric, per in sorted(verdicts.items(), key=lambda kv: ("/" in kv[0], kv[0])):
             cells = [
                 "n/a"
                 if v.get("applicable") is False
@@ -848,8 +848,14 @@ def _print_cards(written: Mapping[str, Any]) -> None:
             print(f"  {metric:<30}" + "".join(f"{c:>16}" for c in cells))
         text = result.settings.get("text") or {}
         if text:
+            frequent = {
+                v["frequent_label"]["label"]
+                for v in verdicts.values()
+                if v.get("frequent_label", {}).get("label")
+            }
             print(
-                f"  text metrics: constant label {text.get('constant')!r}; missing_labels and "
+                f"  text metrics: constant label {text.get('constant')!r}, frequent label "
+                f"{', '.join(repr(x) for x in sorted(frequent)) or 'none'}; missing_labels and "
                 "extra_labels do not apply to them (n/a)"
             )
             for row, v in sorted((text.get("unavailable") or {}).items()):

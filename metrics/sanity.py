@@ -25,6 +25,7 @@ constant label against the same references.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from bench.errors import DataError
 __all__ = [
     "DEFAULT_EPSILON",
     "DEFAULT_THRESHOLD",
+    "FAITHFULNESS_NOT_APPLICABLE",
     "SANITY_TESTS",
     "TEXT_NOT_APPLICABLE",
     "TEXT_TESTS",
@@ -55,8 +57,14 @@ __all__ = [
 DEFAULT_EPSILON = 0.001
 DEFAULT_THRESHOLD = 0.9
 SANITY_TESTS = ("missing_labels", "extra_labels", "permutation", "constant")
-#: The tests that apply to text metrics, and why the others do not.
-TEXT_TESTS = ("permutation", "constant")
+#: The tests that apply to text metrics, and why the others do not. ``frequent_label`` is for
+#: text only: the most frequent of the units' own labels (an annotation set's generic answer,
+#: "objects") given to every unit; for presence metrics ``constant`` already is that test.
+TEXT_TESTS = ("permutation", "constant", "frequent_label")
+FAITHFULNESS_NOT_APPLICABLE = {
+    "frequent_label": "for a presence metric the constant test already gives every unit the "
+    "most frequent concept among the units"
+}
 TEXT_NOT_APPLICABLE = {
     test: "a text metric compares a label with reference texts, not with per-image concept "
     "presence, so there are no positive labels to drop or add"
@@ -297,7 +305,9 @@ def text_test_scores(
     class's reference; an annotated unit: each annotation held out against the others). Its
     score is the mean over its pairs. ``permutation`` scores, against the same references, the
     correct labels of another unit (a seeded derangement of the units; pair ``i`` takes the other
-    unit's label ``i``, cycling when it has fewer); ``constant`` scores ``constant``.
+    unit's label ``i``, cycling when it has fewer); ``constant`` scores ``constant``;
+    ``frequent_label`` the most frequent of all the units' correct labels (the first to reach
+    the count), left out of the result when no label occurs twice (then there is none).
 
     ``fn(candidates, references)`` scores a flat list of labels against their reference lists
     (``float [len(candidates)]``); it is called once, with every pair of every test.
@@ -322,6 +332,10 @@ def text_test_scores(
         ],
         "constant": [[constant] * len(candidates[u]) for u in range(n)],
     }
+    counts = Counter(str(c) for cs in candidates for c in cs)
+    frequent, times = counts.most_common(1)[0]
+    if times > 1:
+        variants["frequent_label"] = [[frequent] * len(candidates[u]) for u in range(n)]
     flat_c: list[str] = []
     flat_r: list[list[str]] = []
     owner: list[int] = []
@@ -337,7 +351,7 @@ def text_test_scores(
             f"Expected the text metric to return {len(flat_c)} values, got shape {values.shape}."
         )
     sizes = np.array([len(c) for c in candidates])
-    per_test = len(flat_c) // 3
+    per_test = len(flat_c) // (1 + len(variants))
     owners = np.asarray(owner[:per_test])
 
     def per_unit(part: np.ndarray) -> np.ndarray:

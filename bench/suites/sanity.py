@@ -19,8 +19,8 @@ A unit passes a test when the score drops by more than ``epsilon`` (0.001 of the
 a metric passes a test when at least ``threshold`` (90%) of the units with a defined score pass.
 
 The **text metrics** of the suites that score a label against reference texts (BERTScore,
-sentence cosine, CLIP text cosine; :mod:`bench.suites.text`) go through the two tests that apply
-to them (:func:`metrics.sanity.text_test_scores`), each suite's metric a row of its own
+sentence cosine, CLIP text cosine; :mod:`bench.suites.text`) go through the tests that apply to
+them (:func:`metrics.sanity.text_test_scores`), each suite's metric a row of its own
 (``milannotations/bertscore``, ...), with the suite's own references, models and presets:
 
 * ``milannotations`` (every annotated unit): the correct labels are the suite's
@@ -28,21 +28,26 @@ to them (:func:`metrics.sanity.text_test_scores`), each suite's metric a row of 
   (:func:`bench.suites.milannotations.leave_one_out`), the unit's score their mean (the
   suite's per-unit ceiling); ``permutation`` gives unit ``u`` another unit's annotations against
   ``u``'s references; ``constant`` the constant label ``depictions`` (the benchmark's baseline,
-  :data:`bench.results.BASELINE`, the DnD finding);
+  :data:`bench.results.BASELINE`, the DnD finding); ``frequent_label`` the annotation written
+  most often across the units (the simulated annotators' generic answer, "objects"), given to
+  every unit: the constant exploit inside the annotations' own vocabulary;
 * ``final-layer`` (every class) and ``planted`` (every planted unit): the correct label is the
   suite's reference itself (the class name; the planted concept read as a phrase), so it scores
   the metric's maximum by construction and the tests ask only whether another unit's reference,
-  or ``depictions``, scores lower.
+  or ``depictions``, scores lower (every label there is different, so ``frequent_label`` is
+  not applicable).
 
 ``missing_labels`` and ``extra_labels`` have no meaning for a text metric (there are no positive
 images to drop or add): those cells are "not applicable", never a pass, with the reason in the
-settings. A text metric the run cannot compute (CLIP cosine with offline text models) is not
-applicable in every test, with its reason. Units whose perturbed labels equal their own letter
-for letter cannot lose to them and are left out of that test (counted as ``same_label_units``).
+settings; ``frequent_label`` is a text-only test (for the presence metrics ``constant`` already
+gives every unit the most frequent concept). A text metric the run cannot compute (CLIP cosine
+with offline text models) is not applicable in every test, with its reason. Units whose
+perturbed labels equal their own letter for letter cannot lose to them and are left out of that
+test (counted as ``same_label_units``).
 
 The report card is a :class:`~bench.results.SuiteResult` like any suite's, read the other way
 round: its "methods" are the metrics (``auroc``, ``f1``, ..., ``milannotations/bertscore``, ...),
-its "metrics" the four tests, each value the share of units that pass (per unit 1 or 0), with the
+its "metrics" the tests, each value the share of units that pass (per unit 1 or 0), with the
 pass/fail verdict, the threshold and the unit counts in each metric summary's settings.
 """
 
@@ -190,6 +195,7 @@ class SanitySuite(Suite[SanityConfig]):
         from bench.suites.faithfulness import pooled_activations
         from metrics.faithfulness import FAITHFULNESS_METRICS
         from metrics.sanity import (
+            FAITHFULNESS_NOT_APPLICABLE,
             SANITY_TESTS,
             TEXT_NOT_APPLICABLE,
             label_test_scores,
@@ -244,7 +250,8 @@ class SanitySuite(Suite[SanityConfig]):
         )  # fmt: skip
         a = np.stack([acts[k.unit.layer]["mean"][:, k.unit.index] for k in units]).astype(float)
         c = pres.presence[defined]
-        tests = {t: MetricValues(name=t, value_type="binary") for t in SANITY_TESTS}
+        names = list(SANITY_TESTS) + (["frequent_label"] if cfg.text_suites else [])
+        tests = {t: MetricValues(name=t, value_type="binary") for t in names}
         verdicts: dict[str, dict[str, Any]] = {}
         for metric, (fn, takes_alpha, value_range) in FAITHFULNESS_METRICS.items():
 
@@ -252,7 +259,11 @@ class SanitySuite(Suite[SanityConfig]):
                 return fn(x, y, cfg.alpha) if ta else fn(x, y)
 
             per_test = label_test_scores(score, a, c, seed=cfg.seed)
-            verdicts[metric] = {}
+            verdicts[metric] = {
+                t: {"applicable": False, "reason": FAITHFULNESS_NOT_APPLICABLE[t]}
+                for t in tests
+                if t not in SANITY_TESTS
+            }
             for test, (correct, perturbed) in per_test.items():
                 passes, ok = unit_passes(
                     correct, perturbed, value_range=value_range, epsilon=cfg.epsilon
@@ -488,6 +499,12 @@ def _text_tests(
                         "reason": TEXT_NOT_APPLICABLE[test],
                     }
                     continue
+                if test not in scores:
+                    verdicts[row][test] = {
+                        "applicable": False,
+                        "reason": "every unit's label is different: no label is more frequent",
+                    }
+                    continue
                 t = scores[test]
                 keep = ~t.same
                 passes, ok = unit_passes(
@@ -511,6 +528,8 @@ def _text_tests(
                     "mean_correct": float(np.mean(t.correct)),
                     "mean_perturbed": float(np.mean(t.perturbed)),
                 }
+                if test != "permutation":
+                    verdicts[row][test]["label"] = t.labels[0][0]
             suite_settings.setdefault("models", {})[metric] = {
                 k: model[k] for k in ("model", "model_name", "preset", "num_layers") if k in model
             }

@@ -16,9 +16,9 @@ TARGET = "synth.convnet"
 N_IMAGES = 300
 ANNOTATIONS = [
     ("red things", "red shapes", "objects that are red"),
-    ("blue squares", "blue boxes", "squares"),
+    ("blue squares", "blue boxes", "objects"),
     ("striped patterns", "stripes", "striped green objects"),
-    ("water", "the sea", "water on the ground"),
+    ("water", "the sea", "objects"),  # a generic answer, twice: the frequent label
 ]
 
 
@@ -59,7 +59,7 @@ def test_report_card_equals_the_sanity_tests_run_directly(card) -> None:  # type
     result = read_suite_result(path)
     assert result.suite == "sanity" and result.run.target == TARGET
     assert set(result.methods) == set(FAITHFULNESS_METRICS) | set(text_rows())
-    assert [m.name for m in result.metrics] == list(SANITY_TESTS)
+    assert [m.name for m in result.metrics] == [*SANITY_TESTS, "frequent_label"]
 
     cache = Cache()
     info = target_info(TARGET)
@@ -93,7 +93,8 @@ def test_report_card_equals_the_sanity_tests_run_directly(card) -> None:  # type
     verdicts = result.settings["verdicts"]
     summaries = {m.name: m for m in result.metrics}
     for metric, (fn, takes_alpha, value_range) in FAITHFULNESS_METRICS.items():
-        assert not any(v.get("applicable") is False for v in verdicts[metric].values())
+        na = [t for t, v in verdicts[metric].items() if v.get("applicable") is False]
+        assert na == ["frequent_label"]  # the constant test already is that for presence
 
         def score(x, y, fn=fn, ta=takes_alpha):  # type: ignore[no-untyped-def]
             return fn(x, y, 0.005) if ta else fn(x, y)
@@ -123,9 +124,11 @@ def test_report_card_holds_the_text_metrics_with_the_presence_tests_not_applicab
     assert text["suites"]["milannotations"]["units"] == len(ANNOTATIONS)
     assert text["suites"]["milannotations"]["annotations"]["kind"] == "annotations.csv"
     assert text["suites"]["planted"]["units"] == 6
+    assert verdicts["milannotations/bertscore"]["frequent_label"]["label"] == "objects"
+    assert verdicts["milannotations/bertscore"]["constant"]["label"] == "depictions"
     for row, (suite, metric) in text_rows().items():
         per = verdicts[row]
-        assert set(per) == set(SANITY_TESTS)
+        assert set(per) == {*SANITY_TESTS, "frequent_label"}
         for test in ("missing_labels", "extra_labels"):
             # not applicable, never a pass, with the reason
             assert per[test]["applicable"] is False and "passed" not in per[test]
@@ -134,7 +137,12 @@ def test_report_card_holds_the_text_metrics_with_the_presence_tests_not_applicab
             assert all(v["applicable"] is False for v in per.values())
             assert "CLIP" in text["unavailable"][row]["reason"]
             continue
-        for test in ("permutation", "constant"):
+        tested = ["permutation", "constant"] + (
+            ["frequent_label"] if suite == "milannotations" else []
+        )
+        if suite != "milannotations":  # every class name and planted concept is different
+            assert per["frequent_label"]["applicable"] is False
+        for test in tested:
             v = per[test]
             assert (
                 v["judged_units"] + v["same_label_units"] + v["undefined_units"]
