@@ -315,6 +315,10 @@ class SanitySuite(Suite[SanityConfig]):
                 f"{', '.join(TEXT_NOT_APPLICABLE)} for the text metrics": next(
                     iter(TEXT_NOT_APPLICABLE.values())
                 ),
+                **{
+                    f"{t} for the presence metrics": why
+                    for t, why in FAITHFULNESS_NOT_APPLICABLE.items()
+                },
                 **{row: v["reason"] for row, v in text_settings.get("unavailable", {}).items()},
             }
             if text_settings
