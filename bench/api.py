@@ -122,10 +122,15 @@ def metrics_check(
     seed: int = 0,
     device: str = "auto",
     cache_dir: str | None = None,
+    text_suites: str | Sequence[str] | None = None,
+    annotations: str | None = None,
 ) -> dict[str, Path]:
     """``bench metrics check``: the metric report card (NeuronEval's sanity tests on units whose
     truth is known) of each target (default: every synthetic target), written to
-    ``<out>/<target>/suites/sanity.json``. Returns target -> result file."""
+    ``<out>/<target>/suites/sanity.json``. Returns target -> result file.
+
+    ``text_suites``: the suites whose text metrics are tested (default: all, ``""``: none);
+    ``annotations``: an ``annotations.csv`` for the milannotations text tests."""
     from bench.registry import TARGETS
     from bench.results import suite_result_path, write_suite_result
     from bench.suites.sanity import SanityConfig
@@ -134,7 +139,14 @@ def metrics_check(
     if not targets:
         targets = [t for t in TARGETS.names() if TARGETS.get(t).family == "synthetic"]
     options = ScoreOptions(baseline=False, device=device, cache_dir=cache_dir, seed=seed)
-    config = SanityConfig(n_images=n_images, seed=seed)
+    text: dict[str, Any] = {}
+    if text_suites is not None:
+        text["text_suites"] = (
+            tuple(x for x in text_suites.split(",") if x)
+            if isinstance(text_suites, str)
+            else tuple(text_suites)
+        )
+    config = SanityConfig(n_images=n_images, seed=seed, annotations=annotations, **text)
     written = {}
     for target in targets:
         result = check(target, config=config, options=options)

@@ -410,6 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--target", help="one target (default: every synthetic target)")
     mc.add_argument("--n-images", type=int, help="images of the synthetic probe (default: all)")
     mc.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
+    mc.add_argument(
+        "--text-suites",
+        help="suites whose text metrics go through the permutation and constant tests, "
+        "comma-separated (default: milannotations,final-layer,planted; '' for none)",
+    )
+    mc.add_argument(
+        "--annotations",
+        metavar="CSV",
+        help="annotations.csv (layer,unit,summary) for the milannotations text tests "
+        "(default: the target's own; synthetic targets: their simulated annotators)",
+    )
     mc.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     mc.add_argument(
         "--out", default="results/metrics", help="report cards go to OUT/<target>/suites/"
@@ -812,6 +823,8 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         cache_dir=args.cache_dir,
+        text_suites=args.text_suites,
+        annotations=args.annotations,
     )
     _print_cards(written)
     return 0
@@ -824,15 +837,31 @@ def _print_cards(written: Mapping[str, Any]) -> None:
     for target, path in written.items():
         result = read_suite_result(path)
         verdicts = result.settings["verdicts"]
-        tests = list(next(iter(verdicts.values())))
+        tests = [m.name for m in result.metrics]
         print(f"{target}: {result.settings['units']} known units -> {path}")
-        print(f"  {'metric':<20}" + "".join(f"{t:>18}" for t in tests))
-        for metric, per in verdicts.items():
+        print(f"  {'metric':<30}" + "".join(f"{t:>16}" for t in tests))
+        for metric, per in sorted(verdicts.items(), key=lambda kv: ("/" in kv[0], kv[0])):
             cells = [
-                f"{'pass' if v['passed'] else 'FAIL'} {v['passed_units']}/{v['judged_units']}"
-                for v in per.values()
+                "n/a"
+                if v.get("applicable") is False
+                else f"{'pass' if v['passed'] else 'FAIL'} {v['passed_units']}/{v['judged_units']}"
+                for v in (per.get(t, {"applicable": False}) for t in tests)
             ]
-            print(f"  {metric:<20}" + "".join(f"{c:>18}" for c in cells))
+            print(f"  {metric:<30}" + "".join(f"{c:>16}" for c in cells))
+        text = result.settings.get("text") or {}
+        if text:
+            frequent = {
+                v["frequent_label"]["label"]
+                for v in verdicts.values()
+                if v.get("frequent_label", {}).get("label")
+            }
+            print(
+                f"  text metrics: constant label {text.get('constant')!r}, frequent label "
+                f"{', '.join(repr(x) for x in sorted(frequent)) or 'none'}; missing_labels and "
+                "extra_labels do not apply to them (n/a)"
+            )
+            for row, v in sorted((text.get("unavailable") or {}).items()):
+                print(f"  n/a {row}: {v['reason']}")
 
 
 def _cmd_milan(args: argparse.Namespace) -> int:

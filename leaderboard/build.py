@@ -331,7 +331,7 @@ def _sanity_failures(sections: Sequence[_Section]) -> Failures:
             if not isinstance(per, dict):
                 continue
             for test, v in sorted(per.items()):
-                if not isinstance(v, dict) or v.get("passed", True):
+                if not isinstance(v, dict) or not _applicable(v) or v.get("passed", True):
                     continue
                 threshold = _card_threshold(r, test)
                 text = (
@@ -345,6 +345,12 @@ def _sanity_failures(sections: Sequence[_Section]) -> Failures:
     return out
 
 
+def _applicable(verdict: dict[str, Any]) -> bool:
+    """Whether a report card's test applies to the metric (``missing_labels`` does not apply
+    to a text metric, nor any test to a metric the run could not compute)."""
+    return verdict.get("applicable", True) is not False
+
+
 def _card_threshold(r: SuiteResult, test: str) -> float | None:
     for m in r.metrics:
         if m.name == test and isinstance(m.settings.get("threshold"), (int, float)):
@@ -355,9 +361,18 @@ def _card_threshold(r: SuiteResult, test: str) -> float | None:
 def _fails_for(sec: _Section, failures: Failures) -> dict[str, list[str]]:
     """The failures that mark this table's columns: the report card of its own target when there
     is one, else every card's."""
-    if sec.result.suite == SANITY_SUITE:
+    suite = sec.result.suite
+    if suite == SANITY_SUITE:
         return {}
-    return failures.get(sec.result.run.target) or failures.get("", {})
+    found = failures.get(sec.result.run.target) or failures.get("", {})
+    # A text metric's row names its suite ("milannotations/bertscore"): it marks the column of
+    # that metric in that suite only; the faithfulness metrics' rows are bare metric names.
+    out = {m: v for m, v in found.items() if "/" not in m}
+    for row, v in found.items():
+        owner, _, metric = row.partition("/")
+        if metric and owner == suite:
+            out.setdefault(metric, []).extend(v)
+    return out
 
 
 def _method_name_cell(info: MethodInfo) -> str:
@@ -727,7 +742,8 @@ def _sanity_card(sec: _Section) -> str:
         f'<th scope="col" data-type="num">{esc(t)}</th>' for t in tests
     )
     rows = []
-    for metric in sorted(verdicts):
+    # the faithfulness metrics first, then the text metrics ("suite/metric")
+    for metric in sorted(verdicts, key=lambda m: ("/" in m, m)):
         per = verdicts[metric] if isinstance(verdicts[metric], dict) else {}
         cells = []
         failed = False
@@ -735,6 +751,10 @@ def _sanity_card(sec: _Section) -> str:
             v = per.get(t)
             if not isinstance(v, dict):
                 cells.append(f'<td class="na" data-sort="">{_DASH}</td>')
+                continue
+            if not _applicable(v):
+                why = "not applicable: " + str(v.get("reason") or "no reason recorded")
+                cells.append(f'<td class="na" data-sort="" title="{esc(why)}">n/a</td>')
                 continue
             ok = bool(v.get("passed"))
             failed = failed or not ok

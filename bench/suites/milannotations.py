@@ -165,6 +165,14 @@ def milannotations_key(target: TargetInfo, key: str | None = None) -> str | None
     return TARGET_KEYS.get(target.name)
 
 
+def leave_one_out(texts: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """The inter-annotator ceiling's pairs of one unit: each annotation held out as the label,
+    against the unit's other annotations (none for a unit with fewer than two)."""
+    if len(texts) < 2:
+        return []
+    return [(t, texts[:i] + texts[i + 1 :]) for i, t in enumerate(texts)]
+
+
 def canonical_layer(key: str | None, layer: str) -> str:
     """``layer`` as the harness names it (AlexNet ``conv3`` -> ``features.6``)."""
     if key is None:
@@ -194,7 +202,9 @@ class MilannotationsSuite(Suite[MilannotationsConfig]):
 
     # --- annotations ----------------------------------------------------------------------------
 
-    def _annotations(self, ctx: SuiteContext) -> tuple[dict[UnitRef, tuple[str, ...]], dict]:
+    def annotations(self, ctx: SuiteContext) -> tuple[dict[UnitRef, tuple[str, ...]], dict]:
+        """Every annotated unit's annotations, and where they came from (see the module
+        docstring for the order in which sources are tried)."""
         from bench.milannotations import read_annotations_csv
 
         cfg = self.config
@@ -317,7 +327,7 @@ class MilannotationsSuite(Suite[MilannotationsConfig]):
 
     def _score(self, ctx: SuiteContext) -> SuiteScores:
         cfg = self.config
-        annotations, source = self._annotations(ctx)
+        annotations, source = self.annotations(ctx)
         if not annotations:
             raise DataError(f"Suite 'milannotations': the annotations ({source}) hold no units.")
         described = ctx.described_units()
@@ -373,11 +383,8 @@ class MilannotationsSuite(Suite[MilannotationsConfig]):
                 if label is not None:
                     jobs.append(TextJob(name, u, label, annotations[u]))
         for u in units:
-            texts = annotations[u]
-            if len(texts) < 2:
-                continue
-            for i, t in enumerate(texts):
-                jobs.append(TextJob(None, u, t, texts[:i] + texts[i + 1 :]))
+            for t, others in leave_one_out(annotations[u]):
+                jobs.append(TextJob(None, u, t, others))
         refs = [t for u in units for t in annotations[u]]
         metrics = text_metrics(
             jobs,

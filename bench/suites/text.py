@@ -55,7 +55,7 @@ def bertscore_preset(options: ScoreOptions, paper_default: str, override: str | 
     return "offline" if options.offline else paper_default
 
 
-def _metric(
+def text_metric(
     name: str,
     candidates: list[str],
     references: list[list[str]],
@@ -65,6 +65,8 @@ def _metric(
     preset: str,
     idf_sentences: Sequence[str] | None,
 ) -> MetricResult:
+    """One text metric of ``candidates`` against their ``references``, with the models and
+    presets the suites use (``preset``: the BERTScore preset, :func:`bertscore_preset`)."""
     from metrics.text import bertscore, clip_text_cosine, sentence_cosine
 
     text = "offline" if options.offline else "papers"
@@ -104,7 +106,7 @@ def text_metrics(
     has_ceiling = any(j.method is None for j in jobs)
     out = []
     for name in metrics:
-        result = _metric(
+        result = text_metric(
             name,
             candidates,
             references,

@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 
 from bench.results import read_suite_result
+from bench.suites.sanity import text_rows
 from metrics.faithfulness import FAITHFULNESS_METRICS
-from metrics.sanity import SANITY_TESTS, run_label_tests
+from metrics.sanity import SANITY_TESTS, TEXT_NOT_APPLICABLE, judge, run_label_tests
 
 TARGET = "synth.convnet"
 N_IMAGES = 300
+ANNOTATIONS = [
+    ("red things", "red shapes", "objects that are red"),
+    ("blue squares", "blue boxes", "objects"),
+    ("striped patterns", "stripes", "striped green objects"),
+    ("water", "the sea", "objects"),  # a generic answer, twice: the frequent label
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +30,16 @@ def card(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("metrics")
+    # A small annotations.csv: the milannotations text tests without recording exemplars.
+    csv = out / "annotations.csv"
+    csv.write_text(
+        "layer,unit,summary\n"
+        + "".join(f"conv1,{u},{t}\n" for u, texts in enumerate(ANNOTATIONS) for t in texts),
+        encoding="utf-8",
+    )
     rc = main(
         ["metrics", "check", "--target", TARGET, "--n-images", str(N_IMAGES), "--out", str(out)]
-        + ["--device", "cpu"]
+        + ["--device", "cpu", "--annotations", str(csv)]
     )
     assert rc == 0
     return out / TARGET / "suites" / "sanity.json", str(out)
@@ -44,8 +58,8 @@ def test_report_card_equals_the_sanity_tests_run_directly(card) -> None:  # type
     path, _ = card
     result = read_suite_result(path)
     assert result.suite == "sanity" and result.run.target == TARGET
-    assert set(result.methods) == set(FAITHFULNESS_METRICS)
-    assert [m.name for m in result.metrics] == list(SANITY_TESTS)
+    assert set(result.methods) == set(FAITHFULNESS_METRICS) | set(text_rows())
+    assert [m.name for m in result.metrics] == [*SANITY_TESTS, "frequent_label"]
 
     cache = Cache()
     info = target_info(TARGET)
@@ -66,7 +80,7 @@ def test_report_card_equals_the_sanity_tests_run_directly(card) -> None:  # type
         if r.parsed and 0 < pres.presence[i].sum() < pres.presence.shape[1]
     ]
     units = [known[i] for i in keep]
-    assert len(result.units) == len(units)
+    assert len([u for u in result.units if u.details.get("kind") != "text"]) == len(units)
     acts = pooled_activations(
         load_target(TARGET, device="cpu", cache=cache),
         probe,
@@ -79,6 +93,8 @@ def test_report_card_equals_the_sanity_tests_run_directly(card) -> None:  # type
     verdicts = result.settings["verdicts"]
     summaries = {m.name: m for m in result.metrics}
     for metric, (fn, takes_alpha, value_range) in FAITHFULNESS_METRICS.items():
+        na = [t for t, v in verdicts[metric].items() if v.get("applicable") is False]
+        assert na == ["frequent_label"]  # the constant test already is that for presence
 
         def score(x, y, fn=fn, ta=takes_alpha):  # type: ignore[no-untyped-def]
             return fn(x, y, 0.005) if ta else fn(x, y)
@@ -92,3 +108,63 @@ def test_report_card_equals_the_sanity_tests_run_directly(card) -> None:  # type
             ), (metric, o.test)
             mean = summaries[o.test].per_method[metric].mean
             assert mean == pytest.approx(o.passed_units / o.judged_units)
+
+
+def test_report_card_holds_the_text_metrics_with_the_presence_tests_not_applicable(card) -> None:  # type: ignore[no-untyped-def]
+    from bench.suites.base import target_info
+    from bench.suites.final_layer import target_class_names
+    from metrics.sanity import text_test_scores
+    from metrics.text import sentence_cosine
+
+    path, _ = card
+    result = read_suite_result(path)
+    verdicts = result.settings["verdicts"]
+    text = result.settings["text"]
+    assert text["constant"] == "depictions"
+    assert text["suites"]["milannotations"]["units"] == len(ANNOTATIONS)
+    assert text["suites"]["milannotations"]["annotations"]["kind"] == "annotations.csv"
+    assert text["suites"]["planted"]["units"] == 6
+    assert verdicts["milannotations/bertscore"]["frequent_label"]["label"] == "objects"
+    assert verdicts["milannotations/bertscore"]["constant"]["label"] == "depictions"
+    for row, (suite, metric) in text_rows().items():
+        per = verdicts[row]
+        assert set(per) == {*SANITY_TESTS, "frequent_label"}
+        for test in ("missing_labels", "extra_labels"):
+            # not applicable, never a pass, with the reason
+            assert per[test]["applicable"] is False and "passed" not in per[test]
+            assert per[test]["reason"]
+        if metric == "clip-cosine":  # no CLIP weights offline: n/a throughout, with the reason
+            assert all(v["applicable"] is False for v in per.values())
+            assert "CLIP" in text["unavailable"][row]["reason"]
+            continue
+        tested = ["permutation", "constant"] + (
+            ["frequent_label"] if suite == "milannotations" else []
+        )
+        if suite != "milannotations":  # every class name and planted concept is different
+            assert per["frequent_label"]["applicable"] is False
+        for test in tested:
+            v = per[test]
+            assert (
+                v["judged_units"] + v["same_label_units"] + v["undefined_units"]
+                == (text["suites"][suite]["units"])
+            ), (row, test)
+            assert v["passed"] == (v["passed_units"] >= 0.9 * v["judged_units"])
+    assert any(
+        TEXT_NOT_APPLICABLE["missing_labels"] in v
+        for v in result.settings["not_applicable"].values()
+    )
+    # The final-layer row equals the text tests run directly: each class's name against itself,
+    # another class's name, "depictions".
+    names, _ = target_class_names(target_info(TARGET))
+
+    def cosine(c: list[str], r: list[list[str]]) -> np.ndarray:
+        return np.asarray(sentence_cosine(c, r, preset="offline", device="cpu").values)
+
+    direct = text_test_scores(
+        cosine, [[n] for n in names], [[(n,)] for n in names], constant="depictions", seed=0
+    )
+    for test, t in direct.items():
+        o = judge(test, "m", t.correct[~t.same], t.perturbed[~t.same], value_range=(-1.0, 1.0))
+        v = verdicts["final-layer/sentence-cosine"][test]
+        assert (v["passed_units"], v["judged_units"]) == (o.passed_units, o.judged_units)
+        assert t.correct == pytest.approx(np.ones(len(names)), abs=1e-6)

@@ -50,9 +50,26 @@ def sanity_card() -> SuiteResult:
                              "judged_units": 4, "undefined_units": 0},
         },
     }  # fmt: skip
+    na = {"applicable": False, "reason": "a text metric compares texts"}
+    # text metrics: the presence tests do not apply; milannotations' BERTScore fails the
+    # permutation test, final-layer's sentence cosine passes it
+    verdict["milannotations/bertscore"] = {
+        "missing_labels": na, "extra_labels": na,
+        "permutation": {"passed": False, "rate": 0.75, "passed_units": 3, "judged_units": 4,
+                        "undefined_units": 0, "same_label_units": 0},
+    }  # fmt: skip
+    verdict["final-layer/sentence-cosine"] = {
+        "missing_labels": na, "extra_labels": na,
+        "permutation": {"passed": True, "rate": 1.0, "passed_units": 4, "judged_units": 4,
+                        "undefined_units": 0, "same_label_units": 0},
+    }  # fmt: skip
     per_unit = {
         "missing_labels": {"auroc": [1.0, 1.0, 0.0, 0.0], "f1": [1.0] * 4},
         "extra_labels": {"auroc": [1.0] * 4, "f1": [1.0] * 4},
+        "permutation": {
+            "milannotations/bertscore": [1.0, 1.0, 1.0, 0.0],
+            "final-layer/sentence-cosine": [1.0] * 4,
+        },
     }
     metrics = tuple(
         MetricSummary(
@@ -61,18 +78,18 @@ def sanity_card() -> SuiteResult:
             settings={"test": test, "threshold": 0.9, "epsilon": 0.001},
             per_method={m: _score(sum(v) / 4) for m, v in per_unit[test].items()},
         )
-        for test in ("missing_labels", "extra_labels")
+        for test in ("missing_labels", "extra_labels", "permutation")
     )
     return SuiteResult(
         run=RunIdentity(run_id=f"metrics-check-{TARGET}", target=TARGET, probe="synthetic"),
         suite="sanity",
-        methods={"auroc": _info("auroc"), "f1": _info("f1")},
+        methods={m: _info(m) for m in verdict},
         metrics=metrics,
         units=tuple(
             UnitResult(
                 unit=u,
                 references={"class_name": (f"class {u.index}",)},
-                scores={t: {m: per_unit[t][m][u.index] for m in ("auroc", "f1")} for t in per_unit},
+                scores={t: {m: v[u.index] for m, v in per_unit[t].items()} for t in per_unit},
             )
             for u in units
         ),
@@ -159,9 +176,17 @@ def test_report_card_and_failing_columns_are_marked(tmp_path: Path) -> None:
     card = _section(index, "sanity")
     assert "metric report card" in card
     rows = dict(re.findall(r'<tr data-metric="([^"]+)">(.*?)</tr>', card))
-    assert set(rows) == {"auroc", "f1"}
+    # the faithfulness metrics first, then the text metrics
+    assert list(rows) == ["auroc", "f1", "final-layer/sentence-cosine", "milannotations/bertscore"]
     assert "FAIL" in rows["auroc"] and "2/4" in rows["auroc"] and 'class="insane"' in rows["auroc"]
     assert "FAIL" not in rows["f1"] and rows["f1"].count(">pass ") == 2
+    # a test that does not apply to a text metric is n/a with its reason, never a pass
+    text = rows["final-layer/sentence-cosine"]
+    assert text.count(">n/a<") == 2 and text.count(">pass ") == 1
+    assert "not applicable: a text metric compares texts" in text
+    assert 'class="insane"' not in text
+    mil_row = rows["milannotations/bertscore"]
+    assert "FAIL" in mil_row and "3/4" in mil_row and mil_row.count(">n/a<") == 2
     assert "at least 90%" in card
     faith = _section(index, "faithfulness")
     heads = re.findall(r"<th scope=\"col\"[^>]*>(auroc|f1) ", faith)
@@ -173,8 +198,13 @@ def test_report_card_and_failing_columns_are_marked(tmp_path: Path) -> None:
     assert "missing_labels on synth.resnet: 2/4 units pass, threshold 90%" in faith
     table = faith[: faith.index("</table>")]
     assert table.count('class="fails-sanity') == 3  # the header and both rows' cells
-    # The text-agreement suite has no such metric: nothing marked there.
-    assert "fails-sanity" not in _section(index, "milannotations")
+    # A text metric's failure marks its own suite's column only: milannotations' bertscore.
+    mil = _section(index, "milannotations")
+    mil_table = mil[: mil.index("</table>")]
+    bert_head = re.search(r'<th scope="col"[^>]*>bertscore [^<]*<sup[^>]*>', mil_table)
+    assert bert_head is not None and "fails-sanity" in bert_head.group(0)
+    assert "permutation on synth.resnet: 3/4 units pass, threshold 90%" in mil
+    assert "milannotations/bertscore" not in faith and "permutation" not in faith
     # Labels from the result are escaped everywhere.
     assert HOSTILE not in index
 
