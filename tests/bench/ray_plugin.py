@@ -12,7 +12,9 @@ directory, so that a test can catch a worker while it holds a shard:
 * ``hold_first``: the first shard to create ``held`` writes its pid to ``holder.pid`` and sleeps
   (a test kills that worker); every later attempt proceeds;
 * ``gate_from``: a shard with a unit whose index is at least this waits for the file ``open``
-  (a test kills the driver meanwhile, and creates ``open`` for the rerun).
+  (a test kills the driver meanwhile, and creates ``open`` for the rerun);
+* ``hold_node``: a shard on that Ray node writes ``holding.<pid>`` and sleeps (a test removes the
+  node meanwhile).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class GateConfig:
     control: str = ""
     hold_first: bool = False
     gate_from: int = -1
+    hold_node: str = ""
     #: Seconds per shard (a cost to spread over workers).
     delay: float = 0.0
 
@@ -45,6 +48,11 @@ def node_id() -> str:
     if ray is not None and ray.is_initialized():
         return str(ray.get_runtime_context().get_node_id())
     return "local"
+
+
+def node_of(item: object) -> str:
+    """The node a job ran on (an executor's ``map`` function: importable by workers)."""
+    return node_id()
 
 
 def _wait_for(path: Path) -> None:
@@ -75,6 +83,9 @@ class Gate(Method[GateConfig]):
                 (control / "holder.pid.tmp").write_text(str(os.getpid()))
                 os.replace(control / "holder.pid.tmp", control / "holder.pid")
                 _wait_for(control / "never")  # until the test kills this process
+        if self.config.hold_node and node_id() == self.config.hold_node:
+            (control / f"holding.{os.getpid()}").touch()
+            _wait_for(control / "never")  # until the test removes this node
         if self.config.gate_from >= 0 and any(u.index >= self.config.gate_from for u in units):
             _wait_for(control / "open")
         if self.config.delay:

@@ -383,3 +383,62 @@ def test_a_killed_driver_reruns_without_recomputing(
     assert set(times) == expected
     assert all(times[u] == 1 for u in done_before), times  # done before the kill: not redone
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+# --- several nodes ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # three Ray nodes on one machine, each with its workers: a minute or more
+def test_gpu_work_lands_on_the_gpu_node_and_a_removed_node_costs_only_its_shards(
+    tmp_path: Path,
+) -> None:
+    """A ray.cluster_utils.Cluster (head, a node with a fake GPU and the 24 GiB GPU-memory
+    resource, a CPU node) driven by tests/bench/ray_cluster_check.py in a fresh interpreter:
+    GPU jobs and GPU shard options land only on the GPU node; the CPU node is removed while it
+    holds shards and the run completes with every unit once."""
+    from bench.method import gpu_memory_resource
+
+    ray_tmp = short_tmpdir()
+    try:
+        site = plugin_site(Path(ray_tmp))
+        path = [str(site), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_TMPDIR": ray_tmp,
+            "PYTHONPATH": os.pathsep.join(path),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.bench.ray_cluster_check", str(tmp_path)],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    nodes = report["nodes"]
+    assert len(set(nodes.values())) == 3
+    # GPU work: only on the GPU node.
+    assert set(report["map_gpu_nodes"]) == {nodes["gpu"]}
+    assert report["gpu_shard_options"] == {
+        "num_cpus": 1.0,
+        "num_gpus": 1.0,
+        "resources": {gpu_memory_resource(24): 1.0},
+    }
+    assert set(report["gpu_shard_nodes"]) == {nodes["gpu"]}
+    assert report["cpu_run_options"] == {"num_cpus": 1.0}  # a CPU run asks for no GPU
+    assert report["gpu_actors"] == 1  # one GPU in the cluster: one actor
+    # The CPU node held shards and was removed mid-run; the run completed elsewhere.
+    assert report["held"] and report["removed_after_s"] is not None
+    assert report["summary"] == {"ok": 12, "error": 0}
+    expected = {f"layer1:{i}" for i in range(12)}
+    assert unit_counts(Path(report["run_dir"]), GATE) == dict.fromkeys(expected, 1)
+    computed = [line.split() for line in report["computed"]]
+    assert {u for u, _, _ in computed} == expected
+    assert nodes["cpu"] not in {node for _, _, node in computed}  # held there, never finished
+    assert {node for _, _, node in computed} <= {nodes["head"], nodes["gpu"]}
