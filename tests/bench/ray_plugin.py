@@ -108,3 +108,10 @@ class GpuGate(Gate):
 
     name = "ray-test-gpu"
     requires = Requirements(resources=Resources(gpus=1, gpu_memory=24))
+
+
+class ActorGate(Gate):
+    """:class:`Gate` whose shards go to long-lived workers (Ray actors), as DnD's and MILAN's."""
+
+    name = "ray-test-actor"
+    requires = Requirements(resources=Resources(actor=True))
