@@ -394,6 +394,63 @@ def test_a_killed_driver_reruns_without_recomputing(
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
+def ps_args() -> str:
+    """The command lines of every process (Ray's name their session directory)."""
+    return subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow  # a fresh driver starts a Ray of its own, and its workers: 20-60 s
+def test_without_an_address_the_executor_starts_and_stops_a_private_ray(tmp_path: Path) -> None:
+    """`bench run --executor ray` without --address in a fresh interpreter: the executor starts
+    a local Ray, runs the shards on it and shuts it down; no Ray process outlives the run."""
+    ray_tmp = short_tmpdir()
+    try:
+        site = plugin_site(Path(ray_tmp))
+        path = [str(site), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_TMPDIR": ray_tmp,
+            "PYTHONPATH": os.pathsep.join(path),
+        }
+        control = tmp_path / "control"
+        args = [
+            "run",
+            "--executor", "ray",
+            "--methods", GATE,
+            "--config", f"{GATE}.control={json.dumps(str(control))}",
+            "--layers", "layer1",
+            "--units", "0-5",
+            "--probe-option", "n_images=20",
+            "--no-suites",
+            "--out", str(tmp_path / "run"),
+            "--cache-dir", str(tmp_path / "cache"),
+        ]  # fmt: skip
+        control.mkdir()
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.cli", *args],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        expected = {f"layer1:{i}" for i in range(6)}
+        assert unit_counts(tmp_path / "run", GATE) == dict.fromkeys(expected, 1)
+        log = computed_log(control)
+        assert sorted(u for u, _ in log) == sorted(expected)
+        nodes = {line.split()[2] for line in (control / "computed.log").read_text().splitlines()}
+        assert "local" not in nodes  # every shard ran on a Ray worker
+        deadline = time.monotonic() + 15  # processes may take a moment to exit
+        while ray_tmp in ps_args() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ray_tmp not in ps_args(), "Ray processes of the run are still alive"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 # --- several nodes ------------------------------------------------------------------------------
 
 
