@@ -1,4 +1,5 @@
-"""Test methods for the executor tests (tests/bench/test_ray_executor.py), shipped as a plug-in.
+"""Test methods and jobs for the executor tests (tests/bench/test_ray_executor.py and
+test_executors.py), shipped as a plug-in.
 
 Workers (Ray workers, pool processes, a driver in a subprocess) import a shard's method by its
 class path (``tests.bench.ray_plugin:Gate``), as they would import an installed plug-in on every
@@ -20,6 +21,7 @@ directory, so that a test can catch a worker while it holds a shard:
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -53,6 +55,22 @@ def node_id() -> str:
 def node_of(item: object) -> str:
     """The node a job ran on (an executor's ``map`` function: importable by workers)."""
     return node_id()
+
+
+def die_once(item: tuple[str, int, bool]) -> int:
+    """``2 * value`` of ``(control, value, always)``; the process SIGKILLs itself instead the
+    first time a job with value 0 runs (the file ``died`` marks it), or every time if ``always``."""
+    control, value, always = item
+    if value == 0:
+        try:
+            fd = os.open(Path(control) / "died", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if always:
+                os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return 2 * value
 
 
 def _wait_for(path: Path) -> None:

@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench.api import RunConfig, run
 from bench.cache import Cache
+from bench.executors import ExecutorError, LocalExecutor
 from bench.schema import read_descriptions
+from tests.bench.ray_plugin import die_once
 from tests.bench.test_record_ranges import entry_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,3 +103,18 @@ def test_a_pool_of_two_workers_equals_the_in_process_run(tmp_path: Path) -> None
     assert entry_files(Cache(tmp_path / "cache-2"), keys[2]) == entry_files(
         Cache(tmp_path / "cache-None"), keys[None]
     )
+
+
+def test_a_pool_replaces_a_worker_killed_mid_job(tmp_path: Path) -> None:
+    """A pool process SIGKILLed under a job breaks the pool: a new one runs the jobs that had
+    no result, every result arrives once, and the pool serves later calls. A job that kills
+    every worker it meets gives up after max_attempts."""
+    control = str(tmp_path)
+    with LocalExecutor(workers=2) as ex:
+        assert not ex.in_process
+        assert ex.map(die_once, [(control, i, False) for i in range(6)]) == [0, 2, 4, 6, 8, 10]
+        assert (tmp_path / "died").exists()  # a worker did die under job 0
+        assert ex.map(die_once, [(control, 7, False)]) == [14]
+    with LocalExecutor(workers=2, max_attempts=2) as ex:
+        with pytest.raises(ExecutorError, match="died 2 times"):
+            ex.map(die_once, [(control, 0, True), (control, 1, False)])
