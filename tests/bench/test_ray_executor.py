@@ -111,6 +111,8 @@ def local_ray() -> Iterator[LocalRay]:
             include_dashboard=False,
             log_to_driver=False,
             object_store_memory=128 * 2**20,
+            # Loopback: the tests' network guard (conftest) refuses Python sockets to other
+            # addresses, which Ray would use to find this node's address.
             _node_ip_address="127.0.0.1",
         )
         address = ray.get_runtime_context().gcs_address
@@ -242,9 +244,10 @@ def test_recording_in_ranges_on_ray_equals_one_pass(local_ray: LocalRay, tmp_pat
 # --- killed workers and drivers -----------------------------------------------------------------
 
 
-def gate_config(control: Path, **fields: Any) -> dict[str, dict[str, Any]]:
+def gate_fields(control: Path, **fields: Any) -> dict[str, Any]:
+    """A Gate's config fields, its control directory created."""
     control.mkdir(parents=True, exist_ok=True)
-    return {GATE: {"control": str(control), **fields}}
+    return {"control": str(control), **fields}
 
 
 def computed_log(control: Path) -> list[tuple[str, int]]:
@@ -291,7 +294,7 @@ def test_a_worker_killed_mid_shard_costs_only_its_shard(
     result = run(
         RunConfig(
             methods=(method,),
-            method_config={method: gate_config(control, hold_first=True)[GATE]},
+            method_config={method: gate_fields(control, hold_first=True)},
             layers=("layer1",),
             units="0-7",
             probe_options={"n_images": "20"},
