@@ -107,7 +107,15 @@ def main(workdir: Path) -> dict[str, Any]:
             result = run(
                 RunConfig(
                     methods=(Gate.name,),
-                    method_config={Gate.name: {"control": str(control), "hold_node": cpu.node_id}},
+                    # 0.5 s per shard keeps the head busy, so that shards spill to the other
+                    # nodes (Ray's default policy fills the driver's node first).
+                    method_config={
+                        Gate.name: {
+                            "control": str(control),
+                            "hold_node": cpu.node_id,
+                            "delay": 0.5,
+                        }
+                    },
                     layers=("layer1",),
                     units="0-11",
                     probe_options={"n_images": "20"},
