@@ -68,6 +68,7 @@ class LocalExecutor(Executor):
         self.workers = workers or 1
         self.in_process = self.workers == 1
         self.max_attempts = max_attempts
+        self._pool: Any = None  # a ProcessPoolExecutor, started on first use
 
     def run(self, shards: Sequence[Shard], on_done: OnDone) -> None:
         if self.in_process:
@@ -89,42 +90,60 @@ class LocalExecutor(Executor):
         self, jobs: list[tuple[Any, Any]], fn: Callable[[Any], Any], on_done: Callable[..., None]
     ) -> None:
         """``jobs``: (tag, argument) pairs; a pool broken by a dead worker is replaced and the
-        jobs it held run again."""
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        jobs it held run again. The pool lives until :meth:`close`, so its processes (and what
+        they loaded) serve every method and the recording of a run."""
+        from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
         attempts = dict.fromkeys(range(len(jobs)), 0)
         todo = deque(range(len(jobs)))
         while todo:
-            with ProcessPoolExecutor(
+            pool = self._get_pool()
+            futures = {}
+            while todo:
+                i = todo.popleft()
+                attempts[i] += 1
+                futures[pool.submit(fn, jobs[i][1])] = i
+            broken: list[int] = []
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    i = futures[f]
+                    try:
+                        result = f.result()
+                    except BrokenProcessPool:
+                        broken.append(i)
+                        continue
+                    on_done(jobs[i][0], result)
+            if broken:
+                self._close_pool()
+            for i in sorted(broken):
+                if attempts[i] >= self.max_attempts:
+                    raise ExecutorError(
+                        f"A worker process died {attempts[i]} times under the same job; "
+                        "giving up (see the log for memory or signals)."
+                    )
+                log.warning("a worker process died; running its job again")
+                todo.append(i)
+
+    def _get_pool(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
-            ) as pool:
-                futures = {}
-                while todo:
-                    i = todo.popleft()
-                    attempts[i] += 1
-                    futures[pool.submit(fn, jobs[i][1])] = i
-                broken: list[int] = []
-                pending = set(futures)
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        i = futures[f]
-                        try:
-                            result = f.result()
-                        except BrokenProcessPool:
-                            broken.append(i)
-                            continue
-                        on_done(jobs[i][0], result)
-                for i in sorted(broken):
-                    if attempts[i] >= self.max_attempts:
-                        raise ExecutorError(
-                            f"A worker process died {attempts[i]} times under the same job; "
-                            "giving up (see the log for memory or signals)."
-                        )
-                    log.warning("a worker process died; running its job again")
-                    todo.append(i)
+            )
+        return self._pool
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        self._close_pool()
 
 
 class RayExecutor(Executor):
