@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def one_round(
@@ -39,7 +40,7 @@ def one_round(
         probe = load_probe(
             "synthetic", None, options={"n_images": str(n_images)}, cache=probe_cache
         )
-        kwargs = dict(batch_size=batch_size, store_maps=maps)
+        kwargs: dict[str, Any] = dict(batch_size=batch_size, store_maps=maps)
 
         def one_pass() -> float:
             start = time.perf_counter()
@@ -49,7 +50,8 @@ def one_round(
         per_job = -(-n_images // jobs)
         job_seconds = 0.0
 
-        def serial(fn, planned):  # run_range_job loads by name: time the in-process path instead
+        # run_range_job loads by name: time the in-process path instead
+        def serial(fn: Any, planned: Any) -> list[str]:
             nonlocal job_seconds
             from bench.record import _run_part
 
