@@ -313,7 +313,7 @@ def _report(bench: Bench, cluster: Any, args: argparse.Namespace) -> int:
     print(f"  --executor local (in-process): {local * 1000:.1f} ms per shard")
     print(f"  --executor ray (1 node):       {on_ray * 1000:.1f} ms per shard")
     print(
-        f"  ray / local = {on_ray / local:.1f}x; Ray adds {extra * 1000:.1f} ms per shard "
+        f"  ray / local = {on_ray / local:.2f}x; ray - local = {extra * 1000:+.1f} ms per shard "
         f"(target < {OVERHEAD_TARGET_S * 1000:.0f} ms): {_mark(extra < OVERHEAD_TARGET_S)}",
         flush=True,
     )
