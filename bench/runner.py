@@ -292,7 +292,7 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
             if components
             else {}
         ),
-        "cache_dir": str(cache.root),
+        "cache_dir": cache.location,
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     hold.enter_context(run_lock(run_dir))
@@ -314,7 +314,7 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
         layers=layers,
         record=cast("dict[str, Any]", resolved["record"]),
         device=device,
-        cache_root=str(Path(cache.root).resolve()),
+        cache_root=cache.location if cache.is_remote else str(cache.root.resolve()),
         run_dir=run_dir.resolve(),
         components=component_names,
     )
