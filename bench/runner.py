@@ -71,7 +71,9 @@ class RunConfig:
     # Options of each component's backend, e.g. {"language_model": {"model": "llama3"}}.
     component_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: str | None = None  # run directory; default results/<target>-<probe>-<hash>
-    cache_dir: str | None = None  # the one cache root: stages, datasets, exports, models
+    # The one cache root (stages, datasets, exports, models): a directory, or an fsspec URL
+    # (bench.cache: entries mirrored through a node-local staging directory).
+    cache_dir: str | None = None
     progress: bool = False
     # Where shards run (bench.executors): "local" (in-process, or a pool of `workers`
     # processes) or "ray" (the cluster at `address`, or a private local one). Results do not

@@ -140,6 +140,34 @@ def test_a_torn_upload_is_a_miss(url, tmp_path, monkeypatch) -> None:
     assert Cache(url, staging=tmp_path / "node3").load(STAGE, key) is not None
 
 
+def test_interleaved_writers_of_one_key_never_mix_their_files(url, tmp_path, monkeypatch) -> None:
+    """Writer B stores the key (other bytes: equivalent content need not be identical) while
+    writer A is half way through its upload: each uploads its own payload, so the manifest
+    written last (A's) names A's complete files and a reader gets A's entry, verified."""
+    a = Cache(url, staging=tmp_path / "a")
+    b = Cache(url, staging=tmp_path / "b")
+    assert a.remote is not None
+    fs = a.remote.fs
+    real_put = fs.put_file
+    interleaved: list[bool] = []
+
+    def put_then_let_b_write(lpath: str, rpath: str, **kwargs: Any) -> None:
+        real_put(lpath, rpath, **kwargs)
+        if not interleaved:
+            interleaved.append(True)
+            monkeypatch.setattr(fs, "put_file", real_put)
+            b.get_or_create(STAGE, PARTS, lambda d: (d / "a.txt").write_text("from b"))
+
+    monkeypatch.setattr(fs, "put_file", put_then_let_b_write)
+    a.get_or_create(STAGE, PARTS, _write)
+    assert interleaved
+    got = Cache(url, staging=tmp_path / "reader").load(STAGE, a.key(STAGE, PARTS))
+    assert got is not None
+    assert _files(got) == _files(a.entry_dir(STAGE, a.key(STAGE, PARTS)))
+    (left,) = b.temporaries()  # b's payload, named by no manifest
+    assert left.remote
+
+
 def test_a_staged_entry_missing_from_the_store_is_uploaded_again(url, tmp_path) -> None:
     node1 = Cache(url, staging=tmp_path / "node1")
     node1.get_or_create(STAGE, PARTS, _write)
@@ -160,6 +188,20 @@ def test_clear_removes_the_store_and_the_staging_copies(url, tmp_path) -> None:
     assert [e.stage for e in cache.staged_entries()] == ["other"]
     assert cache.clear() == 1
     assert cache.entries() == [] and cache.staged_entries() == []
+
+
+def test_bench_cache_dir_may_be_a_url(url, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_CACHE_DIR", url)
+    monkeypatch.setenv("BENCH_CACHE_STAGING", str(tmp_path / "staging"))
+    cache = Cache()
+    assert cache.is_remote and cache.location == url
+    assert cache.root.parent == tmp_path / "staging"
+    assert cache.datasets_dir().is_relative_to(tmp_path / "staging")
+    # a plain path keeps today's behaviour: no store, no staging copy
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "plain"))
+    plain = Cache()
+    assert not plain.is_remote and plain.root == tmp_path / "plain"
+    assert plain.location == str(tmp_path / "plain")
 
 
 def test_a_missing_protocol_package_is_a_clear_error() -> None:
