@@ -190,7 +190,9 @@ class Cache:
         return self.root / stage / key
 
     def load(self, stage: str, key: str) -> Path | None:
-        """The entry's directory if it exists and is intact; ``None`` otherwise.
+        """The entry's directory if it exists and is intact; ``None`` otherwise. For a remote
+        cache: the staged copy, else the store's entry fetched into :attr:`root` (a staged entry
+        the store lacks is uploaded again, since other nodes read the store).
 
         A corrupt entry is logged, removed, and reported as missing so the caller recomputes it.
         """
