@@ -189,10 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-dir",
         dest="global_cache_dir",
-        metavar="DIR",
-        help="cache directory for every command (stage caches, datasets, exports, downloaded "
-        "models; default: $BENCH_CACHE_DIR or ~/.cache/neuron-bench); a command's own "
-        "--cache-dir wins",
+        metavar="DIR|URL",
+        help="cache for every command (stage caches, datasets, exports, downloaded models; "
+        "default: $BENCH_CACHE_DIR or ~/.cache/neuron-bench): a directory, or an fsspec URL "
+        "(s3://bucket/cache with s3fs installed, gs://..., file:///...) whose entries are "
+        "mirrored through a node-local staging directory ($BENCH_CACHE_STAGING); a command's "
+        "own --cache-dir wins",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -269,7 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", help="run directory (default: results/<target>-<probe>-<run id>)")
     r.add_argument(
-        "--cache-dir", help="cache directory (default: $BENCH_CACHE_DIR or ~/.cache/neuron-bench)"
+        "--cache-dir",
+        metavar="DIR|URL",
+        help="cache directory, or an fsspec URL every node reaches (s3://..., gs://..., "
+        "file:///...; see `bench --help`) (default: $BENCH_CACHE_DIR or ~/.cache/neuron-bench)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument(
@@ -371,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cache", help="inspect or clear the cache")
     c.add_argument("action", choices=["ls", "clear"])
     c.add_argument("--stage", help="only this stage (record, describe, ...)")
-    c.add_argument("--cache-dir")
+    c.add_argument("--cache-dir", metavar="DIR|URL")
 
     d = sub.add_parser("data", help="list or download the datasets probe sets read")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -754,9 +759,10 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     from bench.cache import Cache
 
     cache = Cache(args.cache_dir)
+    staged = f" and its staging directory {cache.root}" if cache.is_remote else ""
     if args.action == "clear":
         n = cache.clear(args.stage)
-        print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {cache.root}")
+        print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {cache.location}{staged}")
         return 0
     entries = cache.entries(args.stage)
     temps = cache.temporaries(args.stage)
@@ -767,14 +773,20 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     for t in temps:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.created))
         held = {True: "being written", False: "left by a killed run", None: "left by a run"}
-        print(
-            f"{t.stage:<16} {t.key[:16]}  {t.size / 1e6:>9.2f} MB  {stamp}  temporary, "
-            f"{held[cache.writer_alive(t)]}"
+        state = (
+            "an upload in progress, torn or replaced" if t.remote else held[cache.writer_alive(t)]
         )
+        print(f"{t.stage:<16} {t.key[:16]}  {t.size / 1e6:>9.2f} MB  {stamp}  temporary, {state}")
     line = f"{len(entries)} entries, {total / 1e6:.2f} MB"
     if temps:
         line += f"; {len(temps)} temporary, {sum(t.size for t in temps) / 1e6:.2f} MB"
-    print(f"{line} in {cache.root}")
+    print(f"{line} in {cache.location}")
+    if cache.is_remote:
+        copies = cache.staged_entries(args.stage)
+        print(
+            f"this node's staging directory {cache.root} holds {len(copies)} entries, "
+            f"{sum(e.size for e in copies) / 1e6:.2f} MB"
+        )
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1166,7 +1165,8 @@ class RangeJob:
     ``weights``, ``probe``, ``probe_root``, ``probe_options``, ``probe_download``), what to
     record (``layers``, ``k``, ``topk_by``, ``quantiles`` as ``(q, method)`` pairs with the exact
     float ``q``, ``store_maps``), how (``batch_size``, ``num_workers``, ``device``), where
-    (``cache_root``: an absolute path, so the worker's environment plays no part), and what it
+    (``cache_root``: an absolute path or the URL of a remote store, ``Cache.location``, so the
+    worker's environment plays no part), and what it
     must find: ``record_parts``, the inputs of the one-pass cache key (the target's identity with
     its weights hash, the probe's identity, the torch version), checked by the worker against what
     it loaded. ``record_key`` is the one-pass entry the part belongs to, ``key`` the part's own
@@ -1357,7 +1357,7 @@ def plan_range_jobs(
                 num_workers=int(num_workers),
                 device=str(device),
                 store_maps=bool(store_maps),
-                cache_root=str(cache.root),
+                cache_root=cache.location,
                 record_parts=parts,
                 record_key=cache.key(STAGE, parts),
                 key=cache.key(PART_STAGE, _part_key_parts(parts, start, stop)),
@@ -1783,7 +1783,7 @@ def _record_in_ranges(
                 bad.record_key[:12],
                 e,
             )
-            shutil.rmtree(cache.entry_dir(PART_STAGE, bad.key), ignore_errors=True)
+            cache.remove(PART_STAGE, bad.key)
             here(bad)
             redone.add(bad.key)
             for f in list(directory.iterdir()):
@@ -1815,7 +1815,7 @@ def cached_run_evidence(
     keys = [cache.key(STAGE, record_key_parts(target, probe, names, **kwargs, units=chosen))]
     if chosen:  # a whole-layer entry serves a subset (record_cached)
         keys.append(cache.key(STAGE, record_key_parts(target, probe, names, **kwargs)))
-    if not any(cache.entry_dir(STAGE, key).is_dir() for key in keys):
+    if not any(cache.exists(STAGE, key) for key in keys):
         return None
     return record_cached(cache, target, probe, names, **kwargs, units=units or None)
 
@@ -1997,11 +1997,11 @@ def record_cached(
                 key[:12],
                 ", ".join(approx),
             )
-            shutil.rmtree(path, ignore_errors=True)
+            cache.remove(STAGE, key)
             path, hit = cache.get_or_create(STAGE, parts, write)
             evidence = _load_entry(path, names)
     for job in merged_jobs:  # merged and stored: the parts have served
-        shutil.rmtree(cache.entry_dir(PART_STAGE, job.key), ignore_errors=True)
+        cache.remove(PART_STAGE, job.key)
     log.info("record %s: cache %s", key[:12], "hit" if hit else "miss")
     return Evidence(target=target, probe=probe, layers=evidence, key=key, cached=hit)
 

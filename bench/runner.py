@@ -71,7 +71,9 @@ class RunConfig:
     # Options of each component's backend, e.g. {"language_model": {"model": "llama3"}}.
     component_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: str | None = None  # run directory; default results/<target>-<probe>-<hash>
-    cache_dir: str | None = None  # the one cache root: stages, datasets, exports, models
+    # The one cache root (stages, datasets, exports, models): a directory, or an fsspec URL
+    # (bench.cache: entries mirrored through a node-local staging directory).
+    cache_dir: str | None = None
     progress: bool = False
     # Where shards run (bench.executors): "local" (in-process, or a pool of `workers`
     # processes) or "ray" (the cluster at `address`, or a private local one). Results do not
@@ -292,7 +294,7 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
             if components
             else {}
         ),
-        "cache_dir": str(cache.root),
+        "cache_dir": cache.location,
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     hold.enter_context(run_lock(run_dir))
@@ -314,7 +316,7 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
         layers=layers,
         record=cast("dict[str, Any]", resolved["record"]),
         device=device,
-        cache_root=str(Path(cache.root).resolve()),
+        cache_root=cache.location if cache.is_remote else str(cache.root.resolve()),
         run_dir=run_dir.resolve(),
         components=component_names,
     )

@@ -123,7 +123,7 @@ class Shard:
     component_options: dict[str, dict[str, Any]]
     device: str
     seed: int
-    cache_root: str  # absolute; on a cluster, a filesystem every node shares
+    cache_root: str  # Cache.location: absolute, or a URL; on a cluster, every node reaches it
     run_dir: str  # absolute; the same
     units: tuple[str, ...]  # "layer:index", one layer
     #: What one shard needs from a machine (bench.method.Resources as JSON).
@@ -390,8 +390,14 @@ def _build(shard: Shard) -> _Prepared:
         raise ShardError(f"{shard.method_class} is not a Method class.")
     method = obj(**shard.method_config)
     _check("method", shard.method_identity, method.identity(), "Install the same version.")
+    # A remote cache's models directory is this node's own: a named target's weights are fetched
+    # here (checked against their published hash, then against the driver's identity below).
     target = load_target(
-        shard.target, weights=shard.weights, device=shard.device, download=False, cache=cache
+        shard.target,
+        weights=shard.weights,
+        device=shard.device,
+        download=cache.is_remote,
+        cache=cache,
     )
     _check(
         "target",
@@ -418,7 +424,7 @@ def _build(shard: Shard) -> _Prepared:
             raise ShardError(
                 f"The recording {shard.record_key[:12]} is not in the cache {shard.cache_root} "
                 f"on {socket.gethostname()}. On a cluster the cache must live on a filesystem "
-                "every node shares (--cache-dir)."
+                "every node shares, or at a URL every node reaches (--cache-dir)."
             )
         _check("recording", shard.record_key, evidence.key, "Share the cache directory.")
     components: dict[str, Any] = {}
