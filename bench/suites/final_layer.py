@@ -21,12 +21,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError, DataError, DownloadError, UsageError
 from bench.schema import UnitRef
 from bench.suites.base import Suite, SuiteContext, SuiteScores, TargetInfo, UnitEntry
 from bench.suites.text import TextJob, bertscore_preset, text_metrics
+
+if TYPE_CHECKING:
+    from bench.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +52,9 @@ class FinalLayerConfig:
     bertscore: str | None = None
 
 
-def synonyms_path(cache_root: Path) -> Path:
+def synonyms_path(cache: Cache) -> Path:
     """Where the synonym lines are kept: ``<cache>/datasets/imagenet_labels.txt``."""
-    return Path(cache_root) / "datasets" / SYNONYMS_FILE
+    return cache.datasets_dir() / SYNONYMS_FILE
 
 
 def parse_class_lines(path: Path, expected: int | None = None) -> tuple[str, ...]:
@@ -75,11 +78,11 @@ def parse_class_lines(path: Path, expected: int | None = None) -> tuple[str, ...
     return tuple(names)
 
 
-def fetch_synonyms(cache_root: Path, *, download: bool, progress: bool = False) -> Path:
+def fetch_synonyms(cache: Cache, *, download: bool, progress: bool = False) -> Path:
     """The synonym lines on disk, downloaded (checksum-checked) when missing and allowed."""
     from bench.download import ensure_file
 
-    dest = synonyms_path(cache_root)
+    dest = synonyms_path(cache)
     try:
         path, _ = ensure_file(
             SYNONYMS_URL,
@@ -173,7 +176,7 @@ class FinalLayerSuite(Suite[FinalLayerConfig]):
                     "classes). Use its own class names (the default) or a file."
                 )
             path = fetch_synonyms(
-                ctx.cache.root, download=ctx.options.download, progress=ctx.options.progress
+                ctx.cache, download=ctx.options.download, progress=ctx.options.progress
             )
             names = parse_class_lines(path, IMAGENET_CLASSES)
             return names, {"kind": "synonyms", "url": SYNONYMS_URL, "sha256": SYNONYMS_SHA256}

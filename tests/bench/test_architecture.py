@@ -5,6 +5,7 @@ place, and has no import circles among module-level imports."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +86,19 @@ def test_only_the_cache_module_reads_the_cache_variable() -> None:
     assert readers == ["bench.cache"]
     assert _reads_cache_variable('root = os.environ.get("BENCH_CACHE_DIR")')
     assert not _reads_cache_variable('help="default: $BENCH_CACHE_DIR"')
+
+
+def _places_cache_folders(text: str) -> bool:
+    """A line that builds a path to the cache's ``datasets`` or ``models`` folder itself."""
+    return re.search(r'/\s*"(datasets|models)"', text) is not None
+
+
+def test_only_the_cache_module_places_its_datasets_and_models_folders() -> None:
+    """Everything else asks the ``Cache`` (``datasets_dir()``, ``models_dir()``)."""
+    placers = [name for name, path in _modules().items() if _places_cache_folders(path.read_text())]
+    assert placers == ["bench.cache"]
+    assert _places_cache_folders('return Path(cache_root) / "datasets" / NAME')
+    assert not _places_cache_folders('state.setdefault("models", {})')
 
 
 def test_the_leaderboard_imports_only_results_schema_and_errors() -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +80,58 @@ def test_conformance_catches_an_empty_label(tmp_path) -> None:
 
     with pytest.raises(AssertionError, match="empty label"):
         check_method(Mute, tmp_path)
+
+
+ENTRY_POINT_PLUGIN = """
+from dataclasses import dataclass
+
+from bench.schema import Description
+from methods.base import Method, Requirements
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TopConfig:
+    prefix: str = "top"
+
+
+class Top(Method[TopConfig]):
+    name = "ep-top"
+    requires = Requirements(evidence=frozenset({"topk"}))
+
+    def _describe(self, units, evidence, ctx):
+        tops = {u: evidence.layer(u.layer).top("max").indices[u.index, 0] for u in units}
+        return [Description(unit=u, label=f"{self.config.prefix} #{tops[u]}") for u in units]
+"""
+
+
+def test_an_entry_point_plugin_conforms(tmp_path) -> None:
+    """A third-party package registered only through the entry-point group ``bench.methods``
+    (written against ``methods.base``) is found by name and passes the conformance suite, in a
+    fresh interpreter where nothing registered it by hand."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "ep_top_plugin.py").write_text(ENTRY_POINT_PLUGIN)
+    dist = site / "ep_top_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-top-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bench.methods]\nep-top = ep_top_plugin:Top\n")
+    code = (
+        "import sys\n"
+        "from bench.registry import METHODS\n"
+        "from bench.testing import check_method\n"
+        "cls = METHODS.get('ep-top')\n"
+        "out = check_method(cls, sys.argv[1])\n"
+        "print(cls.__module__, len(out), sorted({d.label.split(' #')[0] for d in out}))\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{repo}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "work")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    module, n, prefixes = proc.stdout.split(maxsplit=2)
+    assert module == "ep_top_plugin" and int(n) > 0 and prefixes.strip() == "['top']"

@@ -18,6 +18,7 @@ from bench.schema import UnitRef, read_descriptions
 from bench.testing import TINY_MILANNOTATIONS, tiny_evidence, write_tiny_milannotations
 from methods.base import MethodContext
 from methods.milan import (
+    MODEL_STAGE,
     Milan,
     MilanCaptioning,
     MilanConfig,
@@ -186,6 +187,8 @@ def test_cli_trains_a_model_and_runs_with_it(tiny_root: Path, tmp_path: Path, ca
     args += ["--config", "encoder=synthetic", "--config", "max_epochs=3", "--out", str(out)]
     assert main([*args, "--cache-dir", cache]) == 0
     assert (out / "model.safetensors").is_file() and (out / "milan.json").is_file()
+    # --cache-dir is honoured: the trained model is cached there (and only there)
+    assert len(list((Path(cache) / MODEL_STAGE).iterdir())) == 1
     info = json.loads(capsys.readouterr().out.rsplit("}", 1)[0] + "}")
     assert info["train_keys"] == ["alexnet/places365"] and info["units"] == 40
     run_dir = tmp_path / "run"
