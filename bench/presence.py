@@ -19,7 +19,11 @@ would turn every unit's AUROC into NaN or chance silently).
 Presence (:class:`SegmentationPresence`) is taken from the ground-truth segmentations through
 the probe's :class:`~bench.dissect.ConceptTable`: a formula is evaluated with AND/OR/NOT on the
 concept masks *per pixel* (CompExp's semantics; image-level labels such as scenes count as
-whole-image masks, as NetDissect treats them), then
+whole-image masks, as NetDissect treats them). A formula tree whose description says
+``extras["formula_level"] = "image"`` (INVERT: AND/OR/NOT of image-level labels) is evaluated
+per image instead: each leaf is on an image when it covers more than ``min_fraction`` of it, the
+logic is taken over images ("water AND red": water and something red on the image, which no
+single pixel is). Then
 
 * per pixel: ``bool [n, sh, sw]`` for chosen images (:meth:`SegmentationPresence.pixel_masks`);
 * per image: the share of the image's pixels where the formula holds (``coverage``,
@@ -69,6 +73,8 @@ LabelReader = Callable[[str], "list | None"]
 _KEYWORD = re.compile(r"\b(AND|OR|NOT)\b")
 
 PRESENCE_MODES: tuple[str, ...] = ("segmentation", "clip")
+#: How a formula tree in a description's extras is evaluated (:attr:`Reading.level`).
+FORMULA_LEVELS: tuple[str, ...] = ("pixel", "image")
 
 
 def _norm(name: str) -> str:
@@ -85,6 +91,11 @@ class Reading:
     formula: Formula | None
     source: str
     reason: str = ""
+    #: ``pixel``: the formula holds where it holds on a pixel (CompExp); ``image``: its leaves
+    #: are image-level labels (a concept is on an image when it covers more than
+    #: ``min_fraction`` of it) and the logic is taken per image (INVERT, whose description says
+    #: so with ``extras["formula_level"] = "image"``).
+    level: str = "pixel"
 
     @property
     def parsed(self) -> bool:
@@ -127,6 +138,14 @@ def read_label(
     if not isinstance(label, str) or not label.strip():
         return Reading(label=str(label), formula=None, source="unparsed", reason="empty label")
     tree = extras.get("formula") if isinstance(extras, dict) else None
+    tree_level = extras.get("formula_level", "pixel") if isinstance(extras, dict) else "pixel"
+    if tree_level not in FORMULA_LEVELS:
+        return Reading(
+            label=label,
+            formula=None,
+            source="unparsed",
+            reason=f"formula_level {tree_level!r} is not one of {', '.join(FORMULA_LEVELS)}",
+        )
     candidates: list[tuple[str, Formula]] = []
     if isinstance(tree, (list, tuple)) and tree:
         try:
@@ -147,7 +166,8 @@ def read_label(
     for source, formula in candidates:
         mapped, missing = _map_leaves(formula, names, reader)
         if mapped is not None:
-            return Reading(label=label, formula=mapped, source=source)
+            level = tree_level if source == "formula-tree" else "pixel"
+            return Reading(label=label, formula=mapped, source=source, level=level)
         why = f"formula leaves not concepts of the probe set: {', '.join(missing)}"
     if candidates:  # a formula is explicit: its leaves must be concepts, no free-text reading
         return Reading(label=label, formula=None, source="unparsed", reason=why)
@@ -229,14 +249,35 @@ class SegmentationPresence:
 
         return evaluate(formula, self._leaf)
 
-    def coverage(self, formulas: Sequence[Formula]) -> np.ndarray:
-        """float64 ``[F, N]``: share of each image's pixels where each formula holds."""
+    def image_holds(self, formula: Formula) -> np.ndarray:
+        """bool ``[N]``: the images where ``formula`` holds with image-level leaves (a concept is
+        on an image when it covers more than ``min_fraction`` of its pixels), AND/OR/NOT taken
+        per image (INVERT's semantics)."""
+        from bench.formula import evaluate
+
+        def leaf(name: str) -> np.ndarray:
+            share = self.counts @ self._leaf(name).astype(self.counts.dtype)
+            return share / self.pixels_per_image > self.min_fraction
+
+        return evaluate(formula, leaf)
+
+    def coverage(
+        self, formulas: Sequence[Formula], levels: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """float64 ``[F, N]``: share of each image's pixels where each formula holds; for a
+        formula of ``level`` ``image``, 1.0 on the images where it holds (:meth:`image_holds`)
+        and 0.0 elsewhere."""
         import numpy as np
 
         if not formulas:
             return np.zeros((0, self.num_images))
+        levels = list(levels) if levels is not None else ["pixel"] * len(formulas)
         holds = np.stack([self.holds(f) for f in formulas], axis=1).astype(np.float64)
-        return (self.counts @ holds).T / self.pixels_per_image
+        out = (self.counts @ holds).T / self.pixels_per_image
+        for j, (f, level) in enumerate(zip(formulas, levels, strict=True)):
+            if level == "image":
+                out[j] = self.image_holds(f).astype(np.float64)
+        return out
 
     def presence(self, formulas: Sequence[Formula]) -> np.ndarray:
         """float64 ``[F, N]`` in {0, 1}: coverage above ``min_fraction``."""
@@ -282,18 +323,21 @@ def segmentation_presence(
     memo: dict[tuple[str, str], Reading] = {}
     readings = []
     for label, ex in zip(labels, extras, strict=True):
-        key = (label, repr(ex.get("formula")) if isinstance(ex, dict) else "")
+        key = (
+            label,
+            repr((ex.get("formula"), ex.get("formula_level"))) if isinstance(ex, dict) else "",
+        )
         if key not in memo:
             memo[key] = read_label(label, source.names, extras=ex, reader=reader)
         readings.append(memo[key])
     parsed = [i for i, r in enumerate(readings) if r.parsed]
-    distinct = list(dict.fromkeys(readings[i].formula for i in parsed))
-    where = {f: j for j, f in enumerate(distinct)}
-    cov = source.coverage(distinct)  # type: ignore[arg-type]
+    distinct = list(dict.fromkeys((readings[i].formula, readings[i].level) for i in parsed))
+    where = {key: j for j, key in enumerate(distinct)}
+    cov = source.coverage([f for f, _ in distinct], [lv for _, lv in distinct])  # type: ignore[misc]
     n = source.num_images
     coverage = np.full((len(labels), n), np.nan)
     for i in parsed:
-        coverage[i] = cov[where[readings[i].formula]]
+        coverage[i] = cov[where[(readings[i].formula, readings[i].level)]]
     presence = np.where(np.isnan(coverage), np.nan, (coverage > source.min_fraction) * 1.0)
     return LabelPresence(presence=presence, coverage=coverage, readings=readings)
 

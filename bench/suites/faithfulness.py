@@ -588,7 +588,8 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                 "min_fraction": cfg.min_fraction,
                 "rule": "formula evaluated per pixel on the ground-truth masks (image-level "
                 "labels as whole-image masks); an image shows the concept when more than "
-                "min_fraction of its pixels do",
+                "min_fraction of its pixels do; a formula of image-level labels (INVERT's, "
+                "formula_level=image) is evaluated per image on the same rule per concept",
                 "label_reader": probe.name if reader is not None else None,
             },
             "activations_from": acts_from,

@@ -137,6 +137,8 @@ class Invert(Method[InvertConfig]):
                     score_name="auroc",
                     extras={
                         "formula": tree,
+                        # AND/OR/NOT of image-level labels: scored per image (bench.presence)
+                        "formula_level": "image",
                         "length": best.length,
                         "p_value": p_value,
                         "mann_whitney_u": u_stat,

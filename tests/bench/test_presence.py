@@ -91,3 +91,40 @@ def test_labels_are_read_or_reported_unparsed(probe_and_source) -> None:  # type
     # without the reader, free text is unparsed, never read as absent
     plain = read_label("red striped circles", source.names)
     assert not plain.parsed
+
+
+def test_image_level_formula_equals_image_logic_and_matches_inverts_membership(
+    probe_and_source,
+) -> None:  # type: ignore[no-untyped-def]
+    """INVERT's formulas (``formula_level`` ``image``) combine image-level labels: "water AND
+    red" holds on an image with a water background and a red object, which no single pixel is.
+    Per pixel that formula is on no image (so every score of it was undefined); per image it
+    equals explicit logic on the images' concepts, and INVERT's own membership."""
+    from bench.dissect import image_concepts
+    from bench.formula import evaluate, from_json
+
+    probe, source = probe_and_source
+    tree = ["and", ["leaf", "water"], ["leaf", "red"], ["not", ["leaf", "yellow"]]]
+    label = "water AND red AND NOT yellow"
+    image_level = {"formula": tree, "formula_level": "image"}
+    out = segmentation_presence([label, label], source, extras=[image_level, {"formula": tree}])
+    per_image, per_pixel = out.presence
+    assert out.readings[0].level == "image" and out.readings[1].level == "pixel"
+    assert per_pixel.sum() == 0  # water is background, red an object: never the same pixel
+    explicit = np.array(
+        [
+            m["water"].any() and m["red"].any() and not m["yellow"].any()
+            for m in (_explicit_masks(probe, i) for i in range(len(probe)))
+        ]
+    )
+    np.testing.assert_array_equal(per_image, explicit.astype(float))
+    assert 0 < per_image.sum() < len(probe)
+    np.testing.assert_array_equal(source.image_holds(from_json(tree)), explicit)
+    # INVERT's membership: the same formula on the image-level labels INVERT searches over
+    labels = image_concepts(source.table)
+    code = {c.name: i + 1 for i, c in enumerate(source.table.concepts)}
+    np.testing.assert_array_equal(
+        evaluate(from_json(tree), lambda name: labels[:, code[name]]), explicit
+    )
+    bad = segmentation_presence([label], source, extras=[{"formula": tree, "formula_level": "x"}])
+    assert not bad.readings[0].parsed and "formula_level" in bad.readings[0].reason

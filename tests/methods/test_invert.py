@@ -197,6 +197,8 @@ def test_invert_labels_the_tiny_colour_detectors(tmp_path) -> None:
         assert d.label == colour, d
         assert d.score_name == "auroc" and d.score > 0.9
         assert 0.0 <= d.extras["p_value"] < 0.01
+        # its formulas are over image-level labels: the faithfulness suite scores them per image
+        assert d.extras["formula_level"] == "image"
         acts = np.asarray(ev.layer("conv").pooled_mean[:, d.unit.index], dtype=np.float64)
         member = np.array([TinyProbe()._colour(i) == colour for i in range(len(acts))])
         assert d.score == pytest.approx(roc_auc_score(member, acts), abs=1e-12)
