@@ -62,7 +62,7 @@ class Invert(Method[InvertConfig]):
     """A formula of image-level concepts per unit, found by beam search on AUROC."""
 
     name = "invert"
-    version = "1"
+    version = "2"
     requires = Requirements(evidence=frozenset({"pooled", "segmentations"}))
 
     def _describe(
