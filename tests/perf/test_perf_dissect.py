@@ -47,3 +47,14 @@ def test_benchmark_main_runs(module, capsys: pytest.CaptureFixture[str]) -> None
     assert module.main(args) == 0
     out = capsys.readouterr().out
     assert "equality:" in out and "ok" in out.splitlines()[-1]
+
+
+def test_numba_start_up_loads_the_table_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start-up step, timed apart from our table build, leaves the table build's compiled
+    shard reduction loaded (compiled if it never was), so a first run after a code change does
+    not time numba's compilation as part of the cold table build."""
+    from bench import dissect as D
+
+    monkeypatch.setattr(D, "_SHARD_KERNEL", None)
+    netdissect_perf.numba_start_up()
+    assert D._SHARD_KERNEL is not None and len(D._SHARD_KERNEL.signatures) >= 1
