@@ -347,7 +347,8 @@ class RayExecutor(Executor):
                 flags.append(f"--num-gpus {_fmt(max(demand['GPU'], 1))}")
             custom = {k: v for k, v in demand.items() if k not in ("CPU", "GPU")}
             if custom:
-                flags.append(f"--resources '{json.dumps(custom)}'")
+                amounts = {k: int(v) if float(v).is_integer() else v for k, v in custom.items()}
+                flags.append(f"--resources '{json.dumps(amounts)}'")
             lines.append(
                 f"{what} needs {{{need}}} on one node, but {why}. Offer it on a node that has "
                 f"it: ray start --address HEAD:PORT {' '.join(flags)}"
