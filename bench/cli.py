@@ -22,6 +22,13 @@ from bench.suites import BUILTIN_SUITES
 log = logging.getLogger("bench")
 
 
+#: The summary line of the recording stage (bench.runner.RunResult.recording).
+RECORDING_TEXT = {
+    "computed": "computed",
+    "cached": "from cache",
+    "none": "none (no method of the run reads evidence)",
+}
+
 EXAMPLES = """examples:
   bench run                                  every method on the synthetic world, scored,
                                              with a leaderboard page (offline, minutes)
@@ -294,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="local: worker processes (default: 1, in this process); ray: actors per method "
         "that holds models (default: as many as the cluster's resources fit)",
+    )
+    r.add_argument(
+        "--resource-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="ray: when no node of the cluster offers what a method's shards need (a GPU, a GPU "
+        "memory class), wait this long for an autoscaler to add one instead of failing at once "
+        "(default: 0)",
     )
     r.add_argument(
         "--leaderboard",
@@ -595,9 +611,14 @@ def _cmd_run(args: argparse.Namespace, hold: ExitStack) -> int:
         executor=args.executor,
         address=args.address,
         workers=args.workers,
+        resource_wait=args.resource_wait,
     )
     if args.address and args.executor != "ray":
         raise UsageError("--address is for --executor ray; add --executor ray or drop it.")
+    if args.resource_wait and args.executor != "ray":
+        raise UsageError("--resource-wait is for --executor ray; add --executor ray or drop it.")
+    if not args.resource_wait >= 0:
+        raise UsageError(f"Expected --resource-wait >= 0 seconds, got {args.resource_wait}.")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"Expected --workers >= 1, got {args.workers}.")
     suite_config = _suite_options(args.suite_option)
@@ -636,7 +657,7 @@ def _cmd_run(args: argparse.Namespace, hold: ExitStack) -> int:
     t0 = time.perf_counter()
     result = run(config, complete=score_options is None, hold=hold)
     print(f"run directory: {result.run_dir}")
-    print(f"recording: {'from cache' if result.record_cached else 'computed'}")
+    print(f"recording: {RECORDING_TEXT[result.recording]}")
     # ok + failed = computed + cached + resumed: every unit is one of the three.
     print(
         f"{'method':<24} {'ok':>6} {'failed':>6} {'computed':>8} {'resumed':>7} {'cached':>6} "

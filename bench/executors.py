@@ -6,19 +6,26 @@ runs them in the driver's process, or in a pool of ``--workers N`` processes, an
 engine. ``ray`` runs them on a Ray cluster (``--address auto`` or ``HOST:PORT``; a private local
 Ray without ``--address``): shards become tasks, or go to actors for methods that hold large
 models (:class:`bench.method.Resources`), with the method's CPUs, GPUs and GPU memory class as
-Ray resources. A shard whose worker dies (killed, out of memory, node lost) is run again, up to
-``max_attempts`` times; a worker's own error (a :class:`~bench.errors.BenchError`) ends the run.
+Ray resources (:func:`ray_options`): GPUs exactly when the work runs on a GPU
+(:func:`bench.shards.work_device`). Before anything is submitted, the Ray executor checks that
+some node of the cluster offers what one shard or job needs (:meth:`RayExecutor.check`): work no
+node can take would wait forever, so it is a usage error that names the missing resource, unless
+``resource_wait`` seconds are given for an autoscaler to add such a node. A shard whose worker
+dies (killed, out of memory, node lost) is run again, up to ``max_attempts`` times; a worker's
+own error (a :class:`~bench.errors.BenchError`) ends the run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bench.errors import BenchError, UsageError
-from bench.shards import Shard, run_shard
+from bench.shards import Shard, run_shard, work_device
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,11 @@ EXECUTORS = ("local", "ray")
 MAX_ATTEMPTS = 4
 
 OnDone = Callable[[Shard, dict[str, Any]], None]
+#: What one recording range job (bench.record.run_range_job) needs: it runs the target on the
+#: run's device, so one GPU on a GPU run (bench.method.Resources as JSON).
+RANGE_JOB_RESOURCES: dict[str, Any] = {"cpus": 1, "gpus": 1}
+#: Seconds between looks at the cluster while waiting for resources (``resource_wait``).
+RESOURCE_POLL_S = 2.0
 
 
 class ExecutorError(BenchError):
@@ -43,9 +55,21 @@ class Executor:
         """Run every shard, calling ``on_done(shard, result)`` in the driver as each completes."""
         raise NotImplementedError
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, gpus: float = 0) -> list[Any]:
-        """``[fn(x) for x in items]`` through the executor (recording range jobs)."""
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        resources: Mapping[str, Any] | None = None,
+        device: str = "cpu",
+    ) -> list[Any]:
+        """``[fn(x) for x in items]`` through the executor (recording range jobs). Each call
+        needs ``resources`` (default :data:`RANGE_JOB_RESOURCES`) when it runs on ``device``."""
         raise NotImplementedError
+
+    def check(self, needs: Sequence[tuple[str, Mapping[str, Any], str]]) -> None:
+        """Raise a :class:`~bench.errors.UsageError` when some work of ``needs`` (``(what,
+        resources, device)``: what one shard or job of it asks for) can never run here."""
 
     def close(self) -> None:
         """Release workers and connections."""
@@ -77,7 +101,14 @@ class LocalExecutor(Executor):
             return
         self._pool_run([(s, s.to_json()) for s in shards], run_shard, on_done)
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, gpus: float = 0) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        resources: Mapping[str, Any] | None = None,
+        device: str = "cpu",
+    ) -> list[Any]:
         if self.in_process:
             return [fn(x) for x in items]
         results: dict[int, Any] = {}
@@ -146,8 +177,44 @@ class LocalExecutor(Executor):
         self._close_pool()
 
 
+def ray_options(resources: Mapping[str, Any] | None, device: str) -> dict[str, Any]:
+    """Ray task or actor options for one piece of work that needs ``resources``
+    (:class:`bench.method.Resources` as JSON) in a run on ``device``: its CPUs, and its GPUs and
+    GPU memory class exactly when it works on a CUDA device (:func:`bench.shards.work_device`),
+    so that a GPU run reserves a GPU for the work that uses one and for no other."""
+    res = resources or {}
+    opts: dict[str, Any] = {"num_cpus": float(res.get("cpus", 1))}
+    if work_device(res, device).startswith("cuda"):
+        gpus = float(res["gpus"])
+        opts["num_gpus"] = gpus
+        if res.get("gpu_memory"):
+            from bench.method import gpu_memory_resource
+
+            opts["resources"] = {gpu_memory_resource(int(res["gpu_memory"])): gpus}
+    return opts
+
+
+def ray_demand(opts: Mapping[str, Any]) -> dict[str, float]:
+    """The Ray resources (``CPU``, ``GPU``, custom ones) that task options take on a node."""
+    out = {"CPU": float(opts.get("num_cpus", 1)), "GPU": float(opts.get("num_gpus", 0))}
+    out.update({k: float(v) for k, v in (opts.get("resources") or {}).items()})
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def _fits(demand: Mapping[str, float], node: Mapping[str, float]) -> bool:
+    return all(float(node.get(k, 0)) >= v - 1e-9 for k, v in demand.items())
+
+
+def _fmt(amount: float) -> str:
+    return f"{amount:g}"
+
+
 class RayExecutor(Executor):
-    """Shards as Ray tasks, or on actors for methods whose resources say ``actor``."""
+    """Shards as Ray tasks, or on actors for methods whose resources say ``actor``.
+
+    ``resource_wait``: seconds to wait, when no node offers what some work needs, for an
+    autoscaler to add one (it is asked through ``ray.autoscaler.sdk.request_resources``); 0
+    (the default) refuses such work at once with a :class:`~bench.errors.UsageError`."""
 
     name = "ray"
 
@@ -158,6 +225,7 @@ class RayExecutor(Executor):
         workers: int | None = None,
         max_attempts: int = MAX_ATTEMPTS,
         num_cpus: int | None = None,
+        resource_wait: float = 0.0,
     ):
         try:
             import ray
@@ -167,10 +235,14 @@ class RayExecutor(Executor):
             ) from e
         if workers is not None and workers < 1:
             raise UsageError(f"Expected --workers >= 1, got {workers}.")
+        if not resource_wait >= 0:
+            raise UsageError(f"Expected --resource-wait >= 0 seconds, got {resource_wait}.")
         self.ray = ray
         self.workers = workers
         self.max_attempts = max_attempts
+        self.resource_wait = float(resource_wait)
         self._started = False
+        self._requested = False  # resources asked of an autoscaler (cleared on close)
         if not ray.is_initialized():
             try:
                 if address:
@@ -187,6 +259,8 @@ class RayExecutor(Executor):
         self._actor_cls = ray.remote(_ShardWorker)
 
     def close(self) -> None:
+        if self._requested:
+            self._request([])
         if self._started:
             self.ray.shutdown()
             self._started = False
@@ -195,17 +269,8 @@ class RayExecutor(Executor):
 
     @staticmethod
     def options(shard: Shard) -> dict[str, Any]:
-        """Ray options of one shard from its method's resources (GPUs only for a GPU run)."""
-        res = shard.resources or {}
-        opts: dict[str, Any] = {"num_cpus": float(res.get("cpus", 1))}
-        gpus = float(res.get("gpus", 0)) if shard.device.startswith("cuda") else 0.0
-        if gpus:
-            opts["num_gpus"] = gpus
-            if res.get("gpu_memory"):
-                from bench.method import gpu_memory_resource
-
-                opts["resources"] = {gpu_memory_resource(int(res["gpu_memory"])): gpus}
-        return opts
+        """Ray options of one shard from its method's resources (:func:`ray_options`)."""
+        return ray_options(shard.resources, shard.device)
 
     def _actor_count(self, n_shards: int, opts: dict[str, Any]) -> int:
         if self.workers:
@@ -218,20 +283,118 @@ class RayExecutor(Executor):
             fits.append(int(total.get(name, 0) // amount))
         return max(1, min(n_shards, *fits))
 
+    # -- can the cluster run it at all -----------------------------------------------------------
+
+    def _nodes(self) -> list[dict[str, float]]:
+        """The total resources of each live node."""
+        return [dict(n.get("Resources") or {}) for n in self.ray.nodes() if n.get("Alive")]
+
+    def check(self, needs: Sequence[tuple[str, Mapping[str, Any], str]]) -> None:
+        """Refuse work that no node of the cluster can ever take (Ray would keep it pending
+        forever): a :class:`~bench.errors.UsageError` naming what is missing and how to offer
+        it. With ``resource_wait``, first ask an autoscaler for it and wait that long."""
+        demands: dict[str, dict[str, float]] = {}
+        for what, resources, device in needs:
+            demands.setdefault(what, ray_demand(ray_options(resources, device)))
+
+        def unmet() -> dict[str, dict[str, float]]:
+            nodes = self._nodes()
+            return {w: d for w, d in demands.items() if not any(_fits(d, n) for n in nodes)}
+
+        missing = unmet()
+        if missing and self.resource_wait > 0:
+            log.warning(
+                "No node of the Ray cluster offers what %s needs; asking the autoscaler and "
+                "waiting up to %g s (--resource-wait) for one",
+                ", ".join(missing),
+                self.resource_wait,
+            )
+            self._request(list(missing.values()))
+            deadline = time.monotonic() + self.resource_wait
+            while missing and time.monotonic() < deadline:
+                time.sleep(max(0.0, min(RESOURCE_POLL_S, deadline - time.monotonic())))
+                missing = unmet()
+        if missing:
+            raise UsageError(self._unmet_message(missing, self._nodes()))
+
+    def _request(self, bundles: list[dict[str, float]]) -> None:
+        """Ask an autoscaler for ``bundles`` (``[]``: withdraw the request); without one, the
+        request is a hint nobody reads."""
+        try:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=bundles)
+            self._requested = bool(bundles)
+        except Exception as e:  # no autoscaler support: the wait still polls the cluster
+            log.debug("could not ask the autoscaler for %s: %s", bundles, e)
+
+    def _unmet_message(
+        self, missing: Mapping[str, Mapping[str, float]], nodes: Sequence[Mapping[str, float]]
+    ) -> str:
+        lines = []
+        for what, demand in missing.items():
+            absent = [k for k, v in demand.items() if not any(n.get(k, 0) >= v for n in nodes)]
+            need = ", ".join(f"{k}: {_fmt(v)}" for k, v in demand.items())
+            why = (
+                f"no node has {', '.join(absent)}"
+                if absent
+                else "no single node has all of them at once"
+            )
+            flags = []
+            if "CPU" in demand:
+                flags.append(f"--num-cpus {_fmt(max(demand['CPU'], 1))}")
+            if "GPU" in demand:
+                flags.append(f"--num-gpus {_fmt(max(demand['GPU'], 1))}")
+            custom = {k: v for k, v in demand.items() if k not in ("CPU", "GPU")}
+            if custom:
+                amounts = {k: int(v) if float(v).is_integer() else v for k, v in custom.items()}
+                flags.append(f"--resources '{json.dumps(amounts)}'")
+            lines.append(
+                f"{what} needs {{{need}}} on one node, but {why}. Offer it on a node that has "
+                f"it: ray start --address HEAD:PORT {' '.join(flags)}"
+            )
+        shown = [
+            "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in sorted(n.items()) if _shown(k)) + "}"
+            for n in nodes[:5]
+        ]
+        more = f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
+        return (
+            "The Ray cluster cannot run this work: it would wait forever.\n"
+            + "\n".join(f"  {line}" for line in lines)
+            + f"\nThe cluster's nodes offer: {', '.join(shown) or 'nothing'}{more}. "
+            "A GPU memory class (bench_gpu_mem_<G>g) is declared by each node whose GPUs have at "
+            "least G GiB, one per GPU. Or run on the CPU (--device cpu), or, on a cluster that "
+            "autoscales, give it time to add such a node (--resource-wait SECONDS)."
+            + (f" Waited {self.resource_wait:g} s." if self.resource_wait else "")
+        )
+
     # -- running --------------------------------------------------------------------------------
 
     def run(self, shards: Sequence[Shard], on_done: OnDone) -> None:
         if not shards:
             return
-        opts = self.options(shards[0])
-        if (shards[0].resources or {}).get("actor"):
+        first = shards[0]
+        self.check([(f"A shard of method '{first.method}'", first.resources, first.device)])
+        opts = self.options(first)
+        if (first.resources or {}).get("actor"):
             self._run_actors(list(shards), opts, on_done)
         else:
             self._run_tasks(list(shards), on_done)
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, gpus: float = 0) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        resources: Mapping[str, Any] | None = None,
+        device: str = "cpu",
+    ) -> list[Any]:
+        res = RANGE_JOB_RESOURCES if resources is None else resources
+        if not items:
+            return []
+        self.check([("A recording job", res, device)])
         remote = self.ray.remote(fn)
-        opts: dict[str, Any] = {"num_cpus": 1, **({"num_gpus": gpus} if gpus else {})}
+        opts = ray_options(res, device)
         results: dict[int, Any] = {}
         self._loop(
             list(range(len(items))),
@@ -284,7 +447,12 @@ class RayExecutor(Executor):
     ) -> None:
         """Submit ``items`` (``submit`` returns an object ref, or ``None`` when no worker is
         free: the item waits), collect results as they complete, run again those whose worker
-        died, and raise a worker's own error."""
+        died, and raise a worker's own error.
+
+        Each wait takes every result that is ready (one blocking ``ray.wait`` for the first,
+        one that does not block for the others), so a run of many shards costs a wait per
+        batch of completions, not per shard; each result is still handed to ``on_done`` (which
+        merges it) before the next wait."""
         ray = self.ray
         from ray import exceptions as rex
 
@@ -312,10 +480,7 @@ class RayExecutor(Executor):
                 attempts[id(item)] = attempts.get(id(item), 0) + 1
                 inflight[ref] = item
 
-        fill()
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            ref = ready[0]
+        def collect(ref: Any) -> None:
             item = inflight.pop(ref)
             try:
                 result = ray.get(ref)
@@ -340,7 +505,21 @@ class RayExecutor(Executor):
                 if release:
                     release(item, False)
                 on_done(item, result)
+
+        fill()
+        while inflight:
+            ready, rest = ray.wait(list(inflight), num_returns=1)
+            if rest:
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
+            for ref in ready:
+                collect(ref)
             fill()
+
+
+def _shown(resource: str) -> bool:
+    """Resources worth naming to a person (not Ray's per-node bookkeeping ones)."""
+    return not (resource.startswith("node:") or resource in ("memory", "object_store_memory"))
 
 
 class _ShardWorker:
@@ -351,13 +530,21 @@ class _ShardWorker:
 
 
 def make_executor(
-    name: str = "local", *, address: str | None = None, workers: int | None = None
+    name: str = "local",
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    resource_wait: float | None = None,
 ) -> Executor:
     """The executor ``bench run --executor NAME`` asks for."""
     if name == "local":
         if address:
             raise UsageError("--address is for --executor ray; drop it or add --executor ray.")
+        if resource_wait:
+            raise UsageError(
+                "--resource-wait is for --executor ray; drop it or add --executor ray."
+            )
         return LocalExecutor(workers)
     if name == "ray":
-        return RayExecutor(address, workers=workers)
+        return RayExecutor(address, workers=workers, resource_wait=resource_wait or 0.0)
     raise UsageError(f"Unknown executor '{name}'; expected one of {', '.join(EXECUTORS)}.")

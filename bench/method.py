@@ -88,7 +88,11 @@ class Resources:
     """What one shard of a method (a chunk of units) needs from the machine that runs it.
 
     ``gpus`` and ``gpu_memory`` apply when the run's device is a GPU (a CPU run asks for none);
-    ``gpu_memory`` is a class of :data:`GPU_MEMORY_CLASSES`, in GiB. ``actor``: the method holds
+    ``gpu_memory`` is a class of :data:`GPU_MEMORY_CLASSES`, in GiB. They also say where a
+    worker runs a shard (:func:`bench.shards.work_device`): a method that declares GPUs gets the
+    run's device in ``ctx.device``, one that declares none gets the CPU (its target and
+    components loaded there) whatever the run's device. So declare ``gpus`` exactly when the
+    method's work runs torch on ``ctx.device``. ``actor``: the method holds
     large models (captioners, language or diffusion models) and runs in long-lived workers that
     load them once and take many shards. Executors that run in one process ignore all of it.
     """

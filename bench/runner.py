@@ -81,6 +81,9 @@ class RunConfig:
     executor: str = "local"
     address: str | None = None
     workers: int | None = None
+    # Seconds the Ray executor waits for an autoscaler to add a node that offers what some
+    # work needs; 0: such work is a usage error at once (bench.executors.RayExecutor.check).
+    resource_wait: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -95,11 +98,18 @@ class MethodSummary:
     seconds: float
 
 
+#: What the recording stage of a run did (RunResult.recording).
+RECORDING_STATES = ("computed", "cached", "none")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunResult:
     run_dir: Path
     methods: tuple[MethodSummary, ...]
     record_cached: bool
+    #: "computed" (a forward pass ran), "cached" (served by the cache), or "none" (no method of
+    #: the run reads evidence: nothing was recorded).
+    recording: str = "computed"
 
     @property
     def exit_code(self) -> int:
@@ -321,8 +331,13 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
         components=component_names,
     )
     try:
-        with make_executor(config.executor, address=config.address, workers=config.workers) as ex:
-            record_hit, summaries = _describe_all(
+        with make_executor(
+            config.executor,
+            address=config.address,
+            workers=config.workers,
+            resource_wait=config.resource_wait,
+        ) as ex:
+            recording, summaries = _describe_all(
                 config, methods, contexts, units, layers, req, cache, target, probe, device,
                 state, run_dir, ex, plan,
             )  # fmt: skip
@@ -333,7 +348,12 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
     state.summary = {s.name: {"ok": s.ok, "error": s.error} for s in summaries}
     state.seconds = round(time.perf_counter() - t0, 3)
     state.save(run_dir)
-    return RunResult(run_dir=run_dir, methods=tuple(summaries), record_cached=record_hit)
+    return RunResult(
+        run_dir=run_dir,
+        methods=tuple(summaries),
+        record_cached=recording == "cached",
+        recording=recording,
+    )
 
 
 def _error_text(e: BaseException) -> str:
@@ -420,9 +440,21 @@ def _describe_all(
     run_dir: Path,
     executor: Executor,
     plan: _Plan,
-) -> tuple[bool, list[MethodSummary]]:
+) -> tuple[str, list[MethodSummary]]:
+    """``(recording, summaries)``: what the recording stage did (:data:`RECORDING_STATES`)
+    and each method's summary."""
     from bench.evidence import Evidence, QuantileSpec
+    from bench.method import config_to_json
     from bench.record import record_cached
+
+    # Work the executor can never run (no node offers what a shard needs) fails here, before
+    # the recording.
+    executor.check(
+        [
+            (f"A shard of method '{m.name}'", config_to_json(m.requires.resources), device)
+            for m in methods
+        ]
+    )
 
     def describe(evidence: Evidence) -> list[MethodSummary]:
         out = []
@@ -443,7 +475,7 @@ def _describe_all(
         evidence = Evidence(target=target, probe=probe, layers={}, key=key)
         state.stages["record"] = {"status": "done", "skipped": "no method reads evidence"}
         state.save(run_dir)
-        return False, describe(evidence)
+        return "none", describe(evidence)
     # With workers outside the driver (a process pool, a Ray cluster), the recording is split
     # into image-range jobs that run through the executor and merge exactly into the one-pass
     # entry (bench.record); in-process it is the one pass, as before.
@@ -451,8 +483,8 @@ def _describe_all(
     if not executor.in_process:
         from bench.record import WorkerSource
 
-        gpus = 1.0 if device.startswith("cuda") else 0.0
-        record_kwargs["map_jobs"] = lambda fn, jobs: executor.map(fn, jobs, gpus=gpus)
+        # Each range job runs the target on the run's device: on a GPU run, it takes a GPU.
+        record_kwargs["map_jobs"] = lambda fn, jobs: executor.map(fn, jobs, device=device)
         record_kwargs["source"] = WorkerSource(
             target=config.target,
             weights=config.weights,
@@ -489,7 +521,7 @@ def _describe_all(
         "seconds": round(time.perf_counter() - t_rec, 3),
     }
     state.save(run_dir)
-    return record_hit, describe(evidence)
+    return ("cached" if record_hit else "computed"), describe(evidence)
 
 
 def _run_method(

@@ -26,7 +26,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,6 +155,20 @@ class Shard:
     @property
     def parts_dir(self) -> Path:
         return Path(self.run_dir) / self.method / PARTS_DIR
+
+    @property
+    def work_device(self) -> str:
+        """The device a worker runs this shard on (:func:`work_device`)."""
+        return work_device(self.resources, self.device)
+
+
+def work_device(resources: Mapping[str, Any] | None, device: str) -> str:
+    """The device a worker runs a piece of work on: the run's ``device`` when the work declares
+    GPUs (``resources["gpus"] > 0``: it runs torch there, and executors reserve the GPUs for it),
+    else the CPU (the work is CPU-only: its target and components are loaded on the CPU, and it
+    takes no GPU, reserved or not). A CPU run is on the CPU either way."""
+    gpus = float((resources or {}).get("gpus", 0) or 0)
+    return device if gpus > 0 else "cpu"
 
 
 def parse_unit(text: str) -> UnitRef:
@@ -390,12 +404,15 @@ def _build(shard: Shard) -> _Prepared:
         raise ShardError(f"{shard.method_class} is not a Method class.")
     method = obj(**shard.method_config)
     _check("method", shard.method_identity, method.identity(), "Install the same version.")
-    # A remote cache's models directory is this node's own: a named target's weights are fetched
-    # here (checked against their published hash, then against the driver's identity below).
+    # The recording is looked up with the run's device (part of its key); everything the
+    # worker loads goes to the device it works on (the CPU for a CPU-only method). A remote
+    # cache's models directory is this node's own: a named target's weights are fetched here
+    # (checked against their published hash, then against the driver's identity below).
+    device = shard.work_device
     target = load_target(
         shard.target,
         weights=shard.weights,
-        device=shard.device,
+        device=device,
         download=cache.is_remote,
         cache=cache,
     )
@@ -434,11 +451,11 @@ def _build(shard: Shard) -> _Prepared:
         components = build_components(
             shard.components,
             {k: v for k, v in shard.component_options.items() if k in shard.components},
-            device=shard.device,
+            device=device,
         )
     ctx = MethodContext(
         cache=cache,
-        device=shard.device,
+        device=device,
         seed=shard.seed,
         workdir=Path(shard.run_dir),
         target=target,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bench.evidence import NETDISSECT_QUANTILE
-from bench.method import Method, MethodContext, Requirements
+from bench.method import Method, MethodContext, Requirements, Resources
 from bench.schema import Description, UnitRef
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class CompExp(Method[CompExpConfig]):
     requires = Requirements(
         evidence=frozenset({"maps", "thresholds", "segmentations"}),
         quantiles=(NETDISSECT_QUANTILE,),
+        # The dissection tally runs on the run's device (torch on a GPU, bench.dissect), within
+        # its memory budget (1 GiB by default): any GPU.
+        resources=Resources(gpus=1),
     )
     chunk_size = 1024
 

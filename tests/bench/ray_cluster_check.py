@@ -5,7 +5,7 @@ so that its connection to a ``ray.cluster_utils.Cluster`` never meets the sessio
 The cluster on this machine: a head (1 CPU, no GPU), a node declaring a fake GPU and the 24 GiB
 GPU-memory resource (:func:`bench.method.gpu_memory_resource`), and a CPU node (1 CPU each).
 
-* GPU work: the executor's ``map`` with ``gpus=1`` (how recording jobs of a GPU run go), and Ray
+* GPU work: the executor's ``map`` on ``cuda`` (how recording jobs of a GPU run go), and Ray
   tasks with the options the executor gives a shard of a GPU method on a GPU run
   (:meth:`RayExecutor.options`). A real GPU shard cannot run here (its worker moves the target to
   CUDA), so the shards themselves are not run on the fake GPU.
@@ -26,11 +26,17 @@ from typing import Any
 def gpu_shard_options(device: str) -> dict[str, Any]:
     """The executor's Ray options for a shard of the GPU test method on ``device``."""
     from bench.executors import RayExecutor
+
+    return RayExecutor.options(gpu_shard(device))
+
+
+def gpu_shard(device: str) -> Any:
+    """A shard of the GPU test method (24 GiB class) on ``device`` (it names no real files)."""
     from bench.method import config_to_json
     from bench.shards import Shard
     from tests.bench.ray_plugin import GpuGate
 
-    shard = Shard(
+    return Shard(
         method=GpuGate.name,
         method_class="tests.bench.ray_plugin:GpuGate",
         method_config={},
@@ -54,7 +60,6 @@ def gpu_shard_options(device: str) -> dict[str, Any]:
         units=("layer1:0",),
         resources=config_to_json(GpuGate.requires.resources),
     )
-    return RayExecutor.options(shard)
 
 
 def main(workdir: Path) -> dict[str, Any]:
@@ -79,13 +84,56 @@ def main(workdir: Path) -> dict[str, Any]:
             "cpu": cpu.node_id,
         }
         with RayExecutor(cluster.address) as ex:
-            report["map_gpu_nodes"] = ex.map(node_of, list(range(6)), gpus=1)
+            report["map_gpu_nodes"] = ex.map(node_of, list(range(6)), device="cuda")
             opts = gpu_shard_options("cuda")
             report["gpu_shard_options"] = opts
             report["cpu_run_options"] = gpu_shard_options("cpu")
             probe = ray.remote(node_of)
             report["gpu_shard_nodes"] = ray.get([probe.options(**opts).remote(i) for i in range(6)])
             report["gpu_actors"] = ex._actor_count(10, opts)
+
+            # Work that no node offers (an 80 GiB GPU): refused at once; with a resource wait,
+            # taken once a node that offers it joins during the wait (then removed again).
+            from bench.errors import UsageError
+
+            big = [
+                ("A shard of an 80 GiB method", {"cpus": 1, "gpus": 1, "gpu_memory": 80}, "cuda")
+            ]
+            try:
+                ex.check(big)
+                report["refused"] = None
+            except UsageError as e:
+                report["refused"] = str(e)
+            waited: dict[str, Any] = {}
+
+            def wait_for_it() -> None:  # Ray adds nodes from the main thread only
+                try:
+                    ex.check(big)
+                    waited["ok"] = True
+                except UsageError as e:
+                    waited["error"] = str(e)
+
+            looked = threading.Event()
+            nodes = ex._nodes
+
+            def looking() -> list[dict[str, float]]:
+                out = nodes()
+                looked.set()
+                return out
+
+            ex._nodes = looking  # type: ignore[method-assign]
+            ex.resource_wait = 240.0
+            waiter = threading.Thread(target=wait_for_it, daemon=True)
+            waiter.start()
+            looked.wait(timeout=120)  # the node joins after the waiter found none
+            joined = cluster.add_node(
+                num_cpus=1, num_gpus=1, resources={gpu_memory_resource(80): 1}
+            )
+            waiter.join(timeout=300)
+            report["waited"] = waited
+            ex.resource_wait = 0.0
+            ex._nodes = nodes  # type: ignore[method-assign]
+            cluster.remove_node(joined)
 
             # A node removed while it holds shards.
             control = workdir / "control"

@@ -133,3 +133,10 @@ class ActorGate(Gate):
 
     name = "ray-test-actor"
     requires = Requirements(resources=Resources(actor=True))
+
+
+class GreedyGate(Gate):
+    """:class:`Gate` whose shards ask for more CPUs than the tests' clusters have."""
+
+    name = "ray-test-greedy"
+    requires = Requirements(resources=Resources(cpus=64))

@@ -39,6 +39,7 @@ ray = pytest.importorskip(
 from bench.api import RunConfig, ScoreOptions, run, score_run  # noqa: E402
 from bench.cache import Cache  # noqa: E402
 from bench.cli import main  # noqa: E402
+from bench.errors import UsageError  # noqa: E402
 from bench.executors import RayExecutor  # noqa: E402
 from bench.registry import METHODS  # noqa: E402
 from bench.schema import read_descriptions  # noqa: E402
@@ -50,6 +51,7 @@ PLUGIN_METHODS = {
     GATE: "tests.bench.ray_plugin:Gate",
     ACTOR_GATE: "tests.bench.ray_plugin:ActorGate",
     "ray-test-gpu": "tests.bench.ray_plugin:GpuGate",
+    "ray-test-greedy": "tests.bench.ray_plugin:GreedyGate",
 }
 #: The synthetic probe, smaller than its default 2,000 images (a cheaper recording).
 PROBE_OPTIONS = {"n_images": "100"}
@@ -239,6 +241,89 @@ def test_recording_in_ranges_on_ray_equals_one_pass(local_ray: LocalRay, tmp_pat
     assert not merged.cached
     assert_same_entry(one, merged)
     assert entry_files(cache, merged.key) == entry_files(one_cache, one.key)
+
+
+def test_the_driver_takes_every_ready_result_per_wait(
+    local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 jobs, all finished before the driver's first wait (the spy waits for them): the
+    driver collects them in one batch (two calls of ray.wait, not one per job), and the results
+    are the same, in order."""
+    from tests.bench.ray_plugin import die_once
+
+    real_wait = ray.wait
+    calls: list[int] = []
+
+    def spy(refs: list[Any], **kwargs: Any) -> Any:
+        if not calls:
+            real_wait(refs, num_returns=len(refs))  # every job done before the first wait
+        calls.append(len(refs))
+        return real_wait(refs, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", spy)
+    items = [("/nonexistent", i, False) for i in range(1, 41)]
+    with RayExecutor() as ex:
+        assert ex.map(die_once, items) == [2 * i for i in range(1, 41)]
+    assert calls == [40, 39]
+
+
+def test_work_no_node_can_take_is_refused_before_it_is_submitted(
+    local_ray: LocalRay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the session's Ray (2 CPUs, no GPU): a GPU shard with a 24 GiB memory class, and a
+    recording job of a GPU run, are refused with a usage error that names the missing resources
+    and the `ray start` flags that offer them; nothing is submitted. With a resource wait, the
+    same after the wait. The same shard on a CPU run is accepted."""
+    from bench.method import gpu_memory_resource
+    from tests.bench.ray_cluster_check import gpu_shard
+
+    submitted: list[Any] = []
+    monkeypatch.setattr(RayExecutor, "_loop", lambda self, items, *a, **k: submitted.append(items))
+    mem = gpu_memory_resource(24)
+    with RayExecutor() as ex:
+        with pytest.raises(UsageError) as err:
+            ex.run([gpu_shard("cuda")], lambda s, r: None)
+        text = str(err.value)
+        assert "A shard of method 'ray-test-gpu'" in text
+        assert f"no node has GPU, {mem}" in text
+        assert f"--num-gpus 1 --resources '{{\"{mem}\": 1}}'" in text
+        assert "--resource-wait" in text
+        with pytest.raises(UsageError, match="A recording job needs .*GPU: 1"):
+            ex.map(str, [1], device="cuda")
+        assert not submitted
+        ex.run([gpu_shard("cpu")], lambda s, r: None)  # a CPU run asks for no GPU
+        assert len(submitted) == 1
+    with RayExecutor(resource_wait=0.2) as ex, pytest.raises(UsageError, match="Waited 0.2 s"):
+        ex.check([("A shard", {"cpus": 1, "gpus": 1}, "cuda")])
+
+
+def test_bench_run_exits_2_before_recording_when_no_node_can_take_a_method(
+    local_ray: LocalRay, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bench run --executor ray` with NetDissect and a method whose shards need 64 CPUs (the
+    session's Ray has 2): exit 2 with the missing resource named, before anything is recorded
+    or described."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = [
+        "run",
+        "--executor", "ray",
+        "--address", local_ray.address,
+        "--methods", "netdissect,ray-test-greedy",
+        "--layers", "layer1",
+        "--units", "0-3",
+        "--probe-option", "n_images=20",
+        "--no-suites",
+        "--out", str(out),
+        "--cache-dir", str(cache),
+    ]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "A shard of method 'ray-test-greedy' needs {CPU: 64}" in err
+    assert "--num-cpus 64" in err
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == "failed" and "record" not in state["stages"]
+    assert not (cache / "record").exists()
+    assert not list(out.glob("*/units.jsonl"))
 
 
 # --- killed workers and drivers -----------------------------------------------------------------
@@ -504,6 +589,9 @@ def test_gpu_work_lands_on_the_gpu_node_and_a_removed_node_costs_only_its_shards
     assert set(report["gpu_shard_nodes"]) == {nodes["gpu"]}
     assert report["cpu_run_options"] == {"num_cpus": 1.0}  # a CPU run asks for no GPU
     assert report["gpu_actors"] == 1  # one GPU in the cluster: one actor
+    # Work no node offers is refused; with a resource wait it is taken once such a node joins.
+    assert report["refused"] and f"no node has {gpu_memory_resource(80)}" in report["refused"]
+    assert report["waited"] == {"ok": True}
     # The CPU node held shards and was removed mid-run; the run completed elsewhere.
     assert report["held"] and report["removed_after_s"] is not None
     assert report["summary"] == {"ok": 12, "error": 0}

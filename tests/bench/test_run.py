@@ -104,12 +104,29 @@ def test_default_run_writes_a_run_directory_and_reruns_from_cache(tmp_path: Path
     assert {d.label for d in descs} == {"depiction"}
     assert len({d.unit for d in descs}) == len(descs)
     assert not first.record_cached and first.methods[0].computed == n_units
+    assert first.recording == "none"
 
     second = run(RunConfig(methods=("depictions",), out=str(tmp_path / "run2"), cache_dir=cache))
     assert not second.record_cached  # depictions reads no evidence: nothing is recorded
     assert second.methods[0].computed == 0  # every chunk came from the describe cache
     assert second.methods[0].cached == n_units  # and is counted as such: the counts add up
     assert read_descriptions(tmp_path / "run2" / "depictions" / "units.jsonl") == descs
+
+
+def test_the_summary_says_when_nothing_was_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run of a method that reads no evidence records nothing: the console says so (not
+    "computed"), the first time and again when its descriptions come from the describe cache."""
+    cache = str(tmp_path / "cache")
+    for i in range(2):
+        args = ["run", "--methods", "depictions", "--layers", "layer1", "--units", "0-3"]
+        args += ["--probe-option", "n_images=20"]
+        args += ["--no-suites", "--out", str(tmp_path / f"run{i}"), "--cache-dir", cache]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "recording: none (no method of the run reads evidence)" in out
+        assert "recording: computed" not in out
 
 
 def test_probe_options_reach_the_probe_and_run_json(tmp_path: Path) -> None:
