@@ -206,6 +206,12 @@ class ClipDissect(Method[ClipDissectConfig]):
                 f"--config {self.name}.download=true (from {CONCEPTS_20K_URL}), or download it "
                 f"yourself and pass --config {self.name}.concepts=PATH."
             )
+        # The size is checked before ensure_file pins a file's checksum (on first use), so a
+        # wrong file is never pinned: deleting it and fetching again then just works.
+        record = dest.with_name(dest.name + ".sha256.json")
+        had_record = record.is_file()
+        if dest.is_file():
+            self._check_20k_size(dest)
         path, _ = ensure_file(
             CONCEPTS_20K_URL,
             dest,
@@ -214,13 +220,22 @@ class ClipDissect(Method[ClipDissectConfig]):
             download_missing=self.config.download,
             progress=ctx.progress,
         )
+        try:
+            self._check_20k_size(path)
+        except DataError:
+            if not had_record:  # the pin this download just wrote is of a wrong file
+                record.unlink(missing_ok=True)
+            raise
+        return path
+
+    @staticmethod
+    def _check_20k_size(path: Path) -> None:
         size = path.stat().st_size
         if size != CONCEPTS_20K_BYTES:
             raise DataError(
                 f"{path} has {size} bytes; the original's data/20k.txt has "
                 f"{CONCEPTS_20K_BYTES}. Delete it and fetch it again, or pass concepts=PATH."
             )
-        return path
 
     # --- embeddings -----------------------------------------------------------------------------
 

@@ -281,3 +281,37 @@ def test_describe_cached_hits_with_the_synthetic_backend(tmp_path: Path) -> None
     assert not hit
     _, hit = describe_cached(ClipDissect(), _units(ev), ev, ctx)
     assert hit
+
+
+def test_a_20k_file_of_the_wrong_size_is_never_pinned(
+    tmp_path: Path, serve_bytes, monkeypatch
+) -> None:
+    """A wrong file (placed by hand, or a wrong download) is refused before its checksum is
+    recorded, so deleting it and fetching the right one works."""
+    import methods.clip_dissect as cd
+
+    cache = Cache(tmp_path)
+    ev = tiny_evidence(cache)
+    ctx = MethodContext(cache=cache)
+    dest = cache.datasets_dir() / "clip-dissect" / "20k.txt"
+    record = dest.with_name("20k.txt.sha256.json")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(b"red\nblue\n")
+    with pytest.raises(DataError, match="bytes"):
+        ClipDissect(concepts="20k").concept_set(ev, ctx)
+    assert not record.exists()
+
+    dest.unlink()
+    base, _ = serve_bytes(b"not the list\n")
+    monkeypatch.setattr(cd, "CONCEPTS_20K_URL", f"{base}/20k.txt")
+    with pytest.raises(DataError, match="bytes"):
+        ClipDissect(concepts="20k", download=True).concept_set(ev, ctx)
+    assert not record.exists()
+
+    dest.unlink()
+    body = b"\n".join(f"w{i:05d}".encode() for i in range(20_000)) + b"\n"
+    body += b"\n" * (CONCEPTS_20K_BYTES - len(body))
+    base, _ = serve_bytes(body)
+    monkeypatch.setattr(cd, "CONCEPTS_20K_URL", f"{base}/20k.txt")
+    got = ClipDissect(concepts="20k", download=True).concept_set(ev, ctx)
+    assert len(got.names) == 20_000 and record.exists()
