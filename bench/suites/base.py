@@ -200,6 +200,9 @@ class SuiteContext:
     cache: Cache
     run_dir: Path | None = None
     weights: str | None = None
+    #: The run's ``--probe-root`` as ``run.json`` holds it (``run.config`` cuts absolute paths
+    #: to their last part for publishing, so suites must not read the directory from there).
+    probe_root: str | None = None
     #: units -> relative exemplar strip paths (runs only; see bench.suites.strips).
     exemplar_writer: Callable[[Sequence[UnitRef]], dict[UnitRef, str]] | None = None
     _target: Target | None = None

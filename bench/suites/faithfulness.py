@@ -259,7 +259,7 @@ def _recorded_pooled(
         return None
     try:
         target = ctx.load_target()
-        probe = _load_probe(ctx, config["probe"], config.get("probe_root"), None)
+        probe = _load_probe(ctx, config["probe"], ctx.probe_root, None)
         evidence = cached_run_evidence(ctx.cache, target, probe, run_layers, config)
         if evidence is None:
             return None
@@ -353,7 +353,7 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
         own = name == run_probe and cfg.n_images is None and cfg.probe_root is None
         root = cfg.probe_root if cfg.probe_root is not None else None
         if own:
-            root = (ctx.run.config or {}).get("probe_root")
+            root = ctx.probe_root
         probe = _load_probe(ctx, name, root, cfg.n_images)
         clip_without_masks = cfg.presence == "clip" and (
             cfg.clip_concepts is not None

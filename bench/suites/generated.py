@@ -203,7 +203,7 @@ class GeneratedSuite(Suite[GeneratedConfig]):
                 )
             name = "synthetic"
         own = name == run_probe and cfg.control_images is None and cfg.probe_root is None
-        root = run.get("probe_root") if own else cfg.probe_root
+        root = ctx.probe_root if own else cfg.probe_root
         probe: ProbeSet = _load_probe(ctx, name, root, cfg.control_images)
         if own:
             found = _recorded_pooled(ctx, layers, cfg.pool)

@@ -264,6 +264,7 @@ def score_run(
         cache=cache,
         run_dir=run_dir,
         weights=config.get("weights"),
+        probe_root=config.get("probe_root"),
         exemplar_writer=RunExemplars(
             run_dir, state, cache, count=options.exemplars_per_unit, progress=options.progress
         ),

@@ -169,3 +169,28 @@ def test_dnd_offline_on_a_real_target_leaves_no_run_directory(
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_suites_read_an_absolute_probe_root_from_another_directory(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """The suites that load the run's own probe (faithfulness, generated) use --probe-root as
+    given: run.json's publishable copy cuts an absolute path to its last part, which only
+    resolved when the working directory happened to hold a directory of that name."""
+    from bench.synth.broden_export import export_broden
+
+    broden = export_broden(tmp_path / "data" / "broden-12", n_images=12, seed=0)
+    elsewhere = tmp_path / "elsewhere"  # no 'broden-12' here
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "run"
+    args = ["run", "--target", "synth.resnet", "--probe", "broden", "--probe-root", str(broden)]
+    args += ["--layers", "layer3", "--units", "0-3", "--methods", "netdissect"]
+    args += ["--suites", "faithfulness,generated", "--no-leaderboard", "--no-progress"]
+    code = main([*args, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "Expected a Broden directory" not in err
+    for suite in ("faithfulness", "generated"):
+        doc = json.loads((out / "suites" / f"{suite}.json").read_text())
+        assert {u["unit"]["index"] for u in doc["units"]} == {0, 1, 2, 3}, suite
