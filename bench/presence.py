@@ -10,7 +10,10 @@ over concept names (:func:`read_label`), in this order:
 4. a *label reader* registered for the probe set (``bench.registry.LABEL_READERS``, keyed by
    the probe's name): the synthetic world registers its phrase parser, which reads free text
    ("red striped circles") into the world's concepts. Readers are plug-ins: this module knows
-   nothing of the synthetic world.
+   nothing of the synthetic world. A reader may mark part of its tree as holding *on the
+   image*, ``["image", F]`` (a context: "red squares on grass" reads as
+   ``["and", red AND square, ["image", grass]]``); its leaves become *image-level leaves*
+   (:func:`image_leaf`) of a per-pixel formula (see below).
 
 A label that reads into nothing, or into a leaf that is not a concept of the probe, is
 **unparsed**: it is counted and reported as such, never scored as absent (a presence of zero
@@ -23,7 +26,10 @@ whole-image masks, as NetDissect treats them). A formula tree whose description 
 ``extras["formula_level"] = "image"`` (INVERT: AND/OR/NOT of image-level labels) is evaluated
 per image instead: each leaf is on an image when it covers more than ``min_fraction`` of it, the
 logic is taken over images ("water AND red": water and something red on the image, which no
-single pixel is). Then
+single pixel is). A per-pixel formula may have *image-level leaves* (a reader's context): such a
+leaf is on an image when its concept covers more than ``min_fraction`` of it, and is broadcast
+over the image's pixels, so "red AND square AND image:grass" holds on the red square pixels of
+the images with grass (a mixed-level formula; NOT and OR work as on any leaf). Then
 
 * per pixel: ``bool [n, sh, sw]`` for chosen images (:meth:`SegmentationPresence.pixel_masks`);
 * per image: the share of the image's pixels where the formula holds (``coverage``,
@@ -75,6 +81,54 @@ _KEYWORD = re.compile(r"\b(AND|OR|NOT)\b")
 PRESENCE_MODES: tuple[str, ...] = ("segmentation", "clip")
 #: How a formula tree in a description's extras is evaluated (:attr:`Reading.level`).
 FORMULA_LEVELS: tuple[str, ...] = ("pixel", "image")
+#: Prefix of an image-level leaf's name in a formula (:func:`image_leaf`); never a concept's.
+IMAGE_LEAF_PREFIX = "image:"
+
+
+def image_leaf(name: str) -> str:
+    """The name of the image-level leaf of concept ``name``: it holds on every pixel of an image
+    that shows the concept (more than ``min_fraction`` of its pixels)."""
+    return IMAGE_LEAF_PREFIX + name
+
+
+def split_leaf(name: str) -> tuple[str, bool]:
+    """``(concept name, whether the leaf is image-level)`` of a formula leaf's name."""
+    if name.startswith(IMAGE_LEAF_PREFIX):
+        return name[len(IMAGE_LEAF_PREFIX) :], True
+    return name, False
+
+
+def image_leaf_names(formula: Formula) -> tuple[str, ...]:
+    """The concepts of ``formula``'s image-level leaves, in order, without repeats."""
+    return tuple(dict.fromkeys(n for n, img in map(split_leaf, formula.leaves()) if img))
+
+
+def reader_formula(tree: Any) -> Formula:
+    """A label reader's JSON tree as a formula: ``["image", F]`` nodes (F holds on the image)
+    become F with every leaf image-level (:func:`image_leaf`); the rest as
+    :func:`bench.formula.from_json` reads it. Raises :class:`~bench.errors.FormulaError` for a
+    malformed tree."""
+    from bench.errors import FormulaError
+    from bench.formula import MAX_DEPTH
+
+    def walk(node: Any, image: bool, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise FormulaError(f"Expected a formula tree at most {MAX_DEPTH} levels deep.")
+        if not isinstance(node, (list, tuple)) or not node:
+            return node  # from_json says what is wrong
+        if node[0] == "image":
+            if len(node) != 2:
+                raise FormulaError(
+                    f"Expected ['image', F] with one operand, got {len(node) - 1} operands."
+                )
+            return walk(node[1], True, depth + 1)
+        if node[0] == "leaf":
+            if image and len(node) == 2 and isinstance(node[1], str) and node[1]:
+                return ["leaf", image_leaf(node[1])]
+            return list(node)
+        return [node[0], *(walk(x, image, depth + 1) for x in node[1:])]
+
+    return from_json(walk(tree, False, 1))
 
 
 def _norm(name: str) -> str:
@@ -101,6 +155,11 @@ class Reading:
     def parsed(self) -> bool:
         """Scored: read into concepts, or free text scored by CLIP (``source="clip"``)."""
         return self.formula is not None or self.source == "clip"
+
+    @property
+    def image_leaves(self) -> tuple[str, ...]:
+        """Concepts read as holding on the image (a reader's context; :func:`image_leaf`)."""
+        return image_leaf_names(self.formula) if self.formula is not None else ()
 
 
 def label_reader(probe_name: str) -> LabelReader | None:
@@ -178,29 +237,43 @@ def read_label(
             read = None
             why = f"label reader failed: {e}"
         if read:
-            formula = from_json(read)
-            mapped, missing = _map_leaves(formula, names, None)
-            if mapped is not None:
-                return Reading(label=label, formula=mapped, source="reader")
-            why = f"read into names that are not concepts of the probe set: {', '.join(missing)}"
+            try:
+                from_reader: Formula | None = reader_formula(read)
+            except BenchError as e:
+                from_reader = None
+                why = f"label reader gave a malformed formula tree: {e}"
+            if from_reader is not None:
+                mapped, missing = _map_leaves(from_reader, names, None, image_leaves=True)
+                if mapped is not None:
+                    return Reading(label=label, formula=mapped, source="reader")
+                listed = ", ".join(missing)
+                why = f"read into names that are not concepts of the probe set: {listed}"
     return Reading(label=label, formula=None, source="unparsed", reason=why)
 
 
 def _map_leaves(
-    formula: Formula, names: ConceptNames, reader: LabelReader | None
+    formula: Formula,
+    names: ConceptNames,
+    reader: LabelReader | None,
+    *,
+    image_leaves: bool = False,
 ) -> tuple[Formula | None, list[str]]:
+    """``formula`` over the probe's clean names, or ``(None, missing leaves)``. Image-level
+    leaves (:func:`image_leaf`) are kept as such only with ``image_leaves`` (a reader's
+    reading); elsewhere such a name is no concept."""
     mapping: dict[str, str] = {}
     missing = []
     for leaf in dict.fromkeys(formula.leaves()):
-        found = names.get(leaf)
+        name, image = split_leaf(leaf) if image_leaves else (leaf, False)
+        found = names.get(name)
         if found is None and reader is not None:
-            tree = reader(leaf)
+            tree = reader(name)
             if tree and tree[0] == "leaf":
                 found = names.get(str(tree[1]))
         if found is None:
-            missing.append(leaf)
+            missing.append(name)
         else:
-            mapping[leaf] = found
+            mapping[leaf] = image_leaf(found) if image else found
     if missing:
         return None, missing
     return rename(formula, mapping), []
@@ -216,6 +289,12 @@ class SegmentationPresence:
 
         if not 0.0 <= min_fraction < 1.0:
             raise DataError(f"Expected 0 <= min_fraction < 1, got {min_fraction}.")
+        clash = [c.name for c in table.concepts if split_leaf(c.name)[1]]
+        if clash:
+            raise DataError(
+                f"Concept names must not start with {IMAGE_LEAF_PREFIX!r} (it marks image-level "
+                f"leaves), got {clash[:3]}; rename those concepts in the probe's index."
+            )
         self.table = table
         self.min_fraction = float(min_fraction)
         self.names = ConceptNames(table.concepts)
@@ -235,6 +314,7 @@ class SegmentationPresence:
         #: float64 [N, n_sig]: pixels of each signature in each image.
         self.counts = counts
         self.pixels_per_image = float(s)
+        self._image_has: dict[str, np.ndarray] = {}
 
     @property
     def num_images(self) -> int:
@@ -243,41 +323,81 @@ class SegmentationPresence:
     def _leaf(self, name: str) -> np.ndarray:
         return self._member[:, self._code[name]].toarray().ravel() > 0
 
-    def holds(self, formula: Formula) -> np.ndarray:
-        """bool ``[n_sig]``: where ``formula`` holds on the table's signatures."""
+    def image_has(self, name: str) -> np.ndarray:
+        """bool ``[N]``: the images showing concept ``name``: more than ``min_fraction`` of
+        their pixels."""
+        if name not in self._image_has:
+            share = self.counts @ self._leaf(name).astype(self.counts.dtype)
+            self._image_has[name] = share / self.pixels_per_image > self.min_fraction
+        return self._image_has[name]
+
+    def holds(self, formula: Formula, image_values: dict[str, bool] | None = None) -> np.ndarray:
+        """bool ``[n_sig]``: where ``formula`` holds on the table's signatures. Image-level
+        leaves (:func:`image_leaf`) take the value ``image_values[concept]`` on every
+        signature (the formula on the pixels of an image with those concepts)."""
+        import numpy as np
+
         from bench.formula import evaluate
 
-        return evaluate(formula, self._leaf)
+        def leaf(name: str) -> np.ndarray:
+            concept, image = split_leaf(name)
+            if not image:
+                return self._leaf(name)
+            if image_values is None or concept not in image_values:
+                raise DataError(
+                    f"Formula {formula} has the image-level leaf {name!r}; its value per "
+                    "signature depends on the image (use coverage() or pixel_masks())."
+                )
+            return np.full(self.table.num_signatures, bool(image_values[concept]))
+
+        return evaluate(formula, leaf)
 
     def image_holds(self, formula: Formula) -> np.ndarray:
         """bool ``[N]``: the images where ``formula`` holds with image-level leaves (a concept is
         on an image when it covers more than ``min_fraction`` of its pixels), AND/OR/NOT taken
-        per image (INVERT's semantics)."""
+        per image (INVERT's semantics; a leaf marked image-level reads the same)."""
         from bench.formula import evaluate
 
-        def leaf(name: str) -> np.ndarray:
-            share = self.counts @ self._leaf(name).astype(self.counts.dtype)
-            return share / self.pixels_per_image > self.min_fraction
-
-        return evaluate(formula, leaf)
+        return evaluate(formula, lambda name: self.image_has(split_leaf(name)[0]))
 
     def coverage(
         self, formulas: Sequence[Formula], levels: Sequence[str] | None = None
     ) -> np.ndarray:
         """float64 ``[F, N]``: share of each image's pixels where each formula holds; for a
         formula of ``level`` ``image``, 1.0 on the images where it holds (:meth:`image_holds`)
-        and 0.0 elsewhere."""
+        and 0.0 elsewhere. A per-pixel formula with image-level leaves is evaluated once per
+        combination of those leaves' values that some image has, each image counting the
+        pixels of its own combination; all in one matrix product."""
         import numpy as np
 
+        n = self.num_images
         if not formulas:
-            return np.zeros((0, self.num_images))
+            return np.zeros((0, n))
         levels = list(levels) if levels is not None else ["pixel"] * len(formulas)
-        holds = np.stack([self.holds(f) for f in formulas], axis=1).astype(np.float64)
-        out = (self.counts @ holds).T / self.pixels_per_image
+        columns: list[np.ndarray] = []  # bool [n_sig] each
+        column = np.zeros((len(formulas), n), dtype=np.int64)  # [F, N]: each image's column
+        for j, (f, level) in enumerate(zip(formulas, levels, strict=True)):
+            if level == "image":
+                continue  # below
+            concepts = image_leaf_names(f)
+            if not concepts:
+                column[j] = len(columns)
+                columns.append(self.holds(f))
+                continue
+            has = np.stack([self.image_has(c) for c in concepts], axis=1)  # [N, k]
+            combos, which = np.unique(has, axis=0, return_inverse=True)
+            column[j] = len(columns) + which.reshape(-1)
+            for combo in combos:
+                columns.append(self.holds(f, dict(zip(concepts, map(bool, combo), strict=True))))
+        out = np.zeros((len(formulas), n))
+        if columns:
+            holds = np.stack(columns, axis=1).astype(np.float64)  # [n_sig, P]
+            per_column = self.counts @ holds / self.pixels_per_image  # [N, P]
+            out = per_column[np.arange(n)[None, :], column]
         for j, (f, level) in enumerate(zip(formulas, levels, strict=True)):
             if level == "image":
                 out[j] = self.image_holds(f).astype(np.float64)
-        return out
+        return out  # type: ignore[no-any-return]
 
     def presence(self, formulas: Sequence[Formula]) -> np.ndarray:
         """float64 ``[F, N]`` in {0, 1}: coverage above ``min_fraction``."""
@@ -286,13 +406,26 @@ class SegmentationPresence:
         return (self.coverage(formulas) > self.min_fraction).astype(np.float64)
 
     def pixel_masks(self, formula: Formula, images: Sequence[int]) -> np.ndarray:
-        """bool ``[n, sh, sw]``: where ``formula`` holds in each of ``images``."""
+        """bool ``[n, sh, sw]``: where ``formula`` holds in each of ``images`` (per pixel; an
+        image-level leaf is broadcast over the pixels of the images that show its concept)."""
         import numpy as np
+
+        from bench.formula import evaluate
 
         sh, sw = self.table.seg_size
         idx = np.asarray(images, dtype=np.int64)
         sig = np.asarray(self.table.sig[idx], dtype=np.int64)
-        return self.holds(formula)[sig].reshape(len(idx), sh, sw)
+        if not image_leaf_names(formula):
+            return self.holds(formula)[sig].reshape(len(idx), sh, sw)
+
+        def leaf(name: str) -> np.ndarray:
+            concept, image = split_leaf(name)
+            if image:
+                return self.image_has(concept)[idx][:, None]
+            return self._leaf(name)[sig]
+
+        out = np.broadcast_to(evaluate(formula, leaf), sig.shape)
+        return out.reshape(len(idx), sh, sw).copy()
 
 
 @dataclass(kw_only=True)

@@ -26,7 +26,9 @@ score (never a zero presence scored as if it were a concept), and it is counted 
 the result's settings. So the constant ``depictions`` baseline shows up as unparsed, not as a
 score. A label whose concept is on no probe image (or on every one) has undefined scores; it is
 counted as ``degenerate`` and left out. Means are over the units a method has a defined score
-for; significance groups compare methods on the units all of them were scored on.
+for; significance groups compare methods on the units all of them were scored on. Labels the
+probe's reader reads with a context on the image ("red squares on grass": red square pixels of
+images with grass, :mod:`bench.presence`) are counted as ``context_on_image``.
 
 All units and labels of a layer are scored at once: presence is one matrix product over the
 concept table's signatures, each metric one array operation over ``[units, images]``
@@ -330,7 +332,8 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
     """Each unit's activation over the probe against its label's concept presence."""
 
     name = "faithfulness"
-    version = "1"
+    #: 2: a label reader's context ("red squares on grass") holds on the image, not per pixel.
+    version = "2"
     summary = "does the label predict the unit's activations (AUROC, AUPRC, IoU, F1, r, MAD)"
 
     def applicable(self, target: TargetInfo) -> str | None:
@@ -531,7 +534,9 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                     f"the layer has {acts.shape[1]} units."
                 )
             for mname, m in ctx.methods.items():
-                c = counts.setdefault(mname, {"units": 0, "unparsed": 0, "degenerate": 0})
+                c = counts.setdefault(
+                    mname, {"units": 0, "unparsed": 0, "degenerate": 0, "context_on_image": 0}
+                )
                 scored = [(u, d) for u in layer_units if (d := m.get(u)) is not None and d.ok]
                 if not scored:
                     continue
@@ -539,6 +544,7 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                 ok = np.array([r.parsed for r in pres.readings], dtype=bool)
                 c["units"] += len(scored)
                 c["unparsed"] += int((~ok).sum())
+                c["context_on_image"] += sum(bool(r.image_leaves) for r in pres.readings)
                 idx = np.array([u.index for u, _ in scored], dtype=np.int64)
                 a = acts[:, idx[ok]].T  # [M, N]
                 p = pres.presence[ok]
@@ -565,6 +571,8 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                         if k
                         else {"unparsed": r.reason}
                     )
+                    if k and r.image_leaves:
+                        details[u]["labels"][mname]["on_the_image"] = list(r.image_leaves)
                 for j, u in enumerate(kept):
                     entry = details[u]["labels"][mname]
                     entry["images_with_concept"] = int(n_on[j])
@@ -589,7 +597,10 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
                 "rule": "formula evaluated per pixel on the ground-truth masks (image-level "
                 "labels as whole-image masks); an image shows the concept when more than "
                 "min_fraction of its pixels do; a formula of image-level labels (INVERT's, "
-                "formula_level=image) is evaluated per image on the same rule per concept",
+                "formula_level=image) is evaluated per image on the same rule per concept; a "
+                "context the label reader marks as holding on the image ('red squares on "
+                "grass', leaves 'image:grass') is on an image by the same rule and holds on "
+                "all of that image's pixels",
                 "label_reader": probe.name if reader is not None else None,
             },
             "activations_from": acts_from,

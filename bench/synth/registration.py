@@ -124,11 +124,12 @@ def register_milannotations() -> None:
 def read_phrase(label: str) -> list | None:
     """The synthetic probe's label reader (``bench.presence``): free text read by the world's
     phrase parser (plurals, synonyms, Broden suffixes; ``and``/``with``/``on`` conjoin), as a
-    JSON formula tree over the world's concept names, or ``None`` when it names none."""
-    from bench.synth.text import parse_phrase
+    JSON formula tree over the world's concept names, or ``None`` when it names none. A context
+    ("red squares on grass") is marked ``["image", F]``: it holds on the image, not on the
+    thing's pixels (:func:`bench.synth.text.read_phrase_tree`)."""
+    from bench.synth.text import read_phrase_tree
 
-    _, tree = parse_phrase(label)
-    return tree
+    return read_phrase_tree(label)
 
 
 def register_label_readers() -> None:

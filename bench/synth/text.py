@@ -11,6 +11,11 @@ conjoins, ``or``/``OR`` offers alternatives (one is picked by the seed), ``not``
 ``without`` negates the next concept or group; parentheses group. Several values of one category
 ("red circles and blue squares") give several objects. Attributes the phrase leaves open are
 sampled, never from the negated values.
+
+:func:`read_phrase_tree` reads a phrase as a *label* (the synthetic probe's label reader, used
+by :mod:`bench.presence`): as :func:`parse_phrase`, except that a context ("red squares on
+grass": a preposition followed by background materials or scenes only) is marked as holding on
+the image, ``["and", X, ["image", Y]]``, not on the same pixels as X.
 """
 
 from __future__ import annotations
@@ -298,6 +303,67 @@ def parse_phrase(phrase: str) -> tuple[list[PhraseSpec], list | None]:
             )
         )
     return specs or [PhraseSpec(plural=plural)], tree
+
+
+#: Words that introduce a context ("red squares *on* grass"), read by :func:`read_phrase_tree`.
+CONTEXT_PREPOSITIONS: frozenset[str] = frozenset(
+    {"on", "in", "near", "over", "with", "without", "at", "under", "above", "against",
+     "inside", "within", "beside", "behind", "atop", "across", "amid", "among"}
+)  # fmt: skip
+#: Categories that are a context in the world: the background material and its scene.
+CONTEXT_CATEGORIES: tuple[str, ...] = ("material", "scene")
+_NEGATIONS = frozenset({"not", "no"})
+
+
+def _context_split(phrase: str) -> tuple[str, str] | None:
+    """``(thing, context)`` texts of "X on Y" where the tail from a preposition names only
+    context concepts (materials, scenes) and the head names something; ``None`` otherwise.
+    The first such preposition at parenthesis depth 0 wins; a "not"/"no" right before it goes
+    with the context ("red squares not on grass"); the context's prepositions are dropped, so
+    "on snow or on sand" reads as ``snow OR sand``."""
+    raw = re.findall(r"\(|\)|[A-Za-z][A-Za-z\-]*", phrase)
+    depth = 0
+    for p, tok in enumerate(raw):
+        depth += {"(": 1, ")": -1}.get(tok, 0)
+        if depth != 0 or tok.lower() not in CONTEXT_PREPOSITIONS:
+            continue
+        start = p
+        while start > 0 and raw[start - 1].lower() in _NEGATIONS:
+            start -= 1
+        tail = raw[start:]
+        level = 0
+        for t in tail:
+            level += {"(": 1, ")": -1}.get(t, 0)
+            if level < 0:
+                break
+        if level != 0:
+            continue
+        words = [t for t in tail if t.lower() == "without" or t.lower() not in CONTEXT_PREPOSITIONS]
+        names = [n for t in words if t not in "()" and (n := _word_to_concept(t)) is not None]
+        if not names or any(C.concept(n).category not in CONTEXT_CATEGORIES for n in names):
+            continue
+        head = " ".join(raw[:start])
+        if _phrase_tree(head)[0] is None:
+            continue
+        return head, " ".join(words)
+    return None
+
+
+def read_phrase_tree(phrase: str) -> list | None:
+    """The phrase as a formula tree over the world's concepts *for reading a label*, or
+    ``None`` when it names none: :func:`parse_phrase`'s tree, except that a context, "X
+    on/in/near/over/with Y" where Y names only background materials or scenes, is read as
+    ``["and", X, ["image", Y]]``: X per pixel, Y on the image (``["image", F]``: F holds on the
+    image, see :mod:`bench.presence`). "red squares on grass" is then the red square pixels of
+    images with grass (per pixel, no square pixel is a grass pixel). Phrases without such a
+    context read exactly as :func:`parse_phrase` reads them."""
+    split = _context_split(phrase)
+    if split is None:
+        return _phrase_tree(phrase)[0]
+    thing, where = (_phrase_tree(text)[0] for text in split)
+    if thing is None or where is None:  # _context_split checked both; never taken
+        return _phrase_tree(phrase)[0]
+    return ["and", thing, ["image", where]]
 
 
 def phrase_scene(phrase: str, seed: int) -> W.Scene:

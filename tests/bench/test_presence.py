@@ -128,3 +128,91 @@ def test_image_level_formula_equals_image_logic_and_matches_inverts_membership(
     )
     bad = segmentation_presence([label], source, extras=[{"formula": tree, "formula_level": "x"}])
     assert not bad.readings[0].parsed and "formula_level" in bad.readings[0].reason
+
+
+def test_context_holds_on_the_image_and_is_broadcast_over_its_pixels(probe_and_source) -> None:  # type: ignore[no-untyped-def]
+    """ "red squares on grass" (the synthetic reader's context, issue 13): the red square pixels
+    of the images where any grass pixel is. Read per pixel (red AND square AND grass) it holds
+    on no image, since a square's pixels are not grass pixels."""
+    probe, source = probe_and_source
+    labels = ["red squares on grass", "red squares not on grass", "green or blue objects on snow"]
+    out = segmentation_presence(labels, source, reader=label_reader(probe.name))
+    formulas = [r.formula for r in out.readings]
+    for i in range(len(probe)):
+        m = _explicit_masks(probe, i)
+        explicit = [
+            m["red"] & m["square"] & m["grass"].any(),
+            m["red"] & m["square"] & (not m["grass"].any()),
+            (m["green"] | m["blue"]) & m["snow"].any(),
+        ]
+        for j, e in enumerate(explicit):
+            assert out.coverage[j, i] == pytest.approx(e.mean(), abs=1e-12)
+            assert out.presence[j, i] == float(e.any())
+            np.testing.assert_array_equal(source.pixel_masks(formulas[j], [i])[0], e)  # type: ignore[arg-type]
+    # not degenerate here, while the per-pixel conjunction holds on no image
+    assert 0 < out.presence[0].sum() < out.presence[0].size
+    assert source.presence([parse("red AND square AND grass")]).sum() == 0
+    assert [str(f) for f in formulas] == [
+        'red AND square AND "image:grass"',
+        'red AND square AND NOT "image:grass"',
+        '(green OR blue) AND "image:snow"',
+    ]
+    assert [r.image_leaves for r in out.readings] == [("grass",), ("grass",), ("snow",)]
+    assert all(r.source == "reader" and r.level == "pixel" for r in out.readings)
+
+
+def test_mixed_level_formula_from_a_reader_tree(probe_and_source) -> None:  # type: ignore[no-untyped-def]
+    """A reader's ``["image", F]`` may sit anywhere: OR across levels, NOT of a context."""
+    from bench.errors import DataError, FormulaError
+    from bench.presence import reader_formula
+
+    probe, source = probe_and_source
+    tree = ["or", ["and", ["leaf", "red"], ["image", ["not", ["leaf", "grass"]]]], ["leaf", "blue"]]
+    mixed = reader_formula(tree)
+    assert str(mixed) == 'red AND NOT "image:grass" OR blue'
+    cov = source.coverage([mixed, parse("red")])
+    for i in range(len(probe)):
+        m = _explicit_masks(probe, i)
+        e = (m["red"] & (not m["grass"].any())) | m["blue"]
+        assert cov[0, i] == pytest.approx(e.mean(), abs=1e-12)
+        assert cov[1, i] == pytest.approx(m["red"].mean(), abs=1e-12)  # batched with the rest
+        np.testing.assert_array_equal(source.pixel_masks(mixed, [i])[0], e)
+    with pytest.raises(DataError, match="image-level leaf"):
+        source.holds(mixed)  # its value per signature depends on the image
+    with pytest.raises(FormulaError, match="one operand"):
+        reader_formula(["image", ["leaf", "red"], ["leaf", "blue"]])
+    # the mark is the reader's: written in a label, "image:grass" is no concept of the probe
+    typed = read_label('red AND "image:grass"', source.names)
+    assert not typed.parsed and "image:grass" in typed.reason
+
+
+def test_context_reading_undoes_dnds_degenerate_labels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """DnD labels of the embedded default that the per-pixel reading left out as degenerate
+    (on no image) are scored with the context on the image; labels without a context read as
+    the phrase parser always read them."""
+    from bench.formula import from_json
+    from bench.synth.text import parse_phrase
+
+    cache = Cache(tmp_path)
+    probe = load_probe("synthetic", None, options={"n_images": 200}, cache=cache)
+    source = SegmentationPresence(concept_table_cached(cache, probe))
+    reader = label_reader(probe.name)
+    with_context = [
+        "green objects on water",
+        "yellow objects on snow",
+        "red objects on grass",
+        "blue circles on snow",
+        "red squares in the sky",
+        "red squares on water",
+        "red striped objects on water",
+        "purple objects on snow",
+    ]
+    old = source.presence([from_json(parse_phrase(t)[1]) for t in with_context])  # type: ignore[arg-type]
+    assert np.all(old.sum(axis=1) == 0)  # every one degenerate per pixel
+    new = segmentation_presence(with_context, source, reader=reader).presence
+    n_on = new.sum(axis=1)
+    assert np.all((n_on > 0) & (n_on < len(probe))), n_on
+    plain = ["red squares", "snow", "red dotted circles", "white circles or squares"]
+    readings = segmentation_presence(plain, source, reader=reader).readings
+    assert [r.formula for r in readings] == [from_json(parse_phrase(t)[1]) for t in plain]  # type: ignore[arg-type]
+    assert not any(r.image_leaves for r in readings)

@@ -427,3 +427,56 @@ def test_colour_weights_make_colours_rare_and_leave_the_default_alone():
     assert share(weighted, rare) < 0.12  # weight 0.12 each: about 6.5% of objects
     with pytest.raises(UsageError, match="non-negative colour weights"):
         W.sample_scene(W.scene_rng(0, 0), color_weights={"red": -1.0})
+
+
+def _leaf(name: str) -> list:
+    return ["leaf", name]
+
+
+@pytest.mark.parametrize(
+    ("phrase", "tree"),
+    [
+        (
+            "red squares on grass",
+            ["and", ["and", _leaf("red"), _leaf("square")], ["image", _leaf("grass")]],
+        ),
+        (
+            "red dotted squares on snow or on sand",
+            [
+                "and",
+                ["and", _leaf("red"), _leaf("dotted"), _leaf("square")],
+                ["image", ["or", _leaf("snow"), _leaf("sand")]],
+            ],
+        ),
+        (
+            "green or blue objects on snow",
+            ["and", ["or", _leaf("green"), _leaf("blue")], ["image", _leaf("snow")]],
+        ),
+        (
+            "red circles in a meadow",
+            ["and", ["and", _leaf("red"), _leaf("circle")], ["image", _leaf("meadow")]],
+        ),
+        (
+            "red squares not on grass",
+            ["and", ["and", _leaf("red"), _leaf("square")], ["image", ["not", _leaf("grass")]]],
+        ),
+        # no context: read as parse_phrase reads it
+        ("red striped circles", ["and", _leaf("red"), _leaf("striped"), _leaf("circle")]),
+        ("red circles with stripes", ["and", _leaf("red"), _leaf("circle"), _leaf("striped")]),
+        ("on grass", _leaf("grass")),  # a context of nothing: the background itself
+        ("objects on snow", _leaf("snow")),
+        (
+            "red circle on grass with stripes",
+            ["and", _leaf("red"), _leaf("circle"), _leaf("grass"), _leaf("striped")],
+        ),
+    ],
+)
+def test_read_phrase_tree_marks_the_context_as_on_the_image(phrase, tree):
+    from bench.synth.registration import read_phrase
+
+    assert T.read_phrase_tree(phrase) == tree
+    assert read_phrase(phrase) == tree
+    if "image" not in repr(tree):
+        assert tree == T.parse_phrase(phrase)[1]
+    # drawing is unchanged: the scene's tree has no image marks
+    assert "image" not in repr(T.parse_phrase(phrase)[1])
