@@ -36,6 +36,7 @@ Tests that do not apply are "not applicable" with the reason, never a pass.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
@@ -208,6 +209,63 @@ def add_suite_rows(
 # --- generated (CoSy) ---------------------------------------------------------------------------
 
 
+def cosy_scores(x: np.ndarray, on: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``generated`` suite's metrics per row of ``x`` (``[U, M]`` activations) with ``on``
+    (``bool [U, M]``) marking the generated images, the rest the control: ``auc``, ``mad``,
+    ``p_value``."""
+    import numpy as np
+
+    import metrics.faithfulness as mf
+
+    auc, _, p = mf.mann_whitney_labels(x, on)
+    return {"auc": auc, "mad": mf.mad(x, on.astype(np.float64)), "p_value": p}
+
+
+def generated_test_scores(
+    on_label: Callable[[int, int], np.ndarray],
+    on_constant: np.ndarray,
+    control: np.ndarray,
+    *,
+    seed: int = 0,
+    score: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]] = cosy_scores,
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """test -> metric -> ``(correct, perturbed)`` per unit for the CoSy metrics.
+
+    ``on_label(i, j)``: unit ``i``'s activations (``float [n]``) on the images generated from
+    unit ``j``'s correct label; ``on_constant`` (``[U, n]``) on those of the constant label;
+    ``control`` (``[U, N0]``) on the control images. ``score(x, on)`` gives each metric per row
+    (default: :func:`cosy_scores`). The label tests move images between the samples (``on``,
+    NeuronEval's positives: the generated images); ``permutation`` uses another unit's images
+    (a seeded derangement), ``constant`` the constant label's."""
+    import numpy as np
+
+    from metrics.sanity import add_positives, derange, drop_positives
+
+    units = control.shape[0]
+    own = np.stack([on_label(i, i) for i in range(units)])
+    n = own.shape[1]
+    rng = np.random.default_rng(seed)
+    on = np.zeros((units, n + control.shape[1]), dtype=bool)
+    on[:, :n] = True
+    x = np.concatenate([own, control], axis=1)
+    perm = derange(units, rng)
+    variants = {
+        "missing_labels": (x, drop_positives(on, rng)),
+        "extra_labels": (x, add_positives(on, rng)),
+        "permutation": (
+            np.concatenate([np.stack([on_label(i, perm[i]) for i in range(units)]), control], 1),
+            on,
+        ),
+        "constant": (np.concatenate([on_constant, control], axis=1), on),
+    }
+    correct = score(x, on)
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for test, (xt, yt) in variants.items():
+        perturbed = score(xt, yt)
+        out[test] = {m: (correct[m], perturbed[m]) for m in correct}
+    return out
+
+
 def _generated(
     ctx: SuiteContext,
     cfg: SanityConfig,
@@ -217,9 +275,7 @@ def _generated(
 ) -> dict[str, Any]:
     import numpy as np
 
-    import metrics.faithfulness as mf
     from bench.suites.generated import GeneratedSuite
-    from metrics.sanity import add_positives, derange, drop_positives
 
     gen = GeneratedSuite(strip_images=0)
     t2i, comp_info = gen._component(ctx)
@@ -232,49 +288,29 @@ def _generated(
     )
     n = gen._n_images(ctx)
 
-    def a1(k: KnownUnit, prompt: str) -> np.ndarray:
+    def a1(i: int, prompt: str) -> np.ndarray:
+        k = units[i]
         return np.asarray(gen_acts[prompt][k.unit.layer][:, k.unit.index], dtype=np.float64)
 
     a0 = np.stack(
         [np.asarray(acts[k.unit.layer]["mean"][:, k.unit.index], dtype=np.float64) for k in units]
     )  # [U, N0]
-    rng = np.random.default_rng(cfg.seed)
-    on = np.zeros((len(units), n + a0.shape[1]), dtype=bool)
-    on[:, :n] = True
-    own = np.stack([a1(k, p) for k, p in zip(units, prompts, strict=True)])
-    correct_x = np.concatenate([own, a0], axis=1)
-    perm = derange(len(units), rng)
-    variants = {
-        "missing_labels": (correct_x, drop_positives(on, rng)),
-        "extra_labels": (correct_x, add_positives(on, rng)),
-        "permutation": (
-            np.concatenate(
-                [np.stack([a1(k, prompts[perm[i]]) for i, k in enumerate(units)]), a0], axis=1
-            ),
-            on,
-        ),
-        "constant": (
-            np.concatenate([np.stack([a1(k, constant_prompt) for k in units]), a0], axis=1),
-            on,
-        ),
-    }
-
-    def scores(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        auc, _, p = mf.mann_whitney_labels(x, y)
-        return {"auc": auc, "mad": mf.mad(x, y.astype(np.float64)), "p_value": p}
-
-    correct = scores(correct_x, on)
+    per_test = generated_test_scores(
+        lambda i, j: a1(i, prompts[j]),
+        np.stack([a1(i, constant_prompt) for i in range(len(units))]),
+        a0,
+        seed=cfg.seed,
+    )
     refs = [k.unit for k in units]
-    for test, (x, y) in variants.items():
-        perturbed = scores(x, y)
-        for m in GENERATED_METRICS:
+    for test, by_metric in per_test.items():
+        for m, (correct, perturbed) in by_metric.items():
             extra: dict[str, Any] = {}
             if test == "constant":
                 extra["label"] = BASELINE
-            card.judge(f"generated/{m}", test, refs, correct[m], perturbed[m], **extra)
+            card.judge(f"generated/{m}", test, refs, correct, perturbed, **extra)
     for m in GENERATED_METRICS:
         for test in card.tests:
-            if test not in variants:
+            if test not in per_test:
                 card.not_applicable(f"generated/{m}", test, ALL_DIFFERENT)
     return {
         "units": len(units),
@@ -295,6 +331,25 @@ def _generated(
 
 
 # --- identification ------------------------------------------------------------------------------
+
+
+def own_rank(
+    labels: np.ndarray, own: np.ndarray, references: np.ndarray, owners: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(top1, reciprocal_rank)`` per label, as the identification scores rank: label ``k``
+    (embedding ``labels[k]``) against every unit's references (``references`` ``[U, D]``, the
+    mean of each unit's reference embeddings), its own unit ``owners[k]`` standing for
+    ``own[k]`` (its own references for this label: milannotations' leave-one-out mean). Cosines
+    clipped to [-1, 1]; ties share the mean rank, top-1 is ``1 / ties`` with none higher."""
+    import numpy as np
+
+    sim = np.clip(labels @ references.T, -1.0, 1.0)
+    own_s = np.clip(np.einsum("kd,kd->k", labels, own), -1.0, 1.0)
+    sim[np.arange(len(labels)), np.asarray(owners, dtype=np.int64)] = own_s
+    higher = (sim > own_s[:, None]).sum(axis=1).astype(np.float64)
+    ties = (sim == own_s[:, None]).sum(axis=1).astype(np.float64)
+    top1 = np.where(higher == 0, 1.0 / ties, 0.0)
+    return top1, 1.0 / (higher + (ties + 1.0) / 2.0)
 
 
 def _identification(
@@ -351,16 +406,8 @@ def _identification(
         def ranks(
             cands: list[str], refs: list[list[str]], owners: list[int], ref_emb: Any = ref_emb
         ) -> np.ndarray:
-            lab = vectors(cands)
             own = np.stack([vectors(r).mean(axis=0) for r in refs])
-            sim = np.clip(lab @ ref_emb.T, -1.0, 1.0)
-            own_s = np.clip(np.einsum("kd,kd->k", lab, own), -1.0, 1.0)
-            sim[np.arange(len(cands)), owners] = own_s
-            higher = (sim > own_s[:, None]).sum(axis=1).astype(np.float64)
-            ties = (sim == own_s[:, None]).sum(axis=1).astype(np.float64)
-            top1 = np.where(higher == 0, 1.0 / ties, 0.0)
-            rr = 1.0 / (higher + (ties + 1.0) / 2.0)
-            return np.stack([top1, rr], axis=1)
+            return np.stack(own_rank(vectors(cands), own, ref_emb, owners), axis=1)
 
         both: dict[str, np.ndarray] = {}  # both metrics from one ranking of the same pairs
 
