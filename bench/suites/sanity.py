@@ -321,7 +321,17 @@ class SanitySuite(Suite[SanityConfig]):
         )
         from bench.suites.sanity_rows import add_suite_rows
 
-        rows_settings = add_suite_rows(ctx, cfg, units, acts, c, tests, verdicts, entries, memo)
+        def text_units(suite: str) -> Any:
+            try:
+                return _text_units(ctx, suite, cfg, memo)
+            except _Unavailable as e:
+                return e.reason
+            except BenchError as e:
+                return f"no references: {e}"
+
+        rows_settings = add_suite_rows(
+            ctx, cfg, units, acts, c, tests, verdicts, entries, text_units
+        )
         for test, mv in tests.items():
             mv.settings["verdicts"] = {m: v[test] for m, v in verdicts.items()}
         settings = {

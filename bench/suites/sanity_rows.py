@@ -177,12 +177,13 @@ def add_suite_rows(
     tests: dict[str, MetricValues],
     verdicts: dict[str, Any],
     entries: dict[UnitRef, UnitEntry],
-    memo: dict[str, Any] | None = None,
+    text_units: Callable[[str], tuple[list[Any], dict[str, Any]] | str],
 ) -> dict[str, Any]:
     """Fill the rows of ``cfg.row_groups`` (see the module docstring); return their settings.
 
     ``units`` are the card's known units with a defined presence (``presence[i]`` of
-    ``units[i]``), ``acts`` their layers' pooled activations over the probe."""
+    ``units[i]``), ``acts`` their layers' pooled activations over the probe; ``text_units(suite)``
+    a text suite's units as the card's text tests read them, or why there are none."""
     card = _Card(cfg, tests, verdicts)
     settings: dict[str, Any] = {}
     for group in ROW_GROUPS:
@@ -193,7 +194,7 @@ def add_suite_rows(
             if group == "generated":
                 settings[group] = _generated(ctx, cfg, card, units, acts)
             elif group == "identification":
-                settings[group] = _identification(ctx, cfg, card, entries, memo)
+                settings[group] = _identification(ctx, cfg, card, entries, text_units)
             elif group == "recovered":
                 settings[group] = _recovered(cfg, card, units)
             else:
@@ -357,11 +358,10 @@ def _identification(
     cfg: SanityConfig,
     card: _Card,
     entries: dict[UnitRef, UnitEntry],
-    memo: dict[str, Any] | None = None,
+    text_units: Callable[[str], tuple[list[Any], dict[str, Any]] | str],
 ) -> dict[str, Any]:
     import numpy as np
 
-    from bench.suites.sanity import _text_units, _Unavailable
     from bench.suites.text import embed, encoder_for, identity
     from metrics.sanity import text_test_scores
 
@@ -380,15 +380,17 @@ def _identification(
         if suite not in cfg.text_suites:
             continue
         rows = [f"{suite}/{m}" for m in IDENTIFICATION_METRICS]
-        try:
-            units, what = _text_units(ctx, suite, cfg, memo)
-            if len(units) < 2:
-                raise _Unavailable(f"{len(units)} unit(s) with references; ranking needs 2")
-        except (_Unavailable, BenchError) as e:
-            reason = e.reason if isinstance(e, _Unavailable) else f"no references: {e}"
+        found = text_units(suite)
+        if isinstance(found, str) or len(found[0]) < 2:
+            reason = (
+                found
+                if isinstance(found, str)
+                else f"{len(found[0])} unit(s) with references; ranking needs 2"
+            )
             for row in rows:
                 card.unavailable(row, reason)
             continue
+        units, what = found
         if enc is None:
             enc, _ = encoder_for(ctx.options, ctx.device, kind="sentence")
         # every unit's references, as the suite ranks them (milannotations: all annotations)
