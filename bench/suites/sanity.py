@@ -45,6 +45,12 @@ with offline text models) is not applicable in every test, with its reason. Unit
 perturbed labels equal their own letter for letter cannot lose to them and are left out of that
 test (counted as ``same_label_units``).
 
+The other suites' metrics (``generated/auc``, ``generated/mad``, ``generated/p_value``,
+``milannotations/identification-top1``, ..., ``planted/recovered``, ``cifar-auroc/auroc``,
+``cifar-auroc/auprc``) go through the tests that apply to them, on the same known units, by
+:mod:`bench.suites.sanity_rows` (``row_groups``; its docstring says how each test reads for each
+metric and which do not apply).
+
 The report card is a :class:`~bench.results.SuiteResult` like any suite's, read the other way
 round: its "methods" are the metrics (``auroc``, ``f1``, ..., ``milannotations/bertscore``, ...),
 its "metrics" the tests, each value the share of units that pass (per unit 1 or 0), with the
