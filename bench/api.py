@@ -123,6 +123,7 @@ def metrics_check(
     device: str = "auto",
     cache_dir: str | None = None,
     text_suites: str | Sequence[str] | None = None,
+    row_groups: str | Sequence[str] | None = None,
     annotations: str | None = None,
 ) -> dict[str, Path]:
     """``bench metrics check``: the metric report card (NeuronEval's sanity tests on units whose
@@ -130,7 +131,9 @@ def metrics_check(
     ``<out>/<target>/suites/sanity.json``. Returns target -> result file.
 
     ``text_suites``: the suites whose text metrics are tested (default: all, ``""``: none);
-    ``annotations``: an ``annotations.csv`` for the milannotations text tests."""
+    ``row_groups``: the other suites' metrics tested (:mod:`bench.suites.sanity_rows`; default:
+    all, ``""``: none); ``annotations``: an ``annotations.csv`` for the milannotations text
+    tests."""
     from bench.registry import TARGETS
     from bench.results import suite_result_path, write_suite_result
     from bench.suites.sanity import SanityConfig
@@ -145,6 +148,12 @@ def metrics_check(
             tuple(x for x in text_suites.split(",") if x)
             if isinstance(text_suites, str)
             else tuple(text_suites)
+        )
+    if row_groups is not None:
+        text["row_groups"] = (
+            tuple(x for x in row_groups.split(",") if x)
+            if isinstance(row_groups, str)
+            else tuple(row_groups)
         )
     config = SanityConfig(n_images=n_images, seed=seed, annotations=annotations, **text)
     written = {}

@@ -437,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
         "comma-separated (default: milannotations,final-layer,planted; '' for none)",
     )
     mc.add_argument(
+        "--rows",
+        help="the other suites' metrics tested, comma-separated among generated, "
+        "identification, recovered, cifar-auroc (default: all; '' for none)",
+    )
+    mc.add_argument(
         "--annotations",
         metavar="CSV",
         help="annotations.csv (layer,unit,summary) for the milannotations text tests "
@@ -857,6 +862,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
         text_suites=args.text_suites,
+        row_groups=args.rows,
         annotations=args.annotations,
     )
     _print_cards(written)
@@ -872,7 +878,7 @@ def _print_cards(written: Mapping[str, Any]) -> None:
         verdicts = result.settings["verdicts"]
         tests = [m.name for m in result.metrics]
         print(f"{target}: {result.settings['units']} known units -> {path}")
-        print(f"  {'metric':<30}" + "".join(f"{t:>16}" for t in tests))
+        print(f"  {'metric':<36}" + "".join(f"{t:>16}" for t in tests))
         for metric, per in sorted(verdicts.items(), key=lambda kv: ("/" in kv[0], kv[0])):
             cells = [
                 "n/a"
@@ -880,7 +886,7 @@ def _print_cards(written: Mapping[str, Any]) -> None:
                 else f"{'pass' if v['passed'] else 'FAIL'} {v['passed_units']}/{v['judged_units']}"
                 for v in (per.get(t, {"applicable": False}) for t in tests)
             ]
-            print(f"  {metric:<30}" + "".join(f"{c:>16}" for c in cells))
+            print(f"  {metric:<36}" + "".join(f"{c:>16}" for c in cells))
         text = result.settings.get("text") or {}
         if text:
             frequent = {

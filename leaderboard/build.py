@@ -59,6 +59,8 @@ SUITE_ORDER = (
 #: The metric report card (``bench metrics check``): its "methods" are metrics, its "metrics" the
 #: sanity tests; rendered as a pass/fail card, and its failures mark metric columns elsewhere.
 SANITY_SUITE = "sanity"
+#: The suite of the report card's bare rows (the presence metrics: "auroc", "mad", ...).
+PRESENCE_SUITE = "faithfulness"
 SUITE_BLURBS = {
     "milannotations": "Agreement of each label with the unit's human annotations (MILANNOTATIONS), "
     "with the inter-annotator ceiling beside the methods.",
@@ -360,18 +362,28 @@ def _card_threshold(r: SuiteResult, test: str) -> float | None:
 
 def _fails_for(sec: _Section, failures: Failures) -> dict[str, list[str]]:
     """The failures that mark this table's columns: the report card of its own target when there
-    is one, else every card's."""
+    is one, else every card's.
+
+    A card row is keyed by (suite, metric): a bare name ("auroc") is a presence metric of the
+    ``faithfulness`` suite; "suite/metric" ("milannotations/bertscore", "generated/mad") names
+    its suite. It marks the columns of that suite whose name is the metric, or whose settings
+    name it as their metric ("cifar-auroc/auroc" marks ``auroc-cifar10`` and ``auroc-heldout``),
+    and no other suite's column of the same name (``generated``'s ``mad`` is not the presence
+    ``mad``)."""
     suite = sec.result.suite
     if suite == SANITY_SUITE:
         return {}
     found = failures.get(sec.result.run.target) or failures.get("", {})
-    # A text metric's row names its suite ("milannotations/bertscore"): it marks the column of
-    # that metric in that suite only; the faithfulness metrics' rows are bare metric names.
-    out = {m: v for m, v in found.items() if "/" not in m}
+    out: dict[str, list[str]] = {}
     for row, v in found.items():
         owner, _, metric = row.partition("/")
-        if metric and owner == suite:
-            out.setdefault(metric, []).extend(v)
+        if not metric:
+            owner, metric = PRESENCE_SUITE, row
+        if owner != suite:
+            continue
+        for m in sec.result.metrics:
+            if m.name == metric or m.settings.get("metric") == metric:
+                out.setdefault(m.name, []).extend(v)
     return out
 
 

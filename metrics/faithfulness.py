@@ -46,6 +46,7 @@ __all__ = [
     "iou",
     "mad",
     "mann_whitney",
+    "mann_whitney_labels",
     "pearson",
     "precision",
     "recall",
@@ -320,14 +321,29 @@ def mann_whitney(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n1, n0 = x.shape[1], y.shape[1]
     if n1 == 0 or n0 == 0:
         raise DataError(f"Expected two non-empty samples, got {n1} and {n0} values.")
-    both = np.concatenate([x, y], axis=1)
-    if not np.all(np.isfinite(both)):
+    labels = np.zeros((x.shape[0], n1 + n0), dtype=bool)
+    labels[:, :n1] = True
+    return mann_whitney_labels(np.concatenate([x, y], axis=1), labels)
+
+
+def mann_whitney_labels(values: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`mann_whitney` with the two samples given as one array and a membership mask:
+    ``values`` ``float [U, M]``, ``labels`` ``bool [U, M]`` (``True``: the first sample). Each
+    row may split differently (the sanity tests move images between the samples). A row with
+    an empty sample gets ``NaN`` for all three."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[None, :]
+    y = np.broadcast_to(np.asarray(labels, dtype=bool), v.shape)
+    if not np.all(np.isfinite(v)):
         raise NonFiniteError("Expected finite activations in both samples.")
-    ranks = row_midranks(both)
-    u1 = ranks[:, :n1].sum(axis=1) - n1 * (n1 + 1) / 2.0
-    n = n1 + n0
-    # tie correction: sum over tie groups of (t^3 - t)
-    s = np.sort(both, axis=1)
+    n1 = y.sum(axis=1).astype(np.float64)
+    n0 = v.shape[1] - n1
+    n = float(v.shape[1])
+    ranks = row_midranks(v)
+    u1 = np.where(y, ranks, 0.0).sum(axis=1) - n1 * (n1 + 1) / 2.0
+    # tie correction: sum over tie groups of (t^3 - t), from the pooled values
+    s = np.sort(v, axis=1)
     new = np.ones(s.shape, dtype=bool)
     new[:, 1:] = s[:, 1:] != s[:, :-1]
     group_id = np.cumsum(new, axis=1) - 1
@@ -335,15 +351,22 @@ def mann_whitney(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     np.add.at(sizes, (np.arange(s.shape[0])[:, None], group_id), 1.0)
     tie_term = (sizes**3 - sizes).sum(axis=1)
     mu = n1 * n0 / 2.0
-    sigma = np.sqrt(n1 * n0 / 12.0 * ((n + 1) - tie_term / (n * (n - 1)))) if n > 1 else 0.0
+    var = n1 * n0 / 12.0 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else np.zeros_like(n1)
+    sigma = np.sqrt(np.maximum(var, 0.0))
     u = np.maximum(u1, n1 * n0 - u1)
     from scipy.special import ndtr
 
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (u - mu - 0.5) / sigma
         p = np.clip(2.0 * ndtr(-z), 0.0, 1.0)
-    p = np.where(np.asarray(sigma) == 0, 1.0, p)
-    return u1 / (n1 * n0), u1, p
+        auc = u1 / (n1 * n0)
+    p = np.where(sigma == 0, 1.0, p)
+    empty = (n1 == 0) | (n0 == 0)
+    return (
+        np.where(empty, np.nan, auc),
+        np.where(empty, np.nan, u1),
+        np.where(empty, np.nan, p),
+    )
 
 
 def identification(similarity: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -291,12 +291,13 @@ class TextTestScores:
 
 
 def text_test_scores(
-    fn: Callable[[list[str], list[list[str]]], Any],
+    fn: Callable[..., Any],
     candidates: Sequence[Sequence[str]],
     references: Sequence[Sequence[Sequence[str]]],
     *,
     constant: str,
     seed: int = 0,
+    with_owners: bool = False,
 ) -> dict[str, TextTestScores]:
     """test -> :class:`TextTestScores` of a text metric under :data:`TEXT_TESTS`.
 
@@ -310,7 +311,10 @@ def text_test_scores(
     the count), left out of the result when no label occurs twice (then there is none).
 
     ``fn(candidates, references)`` scores a flat list of labels against their reference lists
-    (``float [len(candidates)]``); it is called once, with every pair of every test.
+    (``float [len(candidates)]``); it is called once, with every pair of every test. With
+    ``with_owners=True`` it is called as ``fn(candidates, references, owners)``, ``owners[k]`` the
+    unit whose references ``references[k]`` are (a metric that ranks a label against every
+    unit's references, such as identification, needs to know which unit is its own).
     """
     n = len(candidates)
     if len(references) != n:
@@ -345,7 +349,8 @@ def text_test_scores(
                 flat_c.append(str(cand))
                 flat_r.append([str(r) for r in references[u][i]])
                 owner.append(u)
-    values = np.asarray(fn(flat_c, flat_r), dtype=np.float64)
+    raw = fn(flat_c, flat_r, owner) if with_owners else fn(flat_c, flat_r)
+    values = np.asarray(raw, dtype=np.float64)
     if values.shape != (len(flat_c),):
         raise DataError(
             f"Expected the text metric to return {len(flat_c)} values, got shape {values.shape}."

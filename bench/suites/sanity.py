@@ -45,6 +45,12 @@ with offline text models) is not applicable in every test, with its reason. Unit
 perturbed labels equal their own letter for letter cannot lose to them and are left out of that
 test (counted as ``same_label_units``).
 
+The other suites' metrics (``generated/auc``, ``generated/mad``, ``generated/p_value``,
+``milannotations/identification-top1``, ..., ``planted/recovered``, ``cifar-auroc/auroc``,
+``cifar-auroc/auprc``) go through the tests that apply to them, on the same known units, by
+:mod:`bench.suites.sanity_rows` (``row_groups``; its docstring says how each test reads for each
+metric and which do not apply).
+
 The report card is a :class:`~bench.results.SuiteResult` like any suite's, read the other way
 round: its "methods" are the metrics (``auroc``, ``f1``, ..., ``milannotations/bertscore``, ...),
 its "metrics" the tests, each value the share of units that pass (per unit 1 or 0), with the
@@ -118,6 +124,9 @@ class SanityConfig:
     #: An ``annotations.csv`` for the milannotations text tests (``None``: the target's own,
     #: as the milannotations suite finds them).
     annotations: str | None = None
+    #: The other suites' metrics put through the tests (:mod:`bench.suites.sanity_rows`):
+    #: ``generated``, ``identification``, ``recovered``, ``cifar-auroc`` (empty: none).
+    row_groups: tuple[str, ...] = ("generated", "identification", "recovered", "cifar-auroc")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -135,6 +144,17 @@ class SanityConfig:
         if bad:
             raise ValueError(
                 f"Expected text_suites among {', '.join(TEXT_SUITES)}; got {list(self.text_suites)}"
+            )
+        if isinstance(self.row_groups, str):
+            object.__setattr__(
+                self, "row_groups", tuple(x for x in self.row_groups.split(",") if x)
+            )
+        from bench.suites.sanity_rows import ROW_GROUPS
+
+        bad = [x for x in self.row_groups if x not in ROW_GROUPS]
+        if bad:
+            raise ValueError(
+                f"Expected row_groups among {', '.join(ROW_GROUPS)}; got {list(self.row_groups)}"
             )
         if not self.text_constant.strip():
             raise ValueError("Expected a non-empty text_constant.")
@@ -250,7 +270,9 @@ class SanitySuite(Suite[SanityConfig]):
         )  # fmt: skip
         a = np.stack([acts[k.unit.layer]["mean"][:, k.unit.index] for k in units]).astype(float)
         c = pres.presence[defined]
-        names = list(SANITY_TESTS) + (["frequent_label"] if cfg.text_suites else [])
+        names = list(SANITY_TESTS) + (
+            ["frequent_label"] if cfg.text_suites or cfg.row_groups else []
+        )
         tests = {t: MetricValues(name=t, value_type="binary") for t in names}
         verdicts: dict[str, dict[str, Any]] = {}
         for metric, (fn, takes_alpha, value_range) in FAITHFULNESS_METRICS.items():
@@ -299,7 +321,23 @@ class SanitySuite(Suite[SanityConfig]):
             )
             for k in units
         }
-        text_settings = _text_tests(ctx, cfg, tests, verdicts, entries) if cfg.text_suites else {}
+        memo: dict[str, Any] = {}  # each text suite's units, read once
+        text_settings = (
+            _text_tests(ctx, cfg, tests, verdicts, entries, memo) if cfg.text_suites else {}
+        )
+        from bench.suites.sanity_rows import add_suite_rows
+
+        def text_units(suite: str) -> Any:
+            try:
+                return _text_units(ctx, suite, cfg, memo)
+            except _Unavailable as e:
+                return e.reason
+            except BenchError as e:
+                return f"no references: {e}"
+
+        rows_settings = add_suite_rows(
+            ctx, cfg, units, acts, c, tests, verdicts, entries, text_units
+        )
         for test, mv in tests.items():
             mv.settings["verdicts"] = {m: v[test] for m, v in verdicts.items()}
         settings = {
@@ -311,6 +349,7 @@ class SanitySuite(Suite[SanityConfig]):
             "skipped_units": skipped,
             "verdicts": verdicts,
             "text": text_settings,
+            "suite_rows": rows_settings,
             "not_applicable": {
                 f"{', '.join(TEXT_NOT_APPLICABLE)} for the text metrics": next(
                     iter(TEXT_NOT_APPLICABLE.values())
@@ -324,6 +363,17 @@ class SanitySuite(Suite[SanityConfig]):
             if text_settings
             else {},
         }
+        from bench.suites.sanity_rows import suite_rows
+
+        not_applicable = settings["not_applicable"]
+        assert isinstance(not_applicable, dict)
+        for row in suite_rows(cfg.row_groups, cfg.text_suites):
+            by_reason: dict[str, list[str]] = {}
+            for test, v in verdicts.get(row, {}).items():
+                if v.get("applicable") is False:
+                    by_reason.setdefault(v["reason"], []).append(test)
+            for why, names_ in by_reason.items():
+                not_applicable[f"{', '.join(names_)} for {row}"] = why
         return SuiteScores(
             units=list(entries.values()), metrics=list(tests.values()), settings=settings
         )
@@ -336,13 +386,24 @@ class _Unavailable(Exception):
 
 
 def _text_units(
-    ctx: SuiteContext, suite: str, cfg: SanityConfig
+    ctx: SuiteContext, suite: str, cfg: SanityConfig, memo: dict[str, Any] | None = None
 ) -> tuple[
     list[tuple[UnitRef, list[str], list[tuple[str, ...]], dict[str, tuple[str, ...]]]], dict
 ]:
     """One suite's units for the text tests: ``(unit, labels, references per label, the
     unit's references as its card entry shows them)`` each, and what they are (settings).
-    Raises :class:`_Unavailable` when the suite does not apply to the target."""
+    Raises :class:`_Unavailable` when the suite does not apply to the target. ``memo`` keeps
+    the answer (or the error) per suite for the next caller of the same card."""
+    if memo is not None:
+        if suite not in memo:
+            try:
+                memo[suite] = _text_units(ctx, suite, cfg)
+            except (_Unavailable, BenchError) as e:
+                memo[suite] = e
+        found = memo[suite]
+        if isinstance(found, Exception):
+            raise found
+        return found  # type: ignore[no-any-return]
     if suite == "milannotations":
         from bench.suites.milannotations import CEILING_NOTE, MilannotationsSuite, leave_one_out
 
@@ -414,6 +475,7 @@ def _text_tests(
     tests: dict[str, MetricValues],
     verdicts: dict[str, dict[str, Any]],
     entries: dict[UnitRef, UnitEntry],
+    memo: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Put every text metric of ``cfg.text_suites`` through the text tests; fill ``tests``,
     ``verdicts`` and ``entries``; return the settings that say what was done."""
@@ -427,7 +489,7 @@ def _text_tests(
     rows = text_rows(cfg.text_suites)
     for suite in cfg.text_suites:
         try:
-            units, what = _text_units(ctx, suite, cfg)
+            units, what = _text_units(ctx, suite, cfg, memo)
             if len(units) < 2:
                 raise _Unavailable(
                     f"{len(units)} unit(s) with references; the permutation test needs 2"
@@ -558,7 +620,14 @@ def metrics_check(
     options = options or ScoreOptions(baseline=False)
     suite = SanitySuite(**({} if config is None else _fields(config)))
     info = target_info(target)
-    rows = list(FAITHFULNESS_METRICS) + list(text_rows(suite.config.text_suites))
+    from bench.suites.sanity_rows import suite_rows
+
+    cfg = suite.config
+    rows = (
+        list(FAITHFULNESS_METRICS)
+        + list(text_rows(cfg.text_suites))
+        + list(suite_rows(cfg.row_groups, cfg.text_suites))
+    )
     methods = {
         m: MethodLabels(
             info=MethodInfo(

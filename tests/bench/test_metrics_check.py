@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bench.results import read_suite_result
-from bench.suites.sanity import text_rows
+from bench.suites.sanity import TEXT_SUITES, text_rows
+from bench.suites.sanity_rows import ROW_GROUPS, suite_rows
 from metrics.faithfulness import FAITHFULNESS_METRICS
 from metrics.sanity import SANITY_TESTS, TEXT_NOT_APPLICABLE, judge, run_label_tests
 
@@ -58,7 +59,9 @@ def test_report_card_equals_the_sanity_tests_run_directly(card) -> None:  # type
     path, _ = card
     result = read_suite_result(path)
     assert result.suite == "sanity" and result.run.target == TARGET
-    assert set(result.methods) == set(FAITHFULNESS_METRICS) | set(text_rows())
+    assert set(result.methods) == set(FAITHFULNESS_METRICS) | set(text_rows()) | set(
+        suite_rows(ROW_GROUPS, TEXT_SUITES)
+    )
     assert [m.name for m in result.metrics] == [*SANITY_TESTS, "frequent_label"]
 
     cache = Cache()
@@ -168,3 +171,62 @@ def test_report_card_holds_the_text_metrics_with_the_presence_tests_not_applicab
         v = verdicts["final-layer/sentence-cosine"][test]
         assert (v["passed_units"], v["judged_units"]) == (o.passed_units, o.judged_units)
         assert t.correct == pytest.approx(np.ones(len(names)), abs=1e-6)
+
+
+def test_report_card_holds_the_other_suites_metrics(card) -> None:  # type: ignore[no-untyped-def]
+    from bench.schema import Description
+    from bench.suites.planted import names_concept, planted_units
+    from metrics.sanity import derange
+
+    path, _ = card
+    result = read_suite_result(path)
+    verdicts = result.settings["verdicts"]
+    rows = suite_rows(ROW_GROUPS, TEXT_SUITES)
+    assert set(result.settings["suite_rows"]) == set(ROW_GROUPS)
+    known = [u for u in result.units if u.details.get("kind") in ("planted", "final")]
+    for row, (suite, _) in rows.items():
+        per = verdicts[row]
+        assert set(per) == {*SANITY_TESTS, "frequent_label"}, row
+        for test, v in per.items():
+            if v.get("applicable") is False:
+                assert v["reason"] and "passed" not in v, (row, test)
+                continue
+            assert v["passed"] == (v["passed_units"] >= 0.9 * v["judged_units"]), (row, test)
+            assert v["judged_units"] + v["undefined_units"] >= 2, (row, test)
+        if suite == "generated":
+            # CoSy reads the concept vector "generated, not control": all four tests apply
+            assert all(per[t].get("applicable", True) for t in SANITY_TESTS)
+            assert per["constant"]["label"] == "depictions"
+            assert all(
+                per[t]["judged_units"] + per[t]["undefined_units"] == len(known)
+                for t in SANITY_TESTS
+            )
+        elif suite in ("milannotations", "final-layer"):
+            assert per["missing_labels"]["applicable"] is False
+            assert "reference texts" in per["missing_labels"]["reason"]
+    # a constant label ranks the classes' names in one fixed order: chance, and it must pass
+    const = verdicts["final-layer/identification-top1"]["constant"]
+    assert const["judged_units"] == 48 and const["passed_units"] >= 47 and const["passed"]
+    assert verdicts["final-layer/identification-top1"]["permutation"]["mean_correct"] == 1.0
+    assert verdicts["milannotations/identification-mrr"]["frequent_label"]["label"] == "objects"
+    assert result.settings["suite_rows"]["identification"]["milannotations"]["units"] == len(
+        ANNOTATIONS
+    )
+    # cifar-auroc: each class picks its own final-layer unit by its name
+    cifar = result.settings["suite_rows"]["cifar-auroc"]
+    finals = sum(u.details["kind"] == "final" for u in known)  # classes present on the probe
+    assert cifar["correct_picks_own_unit"] == cifar["units"] == finals
+    # planted/recovered equals the planted suite's rule run directly
+    in_card = {u.unit for u in known if u.details["kind"] == "planted"}
+    planted = [p for p in planted_units(TARGET) if p.unit in in_card]
+
+    def rec(p, label):  # type: ignore[no-untyped-def]
+        return names_concept(Description(unit=p.unit, label=label), p.formula)[0]
+
+    assert all(rec(p, p.concept) for p in planted)
+    perm = derange(len(planted), np.random.default_rng(0))
+    v = verdicts["planted/recovered"]
+    assert v["permutation"]["passed_units"] == sum(
+        not rec(p, planted[perm[i]].concept) for i, p in enumerate(planted)
+    )
+    assert v["constant"]["passed_units"] == len(planted)  # "depictions" names no concept

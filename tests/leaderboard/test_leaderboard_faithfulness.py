@@ -312,3 +312,42 @@ def test_a_run_and_an_imported_file_share_one_faithfulness_table() -> None:
     # A setting of how the labels were scored still separates them.
     other = replace(imported, settings={**imported.settings, "alpha": 0.01})
     assert len(tables([(Path("a"), run), (Path("b"), other)])) == 2
+
+
+def test_failing_marks_are_keyed_by_suite_and_metric(tmp_path: Path) -> None:
+    """The presence ``mad`` row fails; ``generated``'s ``mad`` column is another metric and
+    stays unmarked, while the ``generated/p_value`` row marks that suite's p_value column."""
+    card = sanity_card()
+    fail = {"passed": False, "rate": 0.25, "passed_units": 1, "judged_units": 4}
+    card.settings["verdicts"]["mad"] = {"missing_labels": fail}
+    card.settings["verdicts"]["generated/p_value"] = {"permutation": fail}
+    units = [UnitRef(layer="layer1", index=i) for i in range(2)]
+    generated = SuiteResult(
+        run=RunIdentity(run_id="r1", target=TARGET, probe="synthetic"),
+        suite="generated",
+        methods={"netdissect": _info("netdissect")},
+        metrics=tuple(
+            MetricSummary(name=n, settings={"metric": n}, per_method={"netdissect": _score(0.5)})
+            for n in ("auc", "mad", "p_value")
+        ),
+        units=tuple(
+            UnitResult(unit=u, labels={"netdissect": "red"}, scores={"mad": {"netdissect": 0.5}})
+            for u in units
+        ),
+    )
+    root = tmp_path / "results"
+    paths = [
+        write_suite_result(suite_result_path(root / name, r.suite), r)
+        for name, r in (("metrics", card), ("run", generated), ("run2", faithfulness_result()))
+    ]
+    build(paths, tmp_path / "site")
+    index = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    gen = _section(index, "generated")
+    gen_table = gen[: gen.index("</table>")]
+    heads = {
+        name: "fails-sanity" in head
+        for head, name in re.findall(r'(<th scope="col"[^>]*>(auc|mad|p_value) )', gen_table)
+    }
+    assert heads == {"auc": False, "mad": False, "p_value": True}
+    assert "permutation on synth.resnet: 1/4 units pass" in gen
+    assert "missing_labels on synth.resnet: 1/4" not in gen

@@ -142,6 +142,20 @@ def test_mann_whitney_equals_scipy_asymptotic() -> None:
         assert auc[r] == pytest.approx(roc_auc_score(labels, np.r_[x[r], y[r]]))
 
 
+def test_mann_whitney_with_a_mask_splits_each_row_its_own_way() -> None:
+    rng = np.random.default_rng(23)
+    v = np.round(rng.normal(0.0, 1, size=(4, 40)), 1)
+    labels = rng.random((4, 40)) < np.array([[0.2], [0.5], [0.7], [0.0]])
+    auc, u1, p = F.mann_whitney_labels(v, labels)
+    for r in range(3):
+        x, y = v[r][labels[r]], v[r][~labels[r]]
+        want = stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic")
+        assert u1[r] == pytest.approx(want.statistic)
+        assert p[r] == pytest.approx(want.pvalue, rel=1e-9)
+        assert auc[r] == pytest.approx(roc_auc_score(labels[r], v[r]))
+    assert np.isnan([auc[3], u1[3], p[3]]).all()  # an empty first sample: undefined
+
+
 def test_identification_ranks_hand_example() -> None:
     # unit 0's label is closest to its own references; unit 1's ties with unit 2's references;
     # unit 2's label is closest to unit 0's references.
