@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from bench.cache import Cache
 from bench.environment import provenance, resolve_device
-from bench.errors import BenchError, ConfigError, UsageError
+from bench.errors import BenchError, ConfigError, RequirementError, UsageError
 from bench.registry import METHODS
 from bench.runlock import run_lock
 from bench.schema import RunState, UnitRef, dumps
@@ -245,6 +245,7 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
     )
 
     components, component_names = _build_components(config, methods, target, device)
+    _check_components(components, component_names, methods)
     contexts = {
         m.name: MethodContext(
             cache=cache,
@@ -611,6 +612,29 @@ def _build_components(
         **config.components,
     }
     return build_components(names, config.component_options, device=device), names
+
+
+def _check_components(
+    components: dict[str, Any], names: dict[str, str], methods: Sequence[Method]
+) -> None:
+    """Each component's availability (weights here or downloadable, an API key; no model is
+    loaded) before anything is recorded: a missing one is a :class:`RequirementError` naming
+    the methods that need it, what is missing and how to supply it."""
+    from bench.components import ComponentError
+    from bench.components.base import check_available
+
+    for kind, component in sorted(components.items()):
+        try:
+            check_available(component)
+        except ComponentError as e:
+            users = [m.name for m in methods if kind in m.requires.components]
+            who = ", ".join(f"'{u}'" for u in users)
+            raise RequirementError(
+                f"Method{'s' if len(users) > 1 else ''} {who} cannot run as configured: "
+                f"{'they need' if len(users) > 1 else 'it needs'} the {kind} component "
+                f"'{names.get(kind, '?')}'. {e} Or choose another backend "
+                f"(--component {kind}=NAME), or leave {who} out of --methods."
+            ) from e
 
 
 def _record_units(
