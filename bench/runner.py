@@ -267,10 +267,13 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
     resolved = {
         "methods": [m.identity() for m in methods],
         "target": config.target,
-        "weights": config.weights,
+        # Local paths absolute, so that the run can be scored from any directory (`bench
+        # score`, the suites reading the probe and the target again); the published copies cut
+        # them to their last part (bench.results.publishable).
+        "weights": _absolute(config.weights),
         "layers": layers,
         "probe": probe_name,
-        "probe_root": config.probe_root,
+        "probe_root": _absolute(config.probe_root),
         "probe_options": dict(config.probe_options),
         "units": config.units,
         **(
@@ -402,12 +405,10 @@ class _Plan:
             method_config=dict(self.config.method_config.get(method.name) or {}),
             method_identity=method.identity(),
             target=self.config.target,
-            weights=str(Path(self.config.weights).resolve()) if self.config.weights else None,
+            weights=_absolute(self.config.weights),
             target_identity=self.target.identity(),
             probe=self.probe.name,
-            probe_root=str(Path(self.config.probe_root).resolve())
-            if self.config.probe_root
-            else None,
+            probe_root=_absolute(self.config.probe_root),
             probe_options=dict(self.config.probe_options),
             probe_identity=self.probe.identity(),
             layers=tuple(self.layers),
@@ -488,9 +489,9 @@ def _describe_all(
         record_kwargs["map_jobs"] = lambda fn, jobs: executor.map(fn, jobs, device=device)
         record_kwargs["source"] = WorkerSource(
             target=config.target,
-            weights=config.weights,
+            weights=_absolute(config.weights),  # workers may run elsewhere
             probe=resolve_probe_name(config, target.spec.family),
-            probe_root=config.probe_root,
+            probe_root=_absolute(config.probe_root),
             probe_options=dict(config.probe_options),
             probe_download=config.download,
         )
@@ -612,6 +613,11 @@ def _build_components(
         **config.components,
     }
     return build_components(names, config.component_options, device=device), names
+
+
+def _absolute(path: str | None) -> str | None:
+    """``path`` made absolute (``~`` expanded), ``None`` kept."""
+    return str(Path(path).expanduser().resolve()) if path else None
 
 
 def _check_components(

@@ -209,7 +209,9 @@ def _score_suites(
         except BenchError as e:
             if not auto:
                 raise
-            log.warning("Suite '%s' skipped: %s", name, e)
+            # Said once, by whoever reports the skipped suites (the console's `suite X
+            # skipped:` line); the log repeats it only with -v.
+            log.info("Suite '%s' skipped: %s", name, e)
             report.skipped[name] = str(e)
             continue
         path = write_suite_result(suite_result_path(out_dir, name), result)
