@@ -257,6 +257,7 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
             # Only what the method declares: every component in a context is part of its
             # describe cache key.
             components={k: components[k] for k in sorted(m.requires.components)},
+            probe=probe,
         )
         for m in methods
     }
