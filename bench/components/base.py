@@ -250,13 +250,9 @@ def hub_offline() -> bool:
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".msgpack", ".h5")
 
 
-def require_hub_weights(repo_id: str, revision: str | None, option: str) -> None:
-    """Offline (``HF_HUB_OFFLINE``), the local snapshot of ``repo_id`` must hold weight files,
-    not only the configuration :func:`hub_revision` fetched; online, ``from_pretrained``
-    downloads what is missing, so nothing is checked. ``option`` (``captioner.model``) is the
-    component option that names a local directory instead."""
-    if not hub_offline():
-        return
+def hub_weights_problem(repo_id: str, revision: str | None = None) -> str | None:
+    """Why the local Hugging Face cache lacks the weights of ``repo_id`` (no snapshot, or one
+    with its configuration only), else ``None``. Reads the cache only."""
     try:
         from huggingface_hub import snapshot_download
 
@@ -269,12 +265,22 @@ def require_hub_weights(repo_id: str, revision: str | None, option: str) -> None
             )
         )
     except Exception as e:  # hub errors come in many classes
-        why = f"{type(e).__name__}: {e}"
-        raise ComponentError(_hub_missing(repo_id, revision, option, why)) from e
+        return f"{type(e).__name__}: {e}"
     if not any(p.is_file() and p.name.endswith(WEIGHT_SUFFIXES) for p in snap.rglob("*")):
-        raise ComponentError(
-            _hub_missing(repo_id, revision, option, f"the local snapshot {snap} has no weights")
-        )
+        return f"the local snapshot {snap} has no weights"
+    return None
+
+
+def require_hub_weights(repo_id: str, revision: str | None, option: str) -> None:
+    """Offline (``HF_HUB_OFFLINE``), the local snapshot of ``repo_id`` must hold weight files,
+    not only the configuration :func:`hub_revision` fetched; online, ``from_pretrained``
+    downloads what is missing, so nothing is checked. ``option`` (``captioner.model``) is the
+    component option that names a local directory instead."""
+    if not hub_offline():
+        return
+    why = hub_weights_problem(repo_id, revision)
+    if why is not None:
+        raise ComponentError(_hub_missing(repo_id, revision, option, why))
 
 
 def _hub_missing(repo_id: str, revision: str | None, option: str, why: str) -> str:

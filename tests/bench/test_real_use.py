@@ -287,3 +287,47 @@ def test_run_json_keeps_probe_root_and_weights_absolute(real, tmp_path, capsys, 
     shown = publishable(config)
     assert shown["probe_root"] == real["broden"].name
     assert shown["weights"] == real["weights"].name
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        (["--suites", "generated"], "CompVis/stable-diffusion-v1-4"),
+        (
+            ["--suites", "faithfulness", "--suite-option", "faithfulness.presence=clip"],
+            "faithfulness.clip_pretrained=PATH",
+        ),
+        (["--suites", "final-layer", "--text-models", "papers"], "roberta-large (bertscore)"),
+    ],
+    ids=["generated", "faithfulness-clip", "papers-text-models"],
+)
+def test_suites_asked_for_fail_before_recording_when_their_models_are_missing(
+    real, tmp_path, capsys, no_recording, empty_hf_cache, extra, expect
+):
+    out = tmp_path / "run"
+    args = _real_args(real, out, "--methods", "depictions", "--units", "0-1", *extra)
+    if "final-layer" in extra:
+        args[args.index("layer4")] = "fc"
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"Suite '{extra[1]}' cannot score this run" in err and expect in err
+    assert "HF_HUB_OFFLINE" in err
+    assert not out.exists()
+
+
+def test_a_skipped_suite_says_why_once(real, tmp_path, capsys, caplog, empty_hf_cache):
+    """Suites chosen automatically that cannot run are skipped; the reason is printed once (the
+    console shows log records from WARNING up without -v; under pytest they land in caplog)."""
+    import logging
+
+    out = tmp_path / "run"
+    args = _real_args(real, out, "--methods", "depictions", "--units", "0-1", "--no-leaderboard")
+    code = main([*args, "--cache-dir", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    shown = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    both = "\n".join([captured.out, captured.err, *shown])
+    assert "suite generated        skipped: " in captured.out
+    reason = "Could not resolve the Hugging Face model 'CompVis/stable-diffusion-v1-4'"
+    assert both.count(reason) == both.count("suite generated ") == 1
