@@ -630,18 +630,21 @@ def _check_components(
     from bench.components import ComponentError
     from bench.components.base import check_available
 
+    problems = []
     for kind, component in sorted(components.items()):
         try:
             check_available(component)
         except ComponentError as e:
             users = [m.name for m in methods if kind in m.requires.components]
             who = ", ".join(f"'{u}'" for u in users)
-            raise RequirementError(
+            problems.append(
                 f"Method{'s' if len(users) > 1 else ''} {who} cannot run as configured: "
                 f"{'they need' if len(users) > 1 else 'it needs'} the {kind} component "
                 f"'{names.get(kind, '?')}'. {e} Or choose another backend "
                 f"(--component {kind}=NAME), or leave {who} out of --methods."
-            ) from e
+            )
+    if problems:  # every missing one at once, not one per attempt
+        raise RequirementError("\n".join(problems))
 
 
 def _record_units(

@@ -286,7 +286,8 @@ def require_hub_weights(repo_id: str, revision: str | None, option: str) -> None
 def _hub_missing(repo_id: str, revision: str | None, option: str, why: str) -> str:
     return (
         f"The weights of the Hugging Face model '{repo_id}' (revision {revision or 'main'}) are "
-        f"not in the local cache and downloads are off (HF_HUB_OFFLINE=1): {why}. Download it "
+        f"not in the local cache and downloads are off (HF_HUB_OFFLINE=1): {why.rstrip('.')}. "
+        "Download it "
         f"where there is a network (`huggingface-cli download {repo_id}`) and copy the cache "
         f"($HF_HOME), or pass a local directory (--component-option {option}=DIR), or allow "
         "the download (unset HF_HUB_OFFLINE, with a network)."
