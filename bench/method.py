@@ -329,6 +329,12 @@ class Method(Configurable[C], abc.ABC):
             )
         return None
 
+    def top_k(self) -> int:
+        """Top images per unit the method reads from the ``topk`` evidence: the recording keeps
+        at least this many. Default ``requires.k``; a method whose config sets the number
+        (DnD's ``num_images``) returns that when larger."""
+        return self.requires.k
+
     def needs_whole_layers(self) -> bool:
         """Whether a unit's description depends on the other units of its layer (CLIP-Dissect's
         prior over the layer): then the runner records every unit of each described layer,

@@ -671,7 +671,7 @@ def _record_units(
 def _union_requirements(methods: Sequence[Method]) -> dict[str, Any]:
     from bench.evidence import MILAN_QUANTILE, NETDISSECT_QUANTILE
 
-    k = max([15] + [m.requires.k for m in methods])
+    k = max([15] + [m.top_k() for m in methods])
     topk_by = sorted({"max"} | {b for m in methods for b in m.requires.topk_by})
     quantiles = sorted(
         {MILAN_QUANTILE.key, NETDISSECT_QUANTILE.key}

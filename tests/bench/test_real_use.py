@@ -331,3 +331,13 @@ def test_a_skipped_suite_says_why_once(real, tmp_path, capsys, caplog, empty_hf_
     assert "suite generated        skipped: " in captured.out
     reason = "Could not resolve the Hugging Face model 'CompVis/stable-diffusion-v1-4'"
     assert both.count(reason) == both.count("suite generated ") == 1
+
+
+def test_the_recording_keeps_as_many_top_images_as_dnd_reads() -> None:
+    """`--config dnd.num_images=N` above the recorded top-k failed every unit after the
+    recording ('record with k >= N', which no option sets): the recording now keeps N."""
+    from bench.runner import _union_requirements, build_method
+    from methods.dnd import DnD
+
+    assert _union_requirements([build_method(DnD, None)])["k"] == 15
+    assert _union_requirements([build_method(DnD, {"num_images": 24})])["k"] == 24
