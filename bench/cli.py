@@ -659,6 +659,19 @@ def _cmd_run(args: argparse.Namespace, hold: ExitStack) -> int:
 
         probe = resolve_probe_name(config, TARGETS.get(config.target).family)
         parse_probe_options(probe, config.probe_options)
+    if args.suites and score_options is not None:
+        # Suites asked for by name must be able to run (their models, weights, text models)
+        # before anything is recorded; those chosen automatically are skipped with a reason.
+        from bench.suites.scoring import check_suites
+
+        check_suites(
+            args.suites,
+            target=config.target,
+            layers=config.layers,
+            run={"components": config.components, "component_options": config.component_options},
+            options=score_options,
+            suite_config=suite_config,
+        )
     t0 = time.perf_counter()
     result = run(config, complete=score_options is None, hold=hold)
     print(f"run directory: {result.run_dir}")

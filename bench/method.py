@@ -35,6 +35,7 @@ from bench.schema import Description, UnitRef
 if TYPE_CHECKING:
     from bench.cache import Cache
     from bench.evidence import Evidence
+    from bench.probes.base import ProbeSet
     from bench.targets import Target
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,8 @@ class MethodContext:
     components: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
     memory_budget: int | None = None
+    #: The run's probe set, for :meth:`Method.check` (describing reads it from the evidence).
+    probe: ProbeSet | None = None
 
 
 # --- configs, shared by methods and suites ------------------------------------------------------
@@ -304,10 +307,33 @@ class Method(Configurable[C], abc.ABC):
                 "implement _describe instead."
             )
 
-    def check(self, ctx: MethodContext) -> None:  # noqa: B027 - optional hook
+    def check(self, ctx: MethodContext) -> None:
         """Cheap preconditions, called by the runner for every method before any expensive
         stage (recording, training): raise a :class:`~bench.errors.RequirementError` saying what
-        is missing and how to supply it (files, downloads). No heavy work here. Default: none."""
+        is missing and how to supply it (files, downloads). No heavy work here. The base checks
+        what ``requires`` declares of the probe set (``ctx.probe``: segmentations); a method
+        that overrides this calls ``super().check(ctx)``. The runner checks the components
+        (their weights, keys) itself."""
+        if ctx.probe is not None:
+            problem = self.probe_problem(ctx.probe)
+            if problem:
+                raise RequirementError(problem)
+
+    def probe_problem(self, probe: Any) -> str | None:
+        """What ``requires`` asks of the probe set that ``probe`` lacks, else ``None``."""
+        if "segmentations" in self.requires.evidence and not probe.has_segmentations:
+            return (
+                f"Method '{self.name}' needs a probe set with per-pixel concept segmentations "
+                f"(Broden format); '{probe.name}' has none. "
+                "Use --probe broden or --probe synthetic."
+            )
+        return None
+
+    def top_k(self) -> int:
+        """Top images per unit the method reads from the ``topk`` evidence: the recording keeps
+        at least this many. Default ``requires.k``; a method whose config sets the number
+        (DnD's ``num_images``) returns that when larger."""
+        return self.requires.k
 
     def needs_whole_layers(self) -> bool:
         """Whether a unit's description depends on the other units of its layer (CLIP-Dissect's
@@ -360,12 +386,9 @@ class Method(Configurable[C], abc.ABC):
                 f"Method '{self.name}' was asked for layers {missing_layers} "
                 f"that were not recorded (recorded: {sorted(evidence.layers)})."
             )
-        if "segmentations" in req.evidence and not evidence.probe.has_segmentations:
-            raise RequirementError(
-                f"Method '{self.name}' needs a probe set with per-pixel concept segmentations "
-                f"(Broden format); '{evidence.probe.name}' has none. "
-                "Use --probe broden or --probe synthetic."
-            )
+        problem = self.probe_problem(evidence.probe)
+        if problem:
+            raise RequirementError(problem)
         if "target" in req.evidence and ctx.target is None:
             raise RequirementError(
                 f"Method '{self.name}' needs to run the target on new images, "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from bench.cache import Cache
 from bench.environment import provenance, resolve_device
-from bench.errors import BenchError, ConfigError, UsageError
+from bench.errors import BenchError, ConfigError, RequirementError, UsageError
 from bench.registry import METHODS
 from bench.runlock import run_lock
 from bench.schema import RunState, UnitRef, dumps
@@ -245,6 +245,7 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
     )
 
     components, component_names = _build_components(config, methods, target, device)
+    _check_components(components, component_names, methods)
     contexts = {
         m.name: MethodContext(
             cache=cache,
@@ -256,6 +257,7 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
             # Only what the method declares: every component in a context is part of its
             # describe cache key.
             components={k: components[k] for k in sorted(m.requires.components)},
+            probe=probe,
         )
         for m in methods
     }
@@ -266,10 +268,13 @@ def _run(config: RunConfig, hold: ExitStack, complete: bool) -> RunResult:
     resolved = {
         "methods": [m.identity() for m in methods],
         "target": config.target,
-        "weights": config.weights,
+        # Local paths absolute, so that the run can be scored from any directory (`bench
+        # score`, the suites reading the probe and the target again); the published copies cut
+        # them to their last part (bench.results.publishable).
+        "weights": _absolute(config.weights),
         "layers": layers,
         "probe": probe_name,
-        "probe_root": config.probe_root,
+        "probe_root": _absolute(config.probe_root),
         "probe_options": dict(config.probe_options),
         "units": config.units,
         **(
@@ -401,12 +406,10 @@ class _Plan:
             method_config=dict(self.config.method_config.get(method.name) or {}),
             method_identity=method.identity(),
             target=self.config.target,
-            weights=str(Path(self.config.weights).resolve()) if self.config.weights else None,
+            weights=_absolute(self.config.weights),
             target_identity=self.target.identity(),
             probe=self.probe.name,
-            probe_root=str(Path(self.config.probe_root).resolve())
-            if self.config.probe_root
-            else None,
+            probe_root=_absolute(self.config.probe_root),
             probe_options=dict(self.config.probe_options),
             probe_identity=self.probe.identity(),
             layers=tuple(self.layers),
@@ -487,9 +490,9 @@ def _describe_all(
         record_kwargs["map_jobs"] = lambda fn, jobs: executor.map(fn, jobs, device=device)
         record_kwargs["source"] = WorkerSource(
             target=config.target,
-            weights=config.weights,
+            weights=_absolute(config.weights),  # workers may run elsewhere
             probe=resolve_probe_name(config, target.spec.family),
-            probe_root=config.probe_root,
+            probe_root=_absolute(config.probe_root),
             probe_options=dict(config.probe_options),
             probe_download=config.download,
         )
@@ -613,6 +616,37 @@ def _build_components(
     return build_components(names, config.component_options, device=device), names
 
 
+def _absolute(path: str | None) -> str | None:
+    """``path`` made absolute (``~`` expanded), ``None`` kept."""
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def _check_components(
+    components: dict[str, Any], names: dict[str, str], methods: Sequence[Method]
+) -> None:
+    """Each component's availability (weights here or downloadable, an API key; no model is
+    loaded) before anything is recorded: a missing one is a :class:`RequirementError` naming
+    the methods that need it, what is missing and how to supply it."""
+    from bench.components import ComponentError
+    from bench.components.base import check_available
+
+    problems = []
+    for kind, component in sorted(components.items()):
+        try:
+            check_available(component)
+        except ComponentError as e:
+            users = [m.name for m in methods if kind in m.requires.components]
+            who = ", ".join(f"'{u}'" for u in users)
+            problems.append(
+                f"Method{'s' if len(users) > 1 else ''} {who} cannot run as configured: "
+                f"{'they need' if len(users) > 1 else 'it needs'} the {kind} component "
+                f"'{names.get(kind, '?')}'. {e} Or choose another backend "
+                f"(--component {kind}=NAME), or leave {who} out of --methods."
+            )
+    if problems:  # every missing one at once, not one per attempt
+        raise RequirementError("\n".join(problems))
+
+
 def _record_units(
     spec: str | None, units: Sequence[UnitRef], sizes: dict[str, int], methods: Sequence[Method]
 ) -> dict[str, str] | None:
@@ -637,7 +671,7 @@ def _record_units(
 def _union_requirements(methods: Sequence[Method]) -> dict[str, Any]:
     from bench.evidence import MILAN_QUANTILE, NETDISSECT_QUANTILE
 
-    k = max([15] + [m.requires.k for m in methods])
+    k = max([15] + [m.top_k() for m in methods])
     topk_by = sorted({"max"} | {b for m in methods for b in m.requires.topk_by})
     quantiles = sorted(
         {MILAN_QUANTILE.key, NETDISSECT_QUANTILE.key}

@@ -304,6 +304,39 @@ _DND = BertScoreSettings(
     source="Describe-and-Dissect (Bai et al. 2024): evaluate's bertscore(lang='en') defaults, "
     "averaged over the annotations",
 )
+#: The papers' text models on the Hugging Face Hub, by what they score with.
+PAPERS_TEXT_MODELS: dict[str, str] = {
+    "bertscore": "roberta-large",
+    "sentence": MPNET_MODEL,
+    "clip": CLIP_HUB_ID,
+}
+
+
+def check_papers_text_models(kinds: Sequence[str]) -> None:
+    """With downloads off (``HF_HUB_OFFLINE``), the papers' text models of ``kinds`` (keys of
+    :data:`PAPERS_TEXT_MODELS`) must be in the local Hugging Face cache: a
+    :class:`~bench.errors.WeightsUnavailableError` names the missing ones and how to get them.
+    With downloads allowed nothing is checked (they download on first use). Loads nothing."""
+    from bench.components.base import hub_offline, hub_weights_problem
+
+    if not hub_offline():
+        return
+    missing = [
+        (kind, PAPERS_TEXT_MODELS[kind])
+        for kind in dict.fromkeys(kinds)
+        if hub_weights_problem(PAPERS_TEXT_MODELS[kind]) is not None
+    ]
+    if missing:
+        names = ", ".join(f"{repo} ({kind})" for kind, repo in missing)
+        fetch = "; ".join(f"`huggingface-cli download {repo}`" for _, repo in missing)
+        raise WeightsUnavailableError(
+            f"the papers' text models {names} are not in the Hugging Face cache and downloads "
+            f"are off (HF_HUB_OFFLINE=1). Download them where there is a network ({fetch}) and "
+            "copy the cache ($HF_HOME), allow the download (unset HF_HUB_OFFLINE, with a "
+            "network), or score with the offline text models (drop --text-models papers)."
+        )
+
+
 #: Preset name -> settings, except ``offline`` whose model path is resolved when used.
 BERTSCORE_PRESETS: dict[str, BertScoreSettings | None] = {
     "milan": _MILAN,

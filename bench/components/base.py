@@ -233,6 +233,80 @@ def hub_revision(repo_id: str, revision: str | None) -> str:
     return Path(snap).name
 
 
+def hub_offline() -> bool:
+    """Whether Hugging Face downloads are switched off (``HF_HUB_OFFLINE``), read now rather than
+    when ``huggingface_hub`` was imported."""
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    if value.strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+#: Weight files of a transformers / diffusers model (what ``from_pretrained`` loads).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".msgpack", ".h5")
+
+
+def hub_weights_problem(repo_id: str, revision: str | None = None) -> str | None:
+    """Why the local Hugging Face cache lacks the weights of ``repo_id`` (no snapshot, or one
+    with its configuration only), else ``None``. Reads the cache only."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        snap = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=[f"*{s}" for s in WEIGHT_SUFFIXES],
+                local_files_only=True,
+            )
+        )
+    except Exception as e:  # hub errors come in many classes
+        return f"{type(e).__name__}: {e}"
+    if not any(p.is_file() and p.name.endswith(WEIGHT_SUFFIXES) for p in snap.rglob("*")):
+        return f"the local snapshot {snap} has no weights"
+    return None
+
+
+def require_hub_weights(repo_id: str, revision: str | None, option: str) -> None:
+    """Offline (``HF_HUB_OFFLINE``), the local snapshot of ``repo_id`` must hold weight files,
+    not only the configuration :func:`hub_revision` fetched; online, ``from_pretrained``
+    downloads what is missing, so nothing is checked. ``option`` (``captioner.model``) is the
+    component option that names a local directory instead."""
+    if not hub_offline():
+        return
+    why = hub_weights_problem(repo_id, revision)
+    if why is not None:
+        raise ComponentError(_hub_missing(repo_id, revision, option, why))
+
+
+def _hub_missing(repo_id: str, revision: str | None, option: str, why: str) -> str:
+    return (
+        f"The weights of the Hugging Face model '{repo_id}' (revision {revision or 'main'}) are "
+        f"not in the local cache and downloads are off (HF_HUB_OFFLINE=1): {why.rstrip('.')}. "
+        "Download it "
+        f"where there is a network (`huggingface-cli download {repo_id}`) and copy the cache "
+        f"($HF_HOME), or pass a local directory (--component-option {option}=DIR), or allow "
+        "the download (unset HF_HUB_OFFLINE, with a network)."
+    )
+
+
+def check_available(component: Any) -> None:
+    """The component's cheap availability check, when it has one (``check()``: raises a
+    :class:`ComponentError` saying what is missing and how to supply it; it loads no model), then
+    its :meth:`identity` (which resolves model revisions, and fails when they cannot be).
+    Backends of one's own need no ``check``."""
+    check = getattr(component, "check", None)
+    if callable(check):
+        check()
+    ident = getattr(component, "identity", None)
+    if callable(ident):
+        ident()
+
+
 def model_revision(model: str, revision: str | None) -> str:
     """The revision of a model given as a local path or a hub id."""
     if is_local(model):

@@ -18,6 +18,7 @@ from bench.components.base import (
     ImageInput,
     is_local,
     model_revision,
+    require_hub_weights,
     to_pil,
     torch_dtype,
 )
@@ -57,6 +58,11 @@ class BlipCaptioner:
         self._model: Any = None
         self._processor: Any = None
         self._revision: str | None = None
+
+    def check(self) -> None:
+        """Offline, the weights must be in the local cache (or ``model`` a local directory)."""
+        if not is_local(self.model_id):
+            require_hub_weights(self.model_id, self.revision, "captioner.model")
 
     def identity(self) -> dict[str, Any]:
         if self._revision is None:

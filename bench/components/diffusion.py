@@ -23,6 +23,7 @@ from bench.components.base import (
     is_local,
     model_revision,
     prompt_seed,
+    require_hub_weights,
     torch_dtype,
 )
 from bench.environment import resolve_device
@@ -72,6 +73,11 @@ class StableDiffusion:
         self.progress = progress
         self._pipe: Any = None
         self._revision: str | None = None
+
+    def check(self) -> None:
+        """Offline, the weights must be in the local cache (or ``model`` a local directory)."""
+        if not is_local(self.model_id):
+            require_hub_weights(self.model_id, self.revision, "text_to_image.model")
 
     def identity(self) -> dict[str, Any]:
         if self._revision is None:

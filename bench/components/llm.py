@@ -33,6 +33,7 @@ from bench.components.base import (
     is_local,
     model_revision,
     render_chat,
+    require_hub_weights,
     torch_dtype,
 )
 from bench.environment import resolve_device
@@ -82,6 +83,11 @@ class OpenAIChatModel:
         # Local servers are reached directly, whatever the proxy settings say.
         handlers = [urllib.request.ProxyHandler({})] if self._local else []
         self._opener = urllib.request.build_opener(*handlers)
+
+    def check(self) -> None:
+        """The API key when the endpoint needs one (whether the server answers is found only
+        when it is asked)."""
+        self._headers()
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -213,6 +219,11 @@ class HFCausalLM:
         self._model: Any = None
         self._tok: Any = None
         self._revision: str | None = None
+
+    def check(self) -> None:
+        """Offline, the weights must be in the local cache (or ``model`` a local directory)."""
+        if not is_local(self.model_id):
+            require_hub_weights(self.model_id, self.revision, "language_model.model")
 
     def identity(self) -> dict[str, Any]:
         if self._revision is None:

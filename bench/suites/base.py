@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -317,6 +317,9 @@ class Suite(Configurable[C], abc.ABC):
     role: ClassVar[str] = "suite"
     #: One line for listings.
     summary: ClassVar[str] = ""
+    #: The papers' text models the suite scores with under ``--text-models papers`` (keys of
+    #: ``metrics.text.PAPERS_TEXT_MODELS``), checked by :meth:`check`.
+    text_models: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -328,6 +331,18 @@ class Suite(Configurable[C], abc.ABC):
     def applicable(self, target: TargetInfo) -> str | None:
         """``None`` when the suite can score labels of ``target``; otherwise why not."""
         return None
+
+    def check(self, target: TargetInfo, run: Mapping[str, Any], options: ScoreOptions) -> None:
+        """Cheap preconditions of scoring a run of ``target`` configured as ``run`` (what
+        ``run.json`` will hold under ``config``: components, component options, probe),
+        checked by ``bench run`` before anything is recorded for the suites it was asked for:
+        raise a :class:`~bench.errors.BenchError` saying what is missing and how to supply it.
+        Loads no model. The base checks the papers' text models (:attr:`text_models`); a suite
+        that overrides this calls ``super().check(...)``."""
+        if self.text_models and not options.offline:
+            from metrics.text import check_papers_text_models
+
+            check_papers_text_models(self.text_models)
 
     @abc.abstractmethod
     def _score(self, ctx: SuiteContext) -> SuiteScores:

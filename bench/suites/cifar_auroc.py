@@ -251,6 +251,7 @@ class CifarAurocSuite(Suite[CifarAurocConfig]):
 
     name = "cifar-auroc"
     version = "1"
+    text_models = ("clip", "sentence")
     summary = "the unit whose label is closest to a class name, as a classifier (AUROC, AUPRC)"
 
     def applicable(self, target: TargetInfo) -> str | None:

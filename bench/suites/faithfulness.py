@@ -40,15 +40,16 @@ over the probe (cached).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import BenchError, DataError, UsageError
+from bench.errors import BenchError, DataError, RequirementError, UsageError
 from bench.schema import UnitRef
 from bench.suites.base import (
     MetricValues,
+    ScoreOptions,
     Suite,
     SuiteContext,
     SuiteScores,
@@ -379,23 +380,51 @@ class FaithfulnessSuite(Suite[FaithfulnessConfig]):
             )
         return probe, own
 
-    def _clip(
-        self, ctx: SuiteContext, probe: ProbeSet, source: SegmentationPresence | None
-    ) -> ClipPresence:
-        """CLIP presence: the image-text encoder, the concept set and (to calibrate a threshold)
-        the concepts' ground truth."""
+    def check(self, target: TargetInfo, run: Mapping[str, Any], options: ScoreOptions) -> None:
+        """CLIP presence: the image-text encoder is available (weights here or downloadable);
+        nothing is loaded."""
+        from bench.components import ComponentError
+        from bench.components.base import check_available
+        from bench.environment import resolve_device
+
+        super().check(target, run, options)
+        if self.config.presence != "clip":
+            return
+        encoder, backend = self._encoder(target.synthetic, resolve_device(options.device))
+        try:
+            check_available(encoder)
+        except ComponentError as e:
+            raise RequirementError(
+                f"CLIP presence (faithfulness.presence=clip) embeds with the image_text_encoder "
+                f"backend '{backend}'. {e} For this suite the options are "
+                "--suite-option faithfulness.clip_pretrained=PATH and "
+                "faithfulness.clip_model=local-dir:DIR (faithfulness.clip_backend=NAME for "
+                "another backend)."
+            ) from e
+
+    def _encoder(self, synthetic: bool, device: str) -> tuple[Any, str]:
+        """The image-text encoder of CLIP presence (built, not loaded) and its backend name."""
         from bench.components import build_component
-        from bench.formula import Leaf
-        from bench.presence import ClipPresence
 
         cfg = self.config
-        backend = cfg.clip_backend or ("synthetic" if ctx.target.synthetic else "open-clip")
+        backend = cfg.clip_backend or ("synthetic" if synthetic else "open-clip")
         options: dict[str, Any] = {}
         if cfg.clip_model is not None:
             options["model"] = cfg.clip_model
         if cfg.clip_pretrained is not None:
             options["pretrained"] = cfg.clip_pretrained
-        encoder = build_component("image_text_encoder", backend, options, device=ctx.device)
+        return build_component("image_text_encoder", backend, options, device=device), backend
+
+    def _clip(
+        self, ctx: SuiteContext, probe: ProbeSet, source: SegmentationPresence | None
+    ) -> ClipPresence:
+        """CLIP presence: the image-text encoder, the concept set and (to calibrate a threshold)
+        the concepts' ground truth."""
+        from bench.formula import Leaf
+        from bench.presence import ClipPresence
+
+        cfg = self.config
+        encoder, _ = self._encoder(ctx.target.synthetic, ctx.device)
         truth = None
         if cfg.clip_concepts is not None:
             from bench.suites.final_layer import parse_class_lines

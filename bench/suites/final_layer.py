@@ -148,6 +148,7 @@ class FinalLayerSuite(Suite[FinalLayerConfig]):
 
     name = "final-layer"
     version = "1"
+    text_models = ("bertscore", "sentence", "clip")
     summary = "final-layer units against the names of their classes"
 
     def applicable(self, target: TargetInfo) -> str | None:

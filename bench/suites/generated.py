@@ -33,13 +33,16 @@ random scenes and its AUC sits near chance.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bench.errors import UsageError
+from bench.components.base import ComponentError
+from bench.errors import RequirementError, UsageError
 from bench.schema import UnitRef
 from bench.suites.base import (
     MetricValues,
+    ScoreOptions,
     Suite,
     SuiteContext,
     SuiteScores,
@@ -151,15 +154,43 @@ class GeneratedSuite(Suite[GeneratedConfig]):
 
     # --- pieces ---------------------------------------------------------------------------------
 
+    def check(self, target: TargetInfo, run: Mapping[str, Any], options: ScoreOptions) -> None:
+        """The text-to-image model is available (weights here or downloadable); nothing is
+        loaded."""
+        from bench.components.base import check_available
+
+        super().check(target, run, options)
+        from bench.environment import resolve_device
+
+        comp, backend = self._build(run, target.synthetic, resolve_device(options.device))
+        try:
+            check_available(comp)
+        except ComponentError as e:
+            raise RequirementError(
+                f"it generates images with the text_to_image backend '{backend}'. {e} Or choose "
+                "another backend (--suite-option generated.backend=NAME, or the run's "
+                "--component text_to_image=NAME)."
+            ) from e
+
     def _component(self, ctx: SuiteContext) -> tuple[Any, dict[str, Any]]:
         """The tracked ``text_to_image`` component and what it is (for the settings)."""
-        from bench.components import ALIASES, build_component, default_backends, tracked
+        from bench.components import tracked
         from bench.components.cached import is_cheap
 
+        comp, backend = self._build(ctx.run.config or {}, ctx.target.synthetic, ctx.device)
+        mode = self.config.component_cache
+        use_cache = mode == "always" or (mode == "auto" and not is_cheap(comp))
+        info = {"backend": backend, "identity": comp.identity(), "cached": use_cache}
+        return tracked("text_to_image", comp, ctx.cache if use_cache else None), info
+
+    def _build(self, run: Mapping[str, Any], synthetic: bool, device: str) -> tuple[Any, str]:
+        """The (untracked) ``text_to_image`` component for a run configured as ``run``, and its
+        backend name: the run's own (DnD's) with its options, unless the config names another."""
+        from bench.components import ALIASES, build_component, default_backends
+
         cfg = self.config
-        run = ctx.run.config or {}
         run_backend = (run.get("components") or {}).get("text_to_image") or default_backends(
-            ["text_to_image"], synthetic=ctx.target.synthetic
+            ["text_to_image"], synthetic=synthetic
         )["text_to_image"]
         backend = cfg.backend or run_backend
         same = ALIASES.get(backend, backend) == ALIASES.get(run_backend, run_backend)
@@ -179,11 +210,7 @@ class GeneratedSuite(Suite[GeneratedConfig]):
             )
         if cfg.model is not None:
             options["model"] = cfg.model
-        comp = build_component("text_to_image", backend, options, device=ctx.device)
-        mode = cfg.component_cache
-        use_cache = mode == "always" or (mode == "auto" and not is_cheap(comp))
-        info = {"backend": backend, "identity": comp.identity(), "cached": use_cache}
-        return tracked("text_to_image", comp, ctx.cache if use_cache else None), info
+        return build_component("text_to_image", backend, options, device=device), backend
 
     def _control(self, ctx: SuiteContext, layers: list[str]) -> tuple[dict[str, Any], Any, str]:
         """layer -> float ``[N0, U]`` activations on the control images, the probe, and where

@@ -185,6 +185,7 @@ class MilannotationsSuite(Suite[MilannotationsConfig]):
 
     name = "milannotations"
     version = "1"
+    text_models = ("bertscore", "sentence", "clip")
     summary = "labels against the units' MILANNOTATIONS, with the inter-annotator ceiling"
 
     def applicable(self, target: TargetInfo) -> str | None:

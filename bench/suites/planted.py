@@ -138,6 +138,7 @@ class PlantedSuite(Suite[PlantedConfig]):
 
     name = "planted"
     version = "1"
+    text_models = ("bertscore", "sentence", "clip")
     summary = "recovery of the concepts planted in synthetic targets' units"
 
     def applicable(self, target: TargetInfo) -> str | None:

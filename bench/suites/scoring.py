@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, DataError, UnknownNameError, UsageError
+from bench.errors import BenchError, DataError, RequirementError, UnknownNameError, UsageError
 from bench.results import (
     MethodCost,
     MethodInfo,
@@ -209,13 +209,43 @@ def _score_suites(
         except BenchError as e:
             if not auto:
                 raise
-            log.warning("Suite '%s' skipped: %s", name, e)
+            # Said once, by whoever reports the skipped suites (the console's `suite X
+            # skipped:` line); the log repeats it only with -v.
+            log.info("Suite '%s' skipped: %s", name, e)
             report.skipped[name] = str(e)
             continue
         path = write_suite_result(suite_result_path(out_dir, name), result)
         report.results[name] = path
         log.info("suite %s: %s", name, path)
     return report
+
+
+def check_suites(
+    names: Sequence[str],
+    *,
+    target: str,
+    layers: Sequence[str] | None,
+    run: Mapping[str, Any],
+    options: ScoreOptions,
+    suite_config: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Before a run is recorded: each suite of ``names`` (those asked for by name; the ones
+    chosen automatically are skipped with their reason when they cannot run) applies to the
+    target and passes its cheap :meth:`Suite.check` (models and their weights, no loading).
+    ``run``: the run's configuration as ``run.json`` will hold it (components, options)."""
+    suite_config = dict(suite_config or {})
+    info = target_info(target, list(layers) if layers else None)
+    for name in names:
+        suite = _suite(name, suite_config)
+        reason = suite.applicable(info)
+        if reason is not None:
+            raise UsageError(f"Suite '{name}' does not apply to '{target}': {reason}")
+        try:
+            suite.check(info, run, options)
+        except BenchError as e:
+            raise RequirementError(
+                f"Suite '{name}' cannot score this run as configured: {e}"
+            ) from e
 
 
 # --- entry points --------------------------------------------------------------------------------

@@ -169,25 +169,63 @@ class ClipDissect(Method[ClipDissectConfig]):
         """With the prior over the layer, a unit's label depends on every unit of it."""
         return self.config.prior == "layer"
 
+    def check(self, ctx: MethodContext) -> None:
+        """The concept set is there before anything is recorded: the probe's labels, the
+        target's classes, the 20k list (in the cache, or its download allowed) or the file."""
+        super().check(ctx)
+        cfg = self.config
+        if cfg.concepts == "probe":
+            if ctx.probe is not None:
+                self._probe_concepts(ctx.probe)
+        elif cfg.concepts == "classes":
+            if ctx.target is not None:
+                self._class_concepts(ctx.target)
+        elif cfg.concepts == "20k":
+            dest = self._20k_path(ctx)
+            if dest.is_file():
+                self._check_20k_size(dest)
+            elif not cfg.download:
+                raise self._no_20k(dest)
+        else:
+            read_concept_file(Path(cfg.concepts).expanduser(), expected_sha256=cfg.concepts_sha256)
+
+    def _probe_concepts(self, probe: Any) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(c.name for c in probe.concepts() if c.name))
+        if not names:
+            raise RequirementError(
+                f"Method '{self.name}' was asked for the probe's concepts, but probe set "
+                f"'{probe.name}' has no concept labels. Use --config {self.name}.concepts=classes, "
+                f"concepts=20k (with {self.name}.download=true) or concepts=PATH to a text file."
+            )
+        return names
+
+    def _class_concepts(self, target: Any) -> tuple[str, ...]:
+        classes = getattr(target, "class_names", None)
+        if not classes:
+            raise RequirementError(
+                f"Method '{self.name}' was asked for the target's class names, but the "
+                f"target has none. Use --config {self.name}.concepts=probe or concepts=PATH to a "
+                "text file."
+            )
+        return tuple(dict.fromkeys(str(c).strip() for c in classes if str(c).strip()))
+
+    def _20k_path(self, ctx: MethodContext) -> Path:
+        return ctx.cache.datasets_dir() / "clip-dissect" / "20k.txt"
+
+    def _no_20k(self, dest: Path) -> RequirementError:
+        return RequirementError(
+            f"The original CLIP-Dissect 20k concept list is not at {dest}. Fetch it with "
+            f"--config {self.name}.download=true (from {CONCEPTS_20K_URL}), or download it "
+            f"yourself and pass --config {self.name}.concepts=PATH."
+        )
+
     def concept_set(self, evidence: Evidence, ctx: MethodContext) -> ConceptSet:
         cfg = self.config
         if cfg.concepts == "probe":
-            names = tuple(dict.fromkeys(c.name for c in evidence.probe.concepts() if c.name))
-            if not names:
-                raise RequirementError(
-                    f"Method '{self.name}' was asked for the probe's concepts, but probe set "
-                    f"'{evidence.probe.name}' has no concept labels. Use concepts=classes, "
-                    "concepts=20k (with download=true) or concepts=PATH to a text file."
-                )
+            names = self._probe_concepts(evidence.probe)
         elif cfg.concepts == "classes":
             target = evidence.target if evidence.target is not None else ctx.target
-            classes = getattr(target, "class_names", None)
-            if not classes:
-                raise RequirementError(
-                    f"Method '{self.name}' was asked for the target's class names, but the "
-                    "target has none. Use concepts=probe or concepts=PATH to a text file."
-                )
-            names = tuple(dict.fromkeys(str(c).strip() for c in classes if str(c).strip()))
+            names = self._class_concepts(target)
         elif cfg.concepts == "20k":
             names = read_concept_file(self._fetch_20k(ctx), expected_sha256=cfg.concepts_sha256)
         else:
@@ -199,13 +237,9 @@ class ClipDissect(Method[ClipDissectConfig]):
     def _fetch_20k(self, ctx: MethodContext) -> Path:
         from bench.download import ensure_file
 
-        dest = ctx.cache.datasets_dir() / "clip-dissect" / "20k.txt"
+        dest = self._20k_path(ctx)
         if not dest.is_file() and not self.config.download:
-            raise RequirementError(
-                f"The original CLIP-Dissect 20k concept list is not at {dest}. Fetch it with "
-                f"--config {self.name}.download=true (from {CONCEPTS_20K_URL}), or download it "
-                f"yourself and pass --config {self.name}.concepts=PATH."
-            )
+            raise self._no_20k(dest)
         # The size is checked before ensure_file pins a file's checksum (on first use), so a
         # wrong file is never pinned: deleting it and fetching again then just works.
         record = dest.with_name(dest.name + ".sha256.json")

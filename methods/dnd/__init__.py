@@ -137,6 +137,10 @@ class DnD(Method[DnDConfig]):
     #: Units per batched pass: bounds the generated images held in memory.
     chunk_size = 32
 
+    def top_k(self) -> int:
+        """The recording keeps at least ``num_images`` top images per unit."""
+        return max(self.requires.k, self.config.num_images)
+
     def _describe(
         self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
     ) -> list[Description]:

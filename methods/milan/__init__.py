@@ -400,6 +400,7 @@ class Milan(Method[MilanConfig]):
         download allowed), or MILANNOTATIONS for training plus the encoder's weights."""
         from methods.milan import checkpoint
 
+        super().check(ctx)
         cfg = self.config
         if cfg.download:
             return  # missing files are fetched in fit (a failed download then says why)

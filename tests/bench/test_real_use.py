@@ -194,3 +194,150 @@ def test_suites_read_an_absolute_probe_root_from_another_directory(
     for suite in ("faithfulness", "generated"):
         doc = json.loads((out / "suites" / f"{suite}.json").read_text())
         assert {u["unit"]["index"] for u in doc["units"]} == {0, 1, 2, 3}, suite
+
+
+@pytest.fixture()
+def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Downloads off and an empty Hugging Face cache (read by huggingface_hub at each call)."""
+    from huggingface_hub import constants
+
+    hub = tmp_path / "hf-hub"
+    hub.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    return hub
+
+
+def test_offline_clip_dissect_on_resnet50_fails_before_recording(
+    real, tmp_path, capsys, no_recording, empty_hf_cache
+):
+    out = tmp_path / "run"
+    code = main(_real_args(real, out, "--methods", "clip-dissect", "--units", "0-3"))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "Method 'clip-dissect'" in err and "image_text_encoder component 'open-clip'" in err
+    assert "timm/vit_base_patch16_clip_224.openai" in err  # what is missing
+    assert "HF_HUB_OFFLINE" in err  # how to allow the download
+    assert "--component-option image_text_encoder.pretrained=PATH" in err
+    assert "--component-option image_text_encoder.model=local-dir:DIR" in err
+    assert not out.exists()
+
+
+def _image_folder(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_a_probe_without_segmentations_fails_before_recording(real, tmp_path, capsys, no_recording):
+    folder = _image_folder(tmp_path / "folder")
+    out = tmp_path / "run"
+    args = _real_args(real, out, "--methods", "netdissect", "--units", "0-3")
+    args[args.index("broden")] = "imagenet-val"
+    args[args.index(str(real["broden"]))] = str(folder)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "Method 'netdissect' needs a probe set with per-pixel concept segmentations" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "expect"),
+    [
+        (None, "has no concept labels"),  # concepts=probe on a probe without labels
+        ("clip-dissect.concepts=20k", "20k concept list is not at"),
+        ("clip-dissect.concepts=/nonexistent/concepts.txt", "/nonexistent/concepts.txt"),
+    ],
+)
+def test_clip_dissect_concepts_are_checked_before_recording(
+    tmp_path, capsys, no_recording, config, expect
+):
+    folder = _image_folder(tmp_path / "folder")
+    out = tmp_path / "run"
+    args = ["run", "--target", "synth.resnet", "--probe", "imagenet-val", "--probe-root"]
+    args += [str(folder), "--methods", "clip-dissect", "--out", str(out), "--no-progress"]
+    args += ["--cache-dir", str(tmp_path / "cache")]
+    code = main([*args, *(["--config", config] if config else [])])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert expect in err
+    assert not out.exists()
+
+
+def test_run_json_keeps_probe_root_and_weights_absolute(real, tmp_path, capsys, monkeypatch):
+    """A relative --probe-root / --weights is stored absolute, so `bench score` run from
+    another directory finds them; the publishable copy still shows no path of this machine."""
+    from bench.results import publishable
+
+    monkeypatch.chdir(real["root"])
+    out = tmp_path / "run"
+    args = _real_args(real, out, "--methods", "depictions", "--units", "0-1", "--no-suites")
+    args[args.index(str(real["weights"]))] = real["weights"].name
+    args[args.index(str(real["broden"]))] = real["broden"].name
+    assert main(args) == 0, capsys.readouterr().err
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["probe_root"] == str(real["broden"].resolve())
+    assert config["weights"] == str(real["weights"].resolve())
+    shown = publishable(config)
+    assert shown["probe_root"] == real["broden"].name
+    assert shown["weights"] == real["weights"].name
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        (["--suites", "generated"], "CompVis/stable-diffusion-v1-4"),
+        (
+            ["--suites", "faithfulness", "--suite-option", "faithfulness.presence=clip"],
+            "faithfulness.clip_pretrained=PATH",
+        ),
+        (["--suites", "final-layer", "--text-models", "papers"], "roberta-large (bertscore)"),
+    ],
+    ids=["generated", "faithfulness-clip", "papers-text-models"],
+)
+def test_suites_asked_for_fail_before_recording_when_their_models_are_missing(
+    real, tmp_path, capsys, no_recording, empty_hf_cache, extra, expect
+):
+    out = tmp_path / "run"
+    args = _real_args(real, out, "--methods", "depictions", "--units", "0-1", *extra)
+    if "final-layer" in extra:
+        args[args.index("layer4")] = "fc"
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"Suite '{extra[1]}' cannot score this run" in err and expect in err
+    assert "HF_HUB_OFFLINE" in err
+    assert not out.exists()
+
+
+def test_a_skipped_suite_says_why_once(real, tmp_path, capsys, caplog, empty_hf_cache):
+    """Suites chosen automatically that cannot run are skipped; the reason is printed once (the
+    console shows log records from WARNING up without -v; under pytest they land in caplog)."""
+    import logging
+
+    out = tmp_path / "run"
+    args = _real_args(real, out, "--methods", "depictions", "--units", "0-1", "--no-leaderboard")
+    code = main([*args, "--cache-dir", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    shown = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    both = "\n".join([captured.out, captured.err, *shown])
+    assert "suite generated        skipped: " in captured.out
+    reason = "Could not resolve the Hugging Face model 'CompVis/stable-diffusion-v1-4'"
+    assert both.count(reason) == both.count("suite generated ") == 1
+
+
+def test_the_recording_keeps_as_many_top_images_as_dnd_reads() -> None:
+    """`--config dnd.num_images=N` above the recorded top-k failed every unit after the
+    recording ('record with k >= N', which no option sets): the recording now keeps N."""
+    from bench.runner import _union_requirements, build_method
+    from methods.dnd import DnD
+
+    assert _union_requirements([build_method(DnD, None)])["k"] == 15
+    assert _union_requirements([build_method(DnD, {"num_images": 24})])["k"] == 24
