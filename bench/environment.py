@@ -86,9 +86,9 @@ def tune_allocator() -> bool:
     memory: freed blocks stay in the heap, fragmented, until the process ends (resnet50 layer4,
     2,000 images, batch 64, ``python -m perf.realtarget_perf --images 2000 --compare-untuned``:
     78 million minor faults -> 0.55 million, forward pass 465 s -> 293 s, peak RSS 1.6 -> 2.3 GiB
-    for the forward pass and 1.8 -> 2.9 GiB for recording plus NetDissect). Left alone when ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``
-    is set (the user chose), when ``BENCH_TUNE_ALLOCATOR=0``, or off glibc. Returns whether the
-    allocator is tuned.
+    for the forward pass and 1.8 -> 2.9 GiB for recording plus NetDissect). Left alone when
+    ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set (the user chose), when
+    ``BENCH_TUNE_ALLOCATOR=0``, or off glibc. Returns whether the allocator is tuned.
     """
     global _allocator_tuned
     if _allocator_tuned is not None:
