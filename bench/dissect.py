@@ -56,6 +56,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def no_concept_reason(unit_area: int) -> str:
+    """Why a unit's mask meets no concept (NetDissect's and CompExp's '(no concept)' record): it
+    is empty, or it covers only unlabelled pixels."""
+    if unit_area == 0:
+        return "the unit never exceeds its threshold on the probe set (empty mask)"
+    return "the unit's mask covers no concept (only unlabelled pixels)"
+
+
 #: Bump when the concept table's content changes for the same probe (part of its cache key).
 TABLE_VERSION = (
     "3"  # 2: primary-category ties go to the last category (Lite); 3: ids in order of appearance

@@ -73,7 +73,12 @@ class CompExp(Method[CompExpConfig]):
     def _describe(
         self, units: Sequence[UnitRef], evidence: Evidence, ctx: MethodContext
     ) -> list[Description]:
-        from bench.dissect import SignatureAlgebra, concept_table_cached, tallies_by_layer
+        from bench.dissect import (
+            SignatureAlgebra,
+            concept_table_cached,
+            no_concept_reason,
+            tallies_by_layer,
+        )
         from bench.formula import from_json
         from methods.compexp.search import BeamSearch, tree_to_names
 
@@ -112,11 +117,7 @@ class CompExp(Method[CompExpConfig]):
                         score_name="iou",
                         extras={
                             "no_concept": True,
-                            "reason": (
-                                "the unit never exceeds its threshold on the probe set (empty mask)"
-                                if area == 0
-                                else "the unit's mask covers no concept (only unlabelled pixels)"
-                            ),
+                            "reason": no_concept_reason(area),
                             "formula": None,
                             "length": 0,
                             "score": 0.0,

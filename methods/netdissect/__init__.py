@@ -67,7 +67,12 @@ class NetDissect(Method[NetDissectConfig]):
     ) -> list[Description]:
         import numpy as np
 
-        from bench.dissect import concept_table_cached, netdissect_iou, tallies_by_layer
+        from bench.dissect import (
+            concept_table_cached,
+            netdissect_iou,
+            no_concept_reason,
+            tallies_by_layer,
+        )
 
         cfg = self.config
         table = concept_table_cached(
@@ -111,11 +116,7 @@ class NetDissect(Method[NetDissectConfig]):
                         score_name="iou",
                         extras={
                             "no_concept": True,
-                            "reason": (
-                                "the unit never exceeds its threshold on the probe set (empty mask)"
-                                if area == 0
-                                else "the unit's mask covers no concept (only unlabelled pixels)"
-                            ),
+                            "reason": no_concept_reason(area),
                             "concept": None,
                             "category": None,
                             "interpretable": False,
