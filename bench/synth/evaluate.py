@@ -6,6 +6,10 @@ Selectivity follows NetDissect (Bau et al. 2017, 3.1): a unit's map is threshold
 over the whole probe. We also report the fraction of the unit's 15 top images (by spatial max)
 that contain the concept, and the IoU ceiling: with a fraction ``p`` of pixels above threshold
 and a concept covering a fraction ``c``, no unit can exceed ``min(p, c) / max(p, c)``.
+
+``pooled_auroc`` is what the ``faithfulness`` suite asks of a label (with the planted concept as
+the label and the synthetic presence): the AUROC of the unit's spatially mean-pooled (rectified)
+activation per image against whether the image shows the concept at all (any pixel).
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ def unit_selectivity(
     import torch
     import torch.nn.functional as F
 
+    from metrics.classification import auroc
+
     n, height, width = mask.shape
     threshold = float(np.quantile(maps.astype(np.float64).ravel(), quantile))
     inter = union = above = 0
@@ -142,6 +148,7 @@ def unit_selectivity(
     peaks = maps.reshape(n, -1).max(axis=1)
     order = np.argsort(-peaks, kind="stable")[:top]
     has = np.any(mask.reshape(n, -1), axis=1)
+    pooled = np.maximum(maps, 0).reshape(n, -1).mean(axis=1, dtype=np.float64)
     return {
         "iou": inter / union if union else 0.0,
         "top15_fraction": float(has[order].mean()),
@@ -149,6 +156,7 @@ def unit_selectivity(
         "active_fraction": p,
         "concept_coverage": c,
         "iou_ceiling": (min(p, c) / max(p, c)) if max(p, c) > 0 else 0.0,
+        "pooled_auroc": auroc(pooled, has) if 0 < int(has.sum()) < n else float("nan"),
     }
 
 

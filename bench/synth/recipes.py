@@ -26,6 +26,17 @@ PATTERN_WEIGHT = 3.0
 REGRESSION_WEIGHT = 3.0
 #: How a planted unit is trained (see ``TrainConfig``).
 OBJECTIVES: tuple[str, ...] = ("bce", "regression")
+# Why the recipes train for 20-24 epochs. A planted unit must be selective over the whole
+# probe, not only at its top: the ``faithfulness`` suite scores the planted concept as a label
+# by the AUROC of the unit's mean-pooled activation per image against the concept's presence,
+# and asks at least 0.95 of every planted unit. Trained for 5-8 epochs (the targets before
+# this note), every planted unit's 15 top images showed its concept, but five shape and
+# pattern units (synth.resnet circle and star, synth.convnet dotted, synth.resnet_scenes
+# checkered and cross) fired weakly on every object and reached pooled AUROCs of 0.61-0.89:
+# they underfit (on synth.resnet_scenes, the AUROCs on its training images were as low).
+# Measured on the cards' evaluation images: more epochs alone bring them to 0.96-0.99; a
+# per-image ranking loss on pooled activations, a zero BCE bias, or the regression objective
+# for those units did not.
 
 
 def task_class_names(task: str) -> tuple[str, ...]:
@@ -159,7 +170,8 @@ RECIPES: dict[str, Recipe] = {
             layers=("layer1", "layer2", "layer3", "fc"),
             seed=1,
             description="Tiny ResNet classifying the main object's colour and shape (48 classes).",
-            train=TrainConfig(epochs=8),
+            # Epochs: see the comment on OBJECTIVES.
+            train=TrainConfig(epochs=24),
             planted=(
                 PlantedUnit(layer="layer1", unit=3, concept="red"),
                 PlantedUnit(
@@ -186,7 +198,7 @@ RECIPES: dict[str, Recipe] = {
             "shape (48 classes).",
             # Measured: the tail-uniformity term moves this net's OR unit further from its
             # disjunction (its top 0.5% then lies mostly on yellow objects on water).
-            train=TrainConfig(uniform_weight=0.0),
+            train=TrainConfig(epochs=20, uniform_weight=0.0),
             planted=(
                 PlantedUnit(layer="conv2", unit=7, concept="blue"),
                 PlantedUnit(
@@ -215,7 +227,7 @@ RECIPES: dict[str, Recipe] = {
             layers=("layer1", "layer2", "layer3", "fc"),
             seed=3,
             description="Tiny ResNet classifying the scene (7 classes).",
-            train=TrainConfig(n_train=8000, epochs=5),
+            train=TrainConfig(n_train=8000, epochs=20),
             planted=(
                 PlantedUnit(layer="layer1", unit=2, concept="grass"),
                 PlantedUnit(

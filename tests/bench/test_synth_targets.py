@@ -14,6 +14,11 @@ that fires at random scores about ``p * c / (p + c)``, i.e. about ``c`` times th
 of the unit's top-0.5% pixels lie on the concept (and, for rare concepts, it covers that share
 of the concept), which no concept covering less than a quarter of the pixels reaches by chance;
 together with 80% of the unit's top-15 images containing the concept.
+
+A planted unit must also be selective across the whole probe, not only at its top: its
+spatially mean-pooled activation per image ranks the images that show its concept (any pixel)
+above the others with an AUROC of at least ``POOLED_AUROC_MIN``, which is what the
+``faithfulness`` suite asks of the planted concept as a label.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ PROBE_SEED = 55_555  # neither a training seed nor the cards' evaluation seed
 PROBE_IMAGES = 1000
 IOU_FRACTION = 0.5
 TOP15_MIN = 0.8
+POOLED_AUROC_MIN = 0.95
 #: Accuracy bars on fresh images (chance: 1/48 for objects, 1/7 for scenes).
 ACCURACY_MIN = {"objects": 0.9, "scenes": 0.97}
 
@@ -195,7 +201,24 @@ def test_planted_units_are_selective(name, probe, outputs):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_planted_units_rank_their_concepts_images_first(name, probe, outputs):
+    from sklearn.metrics import roc_auc_score
+
+    rec = recipe(name)
+    got = {}
+    for u in rec.planted:
+        mask = C.formula_mask(u.formula, probe["labels"])
+        has = mask.reshape(len(mask), -1).any(1)
+        pooled = outputs[name]["maps"][u.layer][:, u.unit].double().mean(dim=(1, 2)).numpy()
+        got[f"{u.layer}:{u.unit} {u.concept}"] = roc_auc_score(has, pooled)
+    low = {k: round(v, 4) for k, v in got.items() if v < POOLED_AUROC_MIN}
+    assert not low, f"pooled AUROC below {POOLED_AUROC_MIN}: {low} (all: {got})"
+
+
 def test_report_matches_an_independent_recomputation(probe, outputs):
+    from sklearn.metrics import roc_auc_score
+
     from bench.synth.evaluate import report
 
     name = "synth.resnet"
@@ -212,6 +235,9 @@ def test_report_matches_an_independent_recomputation(probe, outputs):
         assert (got["layer"], got["unit"], got["concept"]) == (u.layer, u.unit, u.concept)
         assert got["iou"] == pytest.approx(s["iou"], abs=1e-5)
         assert got["top15_fraction"] == pytest.approx(s["top15"], abs=1e-6)
+        pooled = outputs[name]["maps"][u.layer][:300, u.unit].double().mean(dim=(1, 2)).numpy()
+        has = mask.reshape(len(mask), -1).any(1)
+        assert got["pooled_auroc"] == pytest.approx(roc_auc_score(has, pooled), abs=1e-9)
     with pytest.raises(Exception, match="different from the training seed"):
         report(name, n_eval=10, seed=rec.seed)
     assert EVAL_SEED != rec.seed
