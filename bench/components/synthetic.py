@@ -266,11 +266,12 @@ class SyntheticTextToImage:
         self.size = int(size)
 
     def identity(self) -> dict[str, Any]:
+        from bench.synth.text import PHRASE_VERSION
         from bench.synth.world import GENERATOR_VERSION
 
         return {
             "name": "synthetic-renderer",
-            "revision": f"world{GENERATOR_VERSION}",
+            "revision": f"world{GENERATOR_VERSION}-phrases{PHRASE_VERSION}",
             "size": self.size,
         }
 

@@ -8,9 +8,11 @@ image that contains the concepts a short phrase names ("red striped circles on s
 Phrase grammar: words are matched against the catalogue (plurals, Broden raw names and a few
 synonyms included); unknown words are ignored. Adjacent concepts are conjoined; ``and``/``AND``
 conjoins, ``or``/``OR`` offers alternatives (one is picked by the seed), ``not``/``no``/
-``without`` negates the next concept or group; parentheses group. Several values of one category
-("red circles and blue squares") give several objects. Attributes the phrase leaves open are
-sampled, never from the negated values.
+``without`` negates the next concept or group; parentheses group. A prose ``or`` between
+adjectives shares the last alternative's shape: "red or green squares" is "(red AND square) OR
+(green AND square)", while formula text "red OR green AND square" is literal. Several values
+of one category ("red circles and blue squares") give several objects. Attributes the phrase
+leaves open are sampled, never from the negated values.
 
 :func:`read_phrase_tree` reads a phrase as a *label* (the synthetic probe's label reader, used
 by :mod:`bench.presence`): as :func:`parse_phrase`, except that a context ("red squares on
@@ -26,6 +28,10 @@ from typing import TYPE_CHECKING
 
 from bench.synth import concepts as C
 from bench.synth import world as W
+
+#: Bump when a phrase is read or drawn differently (part of the renderer's cache identity).
+#: 2: a prose "or" between adjectives shares the last alternative's shapes (:func:`_share_nouns`).
+PHRASE_VERSION = 2
 
 if TYPE_CHECKING:
     import numpy as np
@@ -178,6 +184,34 @@ class PhraseSpec:
     plural: bool = False
 
 
+def _plain_leaves(tree: list) -> list[str] | None:
+    """The leaf names of a leaf or a conjunction of leaves; ``None`` for anything else."""
+    if tree[0] == "leaf":
+        return [tree[1]]
+    if tree[0] == "and" and all(t[0] == "leaf" for t in tree[1:]):
+        return [t[1] for t in tree[1:]]
+    return None
+
+
+def _share_nouns(parts: list[list]) -> list[list]:
+    """English reads "red or green squares" as red squares or green squares: a prose "or"
+    between adjectives (colours, patterns) shares the last alternative's shapes with the
+    alternatives before it that name no shape. Formula text ("red OR square") is literal."""
+    last = _plain_leaves(parts[-1])
+    if last is None:
+        return parts
+    nouns = [n for n in last if C.concept(n).category == "object"]
+    if not nouns:
+        return parts
+    out = []
+    for part in parts[:-1]:
+        names = _plain_leaves(part)
+        if names and all(C.concept(n).category in ("color", "pattern") for n in names):
+            part = ["and", *(["leaf", n] for n in names + nouns)]
+        out.append(part)
+    return [*out, parts[-1]]
+
+
 def _phrase_tree(phrase: str) -> tuple[list | None, bool]:
     """Phrase -> (formula tree over catalogue names or ``None`` if it names nothing, plural)."""
     raw = re.findall(r"\(|\)|[A-Za-z][A-Za-z\-]*", phrase)
@@ -190,7 +224,8 @@ def _phrase_tree(phrase: str) -> tuple[list | None, bool]:
         elif low in ("and", "with", "on", "in"):
             tokens.append("AND")
         elif low == "or":
-            tokens.append("OR")
+            # "or" in prose, "OR" in formula text: only the first distributes a trailing noun
+            tokens.append("OR" if t == "OR" else "or")
         elif low in ("not", "no", "without"):
             tokens.append("NOT")
         else:
@@ -206,12 +241,16 @@ def _phrase_tree(phrase: str) -> tuple[list | None, bool]:
     def parse_or() -> list | None:
         nonlocal pos
         parts = [parse_and()]
-        while peek() == "OR":
+        prose = True
+        while peek() in ("OR", "or"):
+            prose = prose and peek() == "or"
             pos += 1
             parts.append(parse_and())
         kept = [p for p in parts if p is not None]
         if not kept:
             return None
+        if prose and len(kept) > 1:
+            kept = _share_nouns(kept)
         return kept[0] if len(kept) == 1 else ["or", *kept]
 
     def parse_and() -> list | None:
@@ -219,7 +258,7 @@ def _phrase_tree(phrase: str) -> tuple[list | None, bool]:
         parts = []
         while True:
             tok = peek()
-            if tok is None or tok in ("OR", ")"):
+            if tok is None or tok in ("OR", "or", ")"):
                 break
             if tok == "AND":
                 pos += 1

@@ -70,7 +70,8 @@ def test_planted_concepts_beat_shuffled_labels_and_the_baseline_is_unparsed(
     # every planted unit's own concept predicts its activations better than another's
     assert np.all(truth > shuffled), (truth, shuffled)
     # the bar: every planted unit's own concept at AUROC 0.95 or more
-    assert np.all(truth >= 0.95), dict(zip([str(p.unit) for p in planted], truth.round(4)))
+    low = {str(p.unit): round(float(t), 4) for p, t in zip(planted, truth, strict=True)}
+    assert np.all(truth >= 0.95), low
     assert 0.4 < float(np.median(shuffled)) < 0.6
     # the constant label reads into no concept: counted as unparsed, never scored
     metrics = {m.name: m for m in result.metrics}

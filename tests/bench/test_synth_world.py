@@ -436,6 +436,49 @@ def _leaf(name: str) -> list:
 @pytest.mark.parametrize(
     ("phrase", "tree"),
     [
+        # English: the adjectives before a prose "or" take the last alternative's shape
+        (
+            "red or green squares",
+            [
+                "or",
+                ["and", _leaf("red"), _leaf("square")],
+                ["and", _leaf("green"), _leaf("square")],
+            ],
+        ),
+        (
+            "striped or dotted circles",
+            [
+                "or",
+                ["and", _leaf("striped"), _leaf("circle")],
+                ["and", _leaf("dotted"), _leaf("circle")],
+            ],
+        ),
+        # an alternative with its own shape keeps it; formula text is literal
+        (
+            "red squares or circles",
+            ["or", ["and", _leaf("red"), _leaf("square")], _leaf("circle")],
+        ),
+        ("red OR green squares", ["or", _leaf("red"), ["and", _leaf("green"), _leaf("square")]]),
+        ("red or green", ["or", _leaf("red"), _leaf("green")]),
+        ("grass or red squares", ["or", _leaf("grass"), ["and", _leaf("red"), _leaf("square")]]),
+    ],
+)
+def test_a_prose_or_shares_the_shape(phrase, tree):
+    assert T.parse_phrase(phrase)[1] == tree
+    assert T.read_phrase_tree(phrase) == tree
+    specs, _ = T.parse_phrase(phrase)
+    if phrase == "red or green squares":  # drawn as a red square or a green one
+        assert all(s.required.get("object") == ("square",) for s in specs)
+        sq, wanted = C.number("square"), {C.number("red"), C.number("green")}
+        for seed in range(8):
+            r = T.render_phrase_labeled(phrase, seed)
+            on = r.labels["object"] == sq
+            assert wanted & set(np.unique(r.labels["color"][on]).tolist()), seed
+
+
+@pytest.mark.parametrize(
+    ("phrase", "tree"),
+    [
         (
             "red squares on grass",
             ["and", ["and", _leaf("red"), _leaf("square")], ["image", _leaf("grass")]],
