@@ -1108,9 +1108,18 @@ def _distributions(sec: _Section, u: UnitResult) -> str:
             log.warning("unit %s: %s's activation distribution is unreadable (%s)", name, method, e)
             continue
         read_as = entry.get("formula") if isinstance(entry, dict) else None
+        on_image = entry.get("on_the_image") if isinstance(entry, dict) else None
+        # The faithfulness suite writes image-level leaves as "image:X" (bench.presence).
+        image_note = (
+            " (<code>image:X</code>: every pixel of an image that shows X: "
+            + ", ".join(esc(str(x)) for x in on_image)
+            + ")"
+            if read_as and isinstance(on_image, list) and on_image
+            else ""
+        )
         figures.append(
             f"<figure>{svg}<figcaption>{esc(method)}: \u201c{esc(label)}\u201d"
-            + (f" read as <code>{esc(read_as)}</code>" if read_as else "")
+            + (f" read as <code>{esc(read_as)}</code>{image_note}" if read_as else "")
             + "; each histogram is the share of its own images.</figcaption></figure>"
         )
     if not figures:

@@ -113,7 +113,17 @@ def faithfulness_result() -> SuiteResult:
                 unit=u,
                 labels={"netdissect": HOSTILE, "depictions": "depictions"},
                 scores={"auroc": {"netdissect": 0.9}, "f1": {"netdissect": 0.4}},
-                details={"labels": {"netdissect": {"formula": "red", "distribution": dist}}},
+                details={
+                    "labels": {
+                        "netdissect": {"formula": "red", "distribution": dist}
+                        if u.index == 0
+                        else {
+                            "formula": "red AND image:grass",
+                            "on_the_image": ["grass"],
+                            "distribution": dist,
+                        }
+                    }
+                },
             )
             for u in units
         ),
@@ -237,6 +247,11 @@ def test_faithfulness_table_counts_and_unit_page_distribution(tmp_path: Path) ->
     assert "concept (4)" in svg and "other images (6)" in svg
     assert svg.count('<polygon class="on"') == 1 and svg.count('<polygon class="off"') == 1
     assert HOSTILE not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    # an image-level leaf is explained where it is shown, and only there
+    assert "read as <code>red</code>;" in page and "image:X" not in page
+    other = (site / "units" / "layer1-1.html").read_text(encoding="utf-8")
+    assert "read as <code>red AND image:grass</code>" in other
+    assert "every pixel of an image that shows X: grass)" in other
 
 
 def test_activation_histograms_equal_numpy_per_unit() -> None:
