@@ -9,7 +9,8 @@ and a concept covering a fraction ``c``, no unit can exceed ``min(p, c) / max(p,
 
 ``pooled_auroc`` is what the ``faithfulness`` suite asks of a label (with the planted concept as
 the label and the synthetic presence): the AUROC of the unit's spatially mean-pooled (rectified)
-activation per image against whether the image shows the concept at all (any pixel).
+activation per image against whether the image shows the concept at all (any pixel); ``None``
+when the images all show it or none does.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def forward_units(
 
 def unit_selectivity(
     maps: np.ndarray, mask: np.ndarray, *, quantile: float = QUANTILE, top: int = TOP_IMAGES
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """NetDissect IoU and top-image precision of one unit.
 
     ``maps``: float32 [N, h, w]; ``mask``: bool [N, H, W] where the concept holds.
@@ -156,7 +157,8 @@ def unit_selectivity(
         "active_fraction": p,
         "concept_coverage": c,
         "iou_ceiling": (min(p, c) / max(p, c)) if max(p, c) > 0 else 0.0,
-        "pooled_auroc": auroc(pooled, has) if 0 < int(has.sum()) < n else float("nan"),
+        # undefined (None, JSON null) when every image or none shows the concept
+        "pooled_auroc": auroc(pooled, has) if 0 < int(has.sum()) < n else None,
     }
 
 
@@ -188,7 +190,7 @@ def evaluate_model(
                 "layer": u.layer,
                 "unit": u.unit,
                 "concept": u.concept,
-                **{k: round(v, 6) for k, v in scores.items()},
+                **{k: None if v is None else round(v, 6) for k, v in scores.items()},
             }
         )
     return {

@@ -24,6 +24,7 @@ above the others with an AUROC of at least ``POOLED_AUROC_MIN``, which is what t
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +239,10 @@ def test_report_matches_an_independent_recomputation(probe, outputs):
         pooled = outputs[name]["maps"][u.layer][:300, u.unit].double().mean(dim=(1, 2)).numpy()
         has = mask.reshape(len(mask), -1).any(1)
         assert got["pooled_auroc"] == pytest.approx(roc_auc_score(has, pooled), abs=1e-6)
+    # on 3 images most planted concepts are on none of them: AUROC undefined, JSON null
+    tiny = report(name, n_eval=3, seed=PROBE_SEED)["planted_units"]
+    assert None in [u["pooled_auroc"] for u in tiny]
+    assert "NaN" not in json.dumps(tiny)
     with pytest.raises(Exception, match="different from the training seed"):
         report(name, n_eval=10, seed=rec.seed)
     assert EVAL_SEED != rec.seed
